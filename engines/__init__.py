@@ -1,0 +1,1 @@
+"""In-process inference engines, one module per engine; see `engines.base`."""

@@ -1,0 +1,3 @@
+from gpustack_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The HTTP server: protocol translators (OpenAI, Anthropic, Jina, proxy) and their routes."""

@@ -1,0 +1,197 @@
+"""The aiohttp application: middlewares (request ids, metrics, errors, keys), routes, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from engines.base import EngineUnavailable, LoadSpec, load_engine
+from gpustack_cli import __version__
+from gpustack_cli.api import admin, openai
+from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
+from gpustack_cli.api.errors import APIError
+from gpustack_cli.config import Settings
+from gpustack_cli.keys import Authenticator, KeyStore, Scope
+from gpustack_cli.metrics import Metrics
+from gpustack_cli.scheduler import QueueFull, Scheduler
+from gpustack_cli.store import ModelStore
+
+log = logging.getLogger("gpustack.server")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Routes anyone may call, keys or not: a liveness probe says nothing about models.
+PUBLIC_ROUTES = frozenset({"/healthz"})
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def _uses_anthropic_errors(request: web.Request) -> bool:
+    return request.path.startswith("/v1/messages")
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{uuid.uuid4().hex}"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["x-request-id"] = request[REQUEST_ID]
+        raise
+    if not response.prepared:
+        response.headers["x-request-id"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[CONTEXT].metrics
+    route, started, status = _route_name(request), time.perf_counter(), 500
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # The client went away (nginx's number for it).
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def _error_response(request: web.Request, error: APIError) -> web.Response:
+    body = error.anthropic() if _uses_anthropic_errors(request) else error.openai()
+    if _uses_anthropic_errors(request):
+        body["request_id"] = request.get(REQUEST_ID)
+    return web.json_response(body, status=error.status, headers=error.headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except APIError as exc:
+        return _error_response(request, exc)
+    except QueueFull as exc:
+        return _error_response(request, APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"}))
+    except EngineUnavailable as exc:
+        return _error_response(request, APIError(503, str(exc), code="engine_unavailable"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"Invalid URL ({request.method} {request.path})"
+        elif exc.status == 413:
+            settings = request.app[CONTEXT].settings
+            limit = max(settings.max_json_bytes, settings.max_upload_bytes)
+            message = f"Request body too large: the limit is {limit} bytes."
+        else:
+            message = exc.reason
+        return _error_response(request, APIError(exc.status, message, code=_HTTP_CODES.get(exc.status)))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        rid = request.get(REQUEST_ID)
+        log.exception("internal error in %s %s (request id %s)", request.method, request.path, rid)
+        return _error_response(
+            request, APIError(500, f"The server had an error processing your request (request id {rid}).")
+        )
+
+
+def _required_scope(path: str) -> Scope | None:
+    if path.startswith("/api/"):
+        return Scope.management
+    if path == "/metrics":
+        return None  # Any valid key may read the metrics.
+    return Scope.inference
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[CONTEXT].auth
+    if request.path in PUBLIC_ROUTES or not auth.enabled:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
+    if not token:
+        raise APIError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the x-api-key header.",
+        )
+    found = await asyncio.to_thread(auth.verify, token)
+    if found is None:
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    scope = _required_scope(request.path)
+    if scope is not None and not found.may(scope):
+        raise APIError(403, f"This API key lacks the '{scope.value}' scope needed for {request.path}.")
+    request[PRINCIPAL] = found
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    body = await asyncio.to_thread(ctx.metrics.render, ctx.scheduler)
+    return web.Response(body=body, headers={"Content-Type": ctx.metrics.content_type})
+
+
+def build_context(settings: Settings) -> ServerContext:
+    store = ModelStore(settings.home)
+
+    def loader(name: str):
+        manifest = store.get(name)
+        spec = LoadSpec(name=name, path=store.model_dir(name), options=manifest.options, gpu_layers=settings.gpu_layers)
+        return load_engine(manifest.engine, spec)
+
+    scheduler = Scheduler(
+        loader,
+        max_loaded_models=settings.max_loaded_models,
+        parallel=settings.parallel,
+        max_queue=settings.max_queue,
+        keep_alive=settings.keep_alive,
+    )
+    auth = Authenticator(KeyStore(settings.keys_file), settings.api_key)
+    return ServerContext(settings=settings, store=store, scheduler=scheduler, auth=auth, metrics=Metrics())
+
+
+def create_app(ctx: ServerContext) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=max(ctx.settings.max_json_bytes, ctx.settings.max_upload_bytes),
+    )
+    app[CONTEXT] = ctx
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_route)
+    admin.add_routes(app)
+    openai.add_routes(app)
+
+    async def preload(app: web.Application) -> None:
+        for name in ctx.settings.preload:
+            await ctx.scheduler.preload(name)
+
+    async def shutdown(app: web.Application) -> None:
+        await ctx.scheduler.close()
+
+    app.on_startup.append(preload)
+    app.on_cleanup.append(shutdown)
+    return app

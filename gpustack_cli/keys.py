@@ -1,0 +1,192 @@
+"""API keys: `gpustack_<id>_<secret>`, stored as an scrypt hash of the secret, looked up by id.
+
+scrypt comes with Python's hashlib, so a slow, salted hash needs no extra dependency. Verifying a
+slow hash on every request would cost tens of milliseconds, so a key that verified once is
+remembered in memory only, by a fast digest of the whole key, until the key file changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from filelock import FileLock
+from pydantic import BaseModel, Field, TypeAdapter
+
+from gpustack_cli.store import write_atomic
+
+PREFIX = "gpustack"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class Scope(StrEnum):
+    inference = "inference"
+    management = "management"
+    all = "all"
+
+
+class ApiKey(BaseModel):
+    id: str
+    name: str = ""
+    hash: str
+    created: float = Field(default_factory=time.time)
+    expires: float | None = None
+    # Empty means every model.
+    models: list[str] = Field(default_factory=list)
+    scope: Scope = Scope.inference
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and (now or time.time()) >= self.expires
+
+
+_KEYS = TypeAdapter(list[ApiKey])
+
+
+def hash_secret(secret: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    try:
+        algo, n, r, p, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if algo != "scrypt":
+        return False
+    expected = base64.b64decode(digest)
+    got = hashlib.scrypt(
+        secret.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+    )
+    return hmac.compare_digest(got, expected)
+
+
+def split_key(token: str) -> tuple[str, str] | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class KeyStore:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = FileLock(str(path) + ".lock")
+
+    def load(self) -> list[ApiKey]:
+        try:
+            return _KEYS.validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def _save(self, keys: list[ApiKey]) -> None:
+        write_atomic(self.path, _KEYS.dump_json(keys, indent=2))
+        os.chmod(self.path, 0o600)
+
+    def create(
+        self,
+        name: str = "",
+        expires_in: float | None = None,
+        models: list[str] | None = None,
+        scope: Scope = Scope.inference,
+    ) -> tuple[ApiKey, str]:
+        """A new key; returns the record and the full key, which is shown once and never stored."""
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        record = ApiKey(
+            id=key_id,
+            name=name,
+            hash=hash_secret(secret),
+            expires=time.time() + expires_in if expires_in else None,
+            models=models or [],
+            scope=scope,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._save([*self.load(), record])
+        return record, f"{PREFIX}_{key_id}_{secret}"
+
+    def revoke(self, id_or_name: str) -> list[ApiKey]:
+        with self._lock:
+            keys = self.load()
+            gone = [k for k in keys if id_or_name in (k.id, k.name)]
+            if gone:
+                self._save([k for k in keys if k not in gone])
+        return gone
+
+    def mtime(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made a request: the key's name, what it may do and on which models."""
+
+    name: str
+    scope: Scope
+    models: tuple[str, ...] = ()
+
+    def may_use(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def may(self, scope: Scope) -> bool:
+        return self.scope in (Scope.all, scope)
+
+
+class Authenticator:
+    def __init__(self, store: KeyStore, env_key: str | None = None):
+        self.store = store
+        self.env_key = env_key
+        self._lock = threading.Lock()
+        self._mtime = -1.0
+        self._keys: dict[str, ApiKey] = {}
+        self._verified: dict[bytes, str] = {}
+
+    def _refresh(self) -> None:
+        mtime = self.store.mtime()
+        if mtime != self._mtime:
+            self._keys = {k.id: k for k in self.store.load()}
+            self._verified.clear()
+            self._mtime = mtime
+
+    @property
+    def enabled(self) -> bool:
+        with self._lock:
+            self._refresh()
+            return bool(self.env_key) or bool(self._keys)
+
+    def verify(self, token: str | None) -> Principal | None:
+        """The principal for a presented key, or None for a missing, wrong, revoked or expired key."""
+        if not token:
+            return None
+        if self.env_key and hmac.compare_digest(token.encode(), self.env_key.encode()):
+            return Principal(name="GPUSTACK_API_KEY", scope=Scope.all)
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        fast = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            self._refresh()
+            record = self._keys.get(key_id)
+            cached = self._verified.get(fast) == key_id
+        if record is None or record.expired():
+            return None
+        if not cached:
+            if not check_secret(secret, record.hash):
+                return None
+            with self._lock:
+                self._verified[fast] = key_id
+        return Principal(name=record.name or record.id, scope=record.scope, models=tuple(record.models))

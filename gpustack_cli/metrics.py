@@ -1,0 +1,45 @@
+"""Prometheus metrics of one server (prometheus-client, on a registry of its own so that several
+servers in one process, as in tests, do not collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gpustack_cli.scheduler import Scheduler
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gpustack_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gpustack_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge("gpustack_http_requests_in_flight", "Requests being answered", registry=self.registry)
+        self.loaded = Gauge("gpustack_models_loaded", "Models loaded in memory", registry=self.registry)
+        self.model_active = Gauge(
+            "gpustack_model_requests_active", "Requests running on a model", ["model"], registry=self.registry
+        )
+        self.model_waiting = Gauge(
+            "gpustack_model_requests_waiting", "Requests queued for a model", ["model"], registry=self.registry
+        )
+
+    def render(self, scheduler: Scheduler) -> bytes:
+        loaded = scheduler.loaded()
+        self.loaded.set(len(loaded))
+        self.model_active.clear()
+        self.model_waiting.clear()
+        for model in loaded:
+            self.model_active.labels(model.name).set(model.active)
+            self.model_waiting.labels(model.name).set(model.waiting)
+        return generate_latest(self.registry)

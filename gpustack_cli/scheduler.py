@@ -1,0 +1,239 @@
+"""The one place that decides which models are loaded, which requests run and which wait.
+
+- A model is loaded on its first request (or at start with `--preload`), off the event loop.
+- Beyond `max_loaded_models`, the least recently used idle model is unloaded to make room; when
+  every loaded model is busy, the load waits for one to become idle.
+- Each model runs at most `min(parallel, engine.max_concurrency)` requests at once; up to
+  `max_queue` more wait; the next one gets `QueueFull` (a 503 on the wire).
+- After its last request a model stays for `keep_alive` seconds (-1: forever, 0: unload at once).
+- A request whose client goes away is cancelled by aiohttp and its slot is freed by `use()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from engines.base import Engine
+
+log = logging.getLogger("gpustack.scheduler")
+
+Loader = Callable[[str], Engine]
+
+
+class SchedulerError(Exception):
+    pass
+
+
+class QueueFull(SchedulerError):
+    def __init__(self, name: str, limit: int):
+        super().__init__(f"model '{name}' is busy: {limit} requests are already waiting; try again later")
+
+
+@dataclass(eq=False)
+class Runner:
+    name: str
+    engine: Engine | None = None
+    loading: asyncio.Task[Engine] | None = None
+    slots: asyncio.Semaphore | None = None
+    concurrency: int = 0
+    active: int = 0
+    waiting: int = 0
+    loaded_at: float = 0.0
+    last_used: float = field(default_factory=time.monotonic)
+    expires_at: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    unload_when_idle: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0 and self.waiting == 0
+
+    def cancel_timer(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+        self.timer = None
+        self.expires_at = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    active: int
+    waiting: int
+    concurrency: int
+    loaded_for: float
+    # Seconds until the model is unloaded; None while busy or when kept forever.
+    expires_in: float | None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_loaded_models: int = 3,
+        parallel: int = 4,
+        max_queue: int = 64,
+        keep_alive: float = 300.0,
+    ):
+        self._loader = loader
+        self.max_loaded_models = max_loaded_models
+        self.parallel = parallel
+        self.max_queue = max_queue
+        self.keep_alive = keep_alive
+        self._runners: dict[str, Runner] = {}
+        self._changed = asyncio.Condition()
+
+    # -- what the API calls ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Engine]:
+        """Hold one request slot of model `name` (loading it if need be) for the block's duration."""
+        runner = self._runners.get(name)
+        if runner is None:
+            runner = self._runners[name] = Runner(name)
+        if runner.slots is not None and runner.active >= runner.concurrency and runner.waiting >= self.max_queue:
+            raise QueueFull(name, self.max_queue)
+        runner.waiting += 1
+        runner.cancel_timer()
+        runner.unload_when_idle = False
+        try:
+            engine = await self._ensure_loaded(runner)
+            slots = runner.slots
+            assert slots is not None
+            await slots.acquire()
+        except BaseException:
+            runner.waiting -= 1
+            await self._after_use(runner, keep_alive)
+            raise
+        runner.waiting -= 1
+        runner.active += 1
+        try:
+            yield engine
+        finally:
+            runner.active -= 1
+            slots.release()
+            runner.last_used = time.monotonic()
+            await self._after_use(runner, keep_alive)
+
+    async def preload(self, name: str) -> None:
+        async with self.use(name):
+            pass
+
+    async def unload(self, name: str) -> bool:
+        """Unload a model now, or as soon as its running requests finish. False if not loaded."""
+        runner = self._runners.get(name)
+        if runner is None or (runner.engine is None and runner.loading is None):
+            return False
+        if runner.idle:
+            await self._unload(runner)
+        else:
+            runner.unload_when_idle = True
+        return True
+
+    def loaded(self) -> list[LoadedModel]:
+        now = time.monotonic()
+        return [
+            LoadedModel(
+                name=r.name,
+                active=r.active,
+                waiting=r.waiting,
+                concurrency=r.concurrency,
+                loaded_for=now - r.loaded_at,
+                expires_in=None if r.expires_at is None else max(0.0, r.expires_at - now),
+            )
+            for r in self._runners.values()
+            if r.engine is not None
+        ]
+
+    def is_loaded(self, name: str) -> bool:
+        runner = self._runners.get(name)
+        return runner is not None and runner.engine is not None
+
+    async def close(self) -> None:
+        for runner in list(self._runners.values()):
+            if runner.loading:
+                runner.loading.cancel()
+            await self._unload(runner)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _ensure_loaded(self, runner: Runner) -> Engine:
+        while runner.engine is None:
+            if runner.loading is None:
+                await self._make_room(runner)
+                if runner.engine is not None or runner.loading is not None:
+                    continue
+                runner.loading = asyncio.create_task(self._load(runner))
+            # Shielded: one cancelled waiter must not cancel the load the others wait on.
+            await asyncio.shield(runner.loading)
+        return runner.engine
+
+    async def _load(self, runner: Runner) -> Engine:
+        started = time.monotonic()
+        log.info("loading model %s", runner.name)
+        try:
+            engine = await asyncio.to_thread(self._loader, runner.name)
+        finally:
+            # On failure each waiter gets the error, and the last one drops the runner.
+            runner.loading = None
+        runner.engine = engine
+        runner.concurrency = max(1, min(self.parallel, int(getattr(engine, "max_concurrency", 1))))
+        runner.slots = asyncio.Semaphore(runner.concurrency)
+        runner.loaded_at = time.monotonic()
+        log.info("loaded model %s in %.2fs", runner.name, runner.loaded_at - started)
+        return engine
+
+    def _resident(self) -> list[Runner]:
+        return [r for r in self._runners.values() if r.engine is not None or r.loading is not None]
+
+    async def _make_room(self, runner: Runner) -> None:
+        async with self._changed:
+            while True:
+                resident = [r for r in self._resident() if r is not runner]
+                if len(resident) < self.max_loaded_models:
+                    return
+                idle = [r for r in resident if r.idle and r.engine is not None]
+                if idle:
+                    victim = min(idle, key=lambda r: r.last_used)
+                    log.info("unloading %s to make room for %s", victim.name, runner.name)
+                    await self._unload(victim, notify=False)
+                    continue
+                await self._changed.wait()
+
+    async def _after_use(self, runner: Runner, keep_alive: float | None) -> None:
+        if not runner.idle or runner.engine is None:
+            if runner.engine is None and runner.loading is None and runner.idle:
+                self._runners.pop(runner.name, None)
+            return
+        keep = self.keep_alive if keep_alive is None else keep_alive
+        if runner.unload_when_idle or keep == 0:
+            await self._unload(runner)
+            return
+        async with self._changed:
+            self._changed.notify_all()
+        if keep > 0:
+            runner.expires_at = time.monotonic() + keep
+            loop = asyncio.get_running_loop()
+            runner.timer = loop.call_later(keep, lambda: asyncio.ensure_future(self._expire(runner)))
+
+    async def _expire(self, runner: Runner) -> None:
+        if runner.idle and self._runners.get(runner.name) is runner:
+            log.info("model %s idle for its keep_alive; unloading", runner.name)
+            await self._unload(runner)
+
+    async def _unload(self, runner: Runner, notify: bool = True) -> None:
+        runner.cancel_timer()
+        engine, runner.engine, runner.slots = runner.engine, None, None
+        if self._runners.get(runner.name) is runner:
+            del self._runners[runner.name]
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+        if notify:
+            async with self._changed:
+                self._changed.notify_all()

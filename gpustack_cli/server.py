@@ -1,0 +1,60 @@
+"""`gpustack serve`: pull the default models into an empty store, check the key policy, run the app."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from rich.console import Console
+
+from gpustack_cli.api.app import build_context, create_app
+from gpustack_cli.config import Settings
+from gpustack_cli.progress import RichProgress
+from gpustack_cli.pull import Puller, PullError
+
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{x-request-id}o'
+
+
+class StartupError(Exception):
+    pass
+
+
+def pull_defaults(settings: Settings, console: Console) -> None:
+    puller = Puller(settings, RichProgress(console))
+    console.print(f"The model store is empty: pulling the default models ({', '.join(settings.default_models)}).")
+    for spec in settings.default_models:
+        try:
+            manifest = puller.pull(spec)
+            console.print(f"[green]pulled[/] {manifest.name}")
+        except PullError as exc:
+            console.print(f"[yellow]could not pull {spec}:[/] {exc}")
+
+
+def serve(settings: Settings, console: Console) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = build_context(settings)
+    if not settings.loopback_only and not ctx.auth.enabled and not settings.insecure_no_auth:
+        raise StartupError(
+            f"refusing to listen on {settings.host} without an API key: create one with `gpustack keys create`, "
+            "set GPUSTACK_API_KEY, or pass --insecure-no-auth to serve everyone on the network"
+        )
+    if settings.pull_defaults and not ctx.store.list():
+        pull_defaults(settings, console)
+    missing = [name for name in settings.preload if not ctx.store.exists(name)]
+    if missing:
+        raise StartupError(f"cannot preload {', '.join(missing)}: not in the store (see `gpustack list`)")
+    models = len(ctx.store.list())
+    keys = "on" if ctx.auth.enabled else "off (loopback only)" if settings.loopback_only else "OFF (insecure)"
+
+    def announce(_message: str) -> None:
+        console.print(f"gpustack serving {models} model(s) on [bold]{settings.url}[/] (API keys: {keys})")
+
+    web.run_app(
+        create_app(ctx),
+        host=settings.host,
+        port=settings.port,
+        access_log_format=ACCESS_LOG_FORMAT,
+        handler_cancellation=True,
+        print=announce,
+        shutdown_timeout=10,
+    )

@@ -1,0 +1,191 @@
+"""The local model store: one folder and one JSON manifest per model under `GPUSTACK_HOME/models`.
+
+A model exists only once its folder, manifest included, has been renamed into place: pulls build
+the folder under `GPUSTACK_HOME/tmp` and move it in with one `os.replace`, so a crash or Ctrl-C
+mid-pull never leaves a model that looks complete. Changes that touch several files take a file
+lock (the `filelock` package: portable, and already a dependency of huggingface_hub) so two
+`gpustack` processes can pull, remove and edit at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from pydantic import BaseModel, Field, ValidationError
+
+MANIFEST = "manifest.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class Category(StrEnum):
+    llm = "llm"
+    embedding = "embedding"
+    reranker = "reranker"
+    image = "image"
+    speech_to_text = "speech_to_text"
+    text_to_speech = "text_to_speech"
+
+
+class ModelFile(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    name: str
+    source: str
+    categories: list[Category]
+    engine: str
+    files: list[ModelFile]
+    created: float = Field(default_factory=time.time)
+    # Engine options: context size, GPU layers, chat template override, ...
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Source extras worth keeping (an Ollama template, the upstream revision, ...).
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    generic_proxy: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class StoreError(Exception):
+    pass
+
+
+class ModelNotFound(StoreError):
+    def __init__(self, name: str):
+        super().__init__(f"model '{name}' is not in the store (see `gpustack list`)")
+        self.name = name
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-' and ':' (at most 128)")
+    return name
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, fsync it, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ModelStore:
+    def __init__(self, home: Path):
+        self.home = home
+        self.models_dir = home / "models"
+        self.tmp_dir = home / "tmp"
+        self._lock = FileLock(str(home / "store.lock"))
+
+    def _ensure(self) -> None:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            yield
+
+    def model_dir(self, name: str) -> Path:
+        # ':' is not allowed in Windows paths; '@' is not allowed in model names.
+        return self.models_dir / check_name(name).replace(":", "@")
+
+    def get(self, name: str) -> Manifest:
+        path = self.model_dir(name) / MANIFEST
+        try:
+            return Manifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise ModelNotFound(name) from None
+        except ValidationError as exc:
+            raise StoreError(f"manifest of '{name}' is damaged: {exc}") from exc
+
+    def exists(self, name: str) -> bool:
+        return (self.model_dir(name) / MANIFEST).is_file()
+
+    def list(self) -> list[Manifest]:
+        if not self.models_dir.is_dir():
+            return []
+        manifests = []
+        for entry in sorted(self.models_dir.iterdir()):
+            path = entry / MANIFEST
+            if not path.is_file():
+                continue
+            try:
+                manifests.append(Manifest.model_validate_json(path.read_bytes()))
+            except ValidationError:
+                continue  # A damaged manifest must not hide every other model.
+        return manifests
+
+    def path_of(self, manifest: Manifest, relative: str | None = None) -> Path:
+        """Absolute path of one of the model's files, or of its folder."""
+        base = self.model_dir(manifest.name)
+        return base / relative if relative else base
+
+    @contextmanager
+    def staging(self, name: str) -> Iterator[Path]:
+        """A fresh folder to assemble a model in; removed on any failure or interruption."""
+        check_name(name)
+        self._ensure()
+        folder = self.tmp_dir / f"{name.replace(':', '@')}.{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(self, staged: Path, manifest: Manifest, replace: bool = False) -> Manifest:
+        """Write the manifest into `staged` and move the folder into place as model `manifest.name`."""
+        write_atomic(staged / MANIFEST, manifest.model_dump_json(indent=2).encode())
+        target = self.model_dir(manifest.name)
+        with self.locked():
+            if target.exists():
+                if not replace:
+                    raise StoreError(f"model '{manifest.name}' already exists (remove it, or pull with --force)")
+                trash = self.tmp_dir / f"{target.name}.old.{uuid.uuid4().hex[:8]}"
+                os.replace(target, trash)
+                os.replace(staged, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(staged, target)
+        return manifest
+
+    def update(self, name: str, **changes: Any) -> Manifest:
+        with self.locked():
+            manifest = self.get(name).model_copy(update=changes)
+            manifest = Manifest.model_validate(manifest.model_dump())
+            write_atomic(self.model_dir(name) / MANIFEST, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def remove(self, name: str) -> None:
+        with self.locked():
+            target = self.model_dir(name)
+            if not (target / MANIFEST).is_file():
+                raise ModelNotFound(name)
+            self._ensure()
+            # Rename first so the model vanishes at once even if deleting its files takes long.
+            trash = self.tmp_dir / f"{target.name}.rm.{uuid.uuid4().hex[:8]}"
+            os.replace(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
