@@ -164,7 +164,7 @@ class Downloader:
             try:
                 with self.progress.task(label, total) as done, part.open(mode) as out:
                     done(offset)
-                    for block in response.iter_bytes(CHUNK):
+                    for block in response.iter_bytes():
                         out.write(block)
                         digest.update(block)
                         done(len(block))

