@@ -123,11 +123,12 @@ class KeyStore:
                 self._save([k for k in keys if k not in gone])
         return gone
 
-    def mtime(self) -> float:
+    def mtime(self) -> float | None:
+        """When the key file last changed; None while no key was ever created."""
         try:
             return self.path.stat().st_mtime
         except FileNotFoundError:
-            return 0.0
+            return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Authenticator:
         self.store = store
         self.env_key = env_key
         self._lock = threading.Lock()
-        self._mtime = -1.0
+        self._mtime: float | None = -1.0
         self._keys: dict[str, ApiKey] = {}
         self._verified: dict[bytes, str] = {}
 
@@ -163,9 +164,11 @@ class Authenticator:
 
     @property
     def enabled(self) -> bool:
+        """Whether keys are in force. Once a key file exists it stays in force even after the last
+        key is revoked: revoking every key locks the server rather than opening it."""
         with self._lock:
             self._refresh()
-            return bool(self.env_key) or bool(self._keys)
+            return bool(self.env_key) or self._mtime is not None
 
     def verify(self, token: str | None) -> Principal | None:
         """The principal for a presented key, or None for a missing, wrong, revoked or expired key."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -143,8 +142,9 @@ class LoopbackServer:
                 }
                 for w in wheels
             ]
-            return web.json_response({"meta": {"api-version": "1.1"}, "files": files},
-                                     content_type="application/vnd.pypi.simple.v1+json")
+            return web.json_response(
+                {"meta": {"api-version": "1.1"}, "files": files}, content_type="application/vnd.pypi.simple.v1+json"
+            )
         links = "".join(f'<a href="../../files/{w}#sha256={self._sha(w)}">{w}</a>' for w in wheels)
         return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
 
@@ -155,8 +155,9 @@ class LoopbackServer:
         await self._record(request)
         repo = f"{request.match_info['org']}/{request.match_info['repo']}"
         if repo not in self.hf_repos:
-            return web.json_response({"error": "Repository not found"}, status=404,
-                                     headers={"X-Error-Code": "RepoNotFound"})
+            return web.json_response(
+                {"error": "Repository not found"}, status=404, headers={"X-Error-Code": "RepoNotFound"}
+            )
         siblings = []
         for path, data in self.hf_repos[repo].items():
             sibling: dict[str, Any] = {"rfilename": path, "size": len(data), "blobId": sha256(data)[:40]}
@@ -219,7 +220,3 @@ class LoopbackServer:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
-
-
-def json_dumps(data: Any) -> bytes:
-    return json.dumps(data).encode()

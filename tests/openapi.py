@@ -15,16 +15,16 @@ SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "openai-openap
 
 
 @functools.cache
-def _registry() -> tuple[dict[str, Any], Registry]:
+def _registry() -> Registry:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     spec = yaml.load(SPEC.read_text(), Loader=loader)
     resource = Resource.from_contents(spec, default_specification=DRAFT202012)
-    return spec, Registry().with_resource("urn:openai", resource)
+    return Registry().with_resource("urn:openai", resource)
 
 
 def validate(instance: Any, schema_name: str) -> None:
     """Raise jsonschema.ValidationError unless `instance` matches components/schemas/<schema_name>."""
-    spec, registry = _registry()
+    registry = _registry()
     schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
     validator = jsonschema.Draft202012Validator(schema, registry=registry)
     validator.validate(instance)

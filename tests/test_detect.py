@@ -12,8 +12,16 @@ CHAT = {"general.architecture": "llama", "llama.context_length": 32768, "tokeniz
 
 
 def test_reads_gguf_metadata_and_summarises_long_arrays(tmp_path: Path) -> None:
-    path = write_gguf(tmp_path / "m.gguf", {**CHAT, "tokenizer.ggml.tokens": [f"t{i}" for i in range(500)],
-                                           "small": [1, 2, 3], "flag": True, "scale": 0.5})
+    path = write_gguf(
+        tmp_path / "m.gguf",
+        {
+            **CHAT,
+            "tokenizer.ggml.tokens": [f"t{i}" for i in range(500)],
+            "small": [1, 2, 3],
+            "flag": True,
+            "scale": 0.5,
+        },
+    )
     meta = read_metadata(path)
     assert meta["general.architecture"] == "llama"
     assert meta["llama.context_length"] == 32768
@@ -54,12 +62,21 @@ def test_gguf_embedding_and_reranker(tmp_path: Path) -> None:
 def test_folders(tmp_path: Path) -> None:
     cases = {
         "diffusers": ({"model_index.json": "{}"}, "diffusers", [Category.image]),
-        "st": ({"modules.json": "[]", "config.json": "{}"}, "sentence-transformers",
-               [Category.embedding, Category.reranker]),
-        "cross": ({"config.json": json.dumps({"architectures": ["BertForSequenceClassification"]})},
-                  "sentence-transformers", [Category.reranker]),
-        "whisper": ({"model.bin": "x", "config.json": "{}", "vocabulary.txt": "a"}, "faster-whisper",
-                    [Category.speech_to_text]),
+        "st": (
+            {"modules.json": "[]", "config.json": "{}"},
+            "sentence-transformers",
+            [Category.embedding, Category.reranker],
+        ),
+        "cross": (
+            {"config.json": json.dumps({"architectures": ["BertForSequenceClassification"]})},
+            "sentence-transformers",
+            [Category.reranker],
+        ),
+        "whisper": (
+            {"model.bin": "x", "config.json": "{}", "vocabulary.txt": "a"},
+            "faster-whisper",
+            [Category.speech_to_text],
+        ),
         "piper": ({"voice.onnx": "x", "voice.onnx.json": "{}"}, "piper", [Category.text_to_speech]),
     }
     for folder_name, (files, engine, categories) in cases.items():

@@ -83,9 +83,11 @@ def test_disk_full_deletes_the_part(tmp_path: Path, loopback: LoopbackServer, mo
 
     def full_disk_open(self: Path, mode: str = "r", *args, **kwargs):
         handle = real_open(self, mode, *args, **kwargs)
-        if self.suffix == ".part" and "a" in mode or self.suffix == ".part" and "w" in mode:
+        if (self.suffix == ".part" and "a" in mode) or (self.suffix == ".part" and "w" in mode):
+
             def write(_data: bytes) -> int:
                 raise OSError(errno.ENOSPC, "No space left on device")
+
             handle.write = write
         return handle
 

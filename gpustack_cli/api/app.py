@@ -124,8 +124,11 @@ def _required_scope(path: str) -> Scope | None:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    auth = request.app[CONTEXT].auth
-    if request.path in PUBLIC_ROUTES or not auth.enabled:
+    ctx = request.app[CONTEXT]
+    auth, settings = ctx.auth, ctx.settings
+    # Without keys only a loopback server is open (or one its operator declared insecure).
+    open_server = not auth.enabled and (settings.loopback_only or settings.insecure_no_auth)
+    if request.path in PUBLIC_ROUTES or open_server:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key")

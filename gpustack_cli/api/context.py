@@ -30,8 +30,8 @@ class ServerContext:
 
 
 CONTEXT = web.AppKey("context", ServerContext)
-PRINCIPAL = "gpustack.principal"
-REQUEST_ID = "gpustack.request_id"
+PRINCIPAL = web.RequestKey("principal", Principal)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def context(request: web.Request) -> ServerContext:

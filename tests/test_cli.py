@@ -1,0 +1,64 @@
+"""The CLI's store and key commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpustack_cli import __version__
+from tests.conftest import clean_env, gpustack
+from tests.gguf_writer import write_gguf
+
+
+def test_pull_list_show_rm(tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(tmp_path / "home"), COLUMNS="200")
+    model = write_gguf(
+        tmp_path / "Tiny-Chat.gguf",
+        {"general.architecture": "llama", "llama.context_length": 4096, "tokenizer.chat_template": "{{ messages }}"},
+    )
+    pulled = gpustack("pull", str(model), "--name", "tiny", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "tiny ready: llm via llama.cpp" in pulled.stdout
+
+    listed = json.loads(gpustack("list", "--json", env=env).stdout)
+    assert [(m["name"], m["categories"], m["engine"], m["size"]) for m in listed] == [
+        ("tiny", ["llm"], "llama.cpp", model.stat().st_size)
+    ]
+    table = gpustack("list", env=env).stdout
+    assert "NAME" in table and "tiny" in table and "llama.cpp" in table
+
+    shown = json.loads(gpustack("show", "tiny", "--json", env=env).stdout)
+    assert shown["options"] == {"model_file": "Tiny-Chat.gguf", "n_ctx": 4096}
+    assert shown["gguf"]["general.architecture"] == "llama" and shown["gguf"]["has_chat_template"] is True
+    assert len(shown["files"][0]["sha256"]) == 64
+    assert "general.architecture" in gpustack("show", "tiny", env=env).stdout
+
+    assert gpustack("rm", "tiny", env=env).returncode == 0
+    assert json.loads(gpustack("list", "--json", env=env).stdout) == []
+    for args in (("rm", "tiny"), ("show", "tiny"), ("run", "tiny")):
+        result = gpustack(*args, env=env)
+        assert result.returncode == 1 and "not in the store" in result.stderr, args
+
+
+def test_keys_commands(tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(tmp_path))
+    created = gpustack(
+        "keys", "create", "--name", "bot", "--expires-in", "1h", "--models", "a, b", "--scope", "all", env=env
+    )
+    assert created.returncode == 0 and "not shown again" in created.stderr
+    [record] = json.loads(gpustack("keys", "list", "--json", env=env).stdout)
+    assert record["name"] == "bot" and record["models"] == ["a", "b"] and record["scope"] == "all"
+    assert 3500 < record["expires"] - record["created"] <= 3600 and record["expired"] is False
+    assert created.stdout.strip() not in json.dumps(record)
+    bad = gpustack("keys", "create", "--expires-in", "soon", env=env)
+    assert bad.returncode == 1 and "not a duration" in bad.stderr
+    assert gpustack("keys", "revoke", "nobody", env=env).returncode == 1
+    assert gpustack("keys", "revoke", record["id"], env=env).returncode == 0
+    assert json.loads(gpustack("keys", "list", "--json", env=env).stdout) == []
+
+
+def test_version_and_bad_settings(tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(tmp_path))
+    assert gpustack("version", env=env).stdout.strip() == f"gpustack {__version__}"
+    result = gpustack("list", env={**env, "GPUSTACK_MAX_LOADED_MODELS": "zero"})
+    assert result.returncode == 1 and "max_loaded_models" in result.stderr and "Traceback" not in result.stderr
