@@ -9,6 +9,8 @@ llama_cpp, ...) only when a model is loaded, so `gpustack` starts fast and insta
 from __future__ import annotations
 
 import importlib
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,6 +22,8 @@ class LoadSpec:
 
     name: str
     path: Path
+    # What the model is for ("llm", "embedding", ...): an engine may load differently for each.
+    categories: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     # -1 offloads every layer to the GPU when one is present; 0 keeps the model on the CPU.
     gpu_layers: int = -1
@@ -32,6 +36,80 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model's memory (and GPU memory)."""
+
+
+@dataclass
+class Sampling:
+    """How to pick each next token; one per request (and per choice)."""
+
+    max_tokens: int
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # A JSON schema the output must match (JSON mode, structured output, tool calls); engines
+    # enforce it while sampling.
+    json_schema: dict[str, Any] | None = None
+    # None: no log probabilities; k >= 0: the chosen token's and the k most likely.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    # The token's bytes: a UTF-8 character may span several tokens.
+    piece: bytes
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Tokens of `text`; with `special`, BOS is added as the model wants and special tokens parsed."""
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+
+@runtime_checkable
+class TextGenerator(Tokenizer, Protocol):
+    """Chat and completions: tokens in, a stream of sampled tokens out, one request at a time."""
+
+    n_ctx: int
+    architecture: str
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    def piece(self, token: int) -> bytes: ...
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """(prefix, suffix, middle) tokens for fill-in-the-middle, or None where the model has none."""
+
+    def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+        """Sampled tokens until an end-of-generation token, `max_tokens`, or `cancel` is set."""
+
+
+@dataclass
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class Embedder(Tokenizer, Protocol):
+    max_input_tokens: int
+    dimensions: int
+    # Whether vectors may be cut to fewer dimensions (Matryoshka-trained models).
+    truncatable: bool
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        """One L2-normalised vector per text; texts longer than `max_input_tokens` are truncated."""
 
 
 class EngineUnavailable(RuntimeError):

@@ -218,14 +218,38 @@ def stop(name: str) -> None:
 
 
 @app.command()
-def run(name: str) -> None:
-    """Run a model in the terminal: a chat REPL, or one shot for the other kinds."""
+def run(
+    name: str,
+    prompt: Annotated[list[str] | None, typer.Argument(help="Answer this one prompt and exit.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+) -> None:
+    """Run a model in the terminal: a chat REPL, or one answer to a prompt."""
+    from engines.base import EngineUnavailable
+    from gpustack_cli.repl import answer, backend_for, repl
+
+    config = settings()
     try:
-        manifest = ModelStore(settings().home).get(name)
+        manifest = ModelStore(config.home).get(name)
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    # Each engine brings its terminal mode along with its API (steps 2 to 5 of the roadmap).
-    raise fail(f"`gpustack run` does not drive {manifest.engine} models yet; use `gpustack serve` and the API")
+    if "llm" not in manifest.categories:
+        # Each engine brings its terminal mode along with its API (steps 3 to 5 of the roadmap).
+        raise fail(f"`gpustack run` does not drive {manifest.engine} models yet; use `gpustack serve` and the API")
+    try:
+        backend = backend_for(config, name)
+    except (EngineUnavailable, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+    if prompt:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": " ".join(prompt)}
+        ]
+        try:
+            answer(backend, messages, console, max_tokens)
+        except RuntimeError as exc:
+            raise fail(str(exc)) from exc
+        return
+    repl(backend, console, system, max_tokens)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from engines.base import EngineUnavailable, LoadSpec, load_engine
 from gpustack_cli import __version__
-from gpustack_cli.api import admin, openai
+from gpustack_cli.api import admin, anthropic, native, openai, openai_chat, openai_embeddings
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.config import Settings
@@ -21,6 +21,7 @@ from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import QueueFull, Scheduler
 from gpustack_cli.store import ModelStore
+from gpustack_cli.textgen import GenerationError
 
 log = logging.getLogger("gpustack.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,6 +91,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error_response(request, exc)
     except QueueFull as exc:
         return _error_response(request, APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"}))
+    except GenerationError as exc:
+        return _error_response(request, APIError(400, str(exc), param=exc.param, code=exc.code))
     except EngineUnavailable as exc:
         return _error_response(request, APIError(503, str(exc), code="engine_unavailable"))
     except web.HTTPException as exc:
@@ -163,7 +166,13 @@ def build_context(settings: Settings) -> ServerContext:
 
     def loader(name: str):
         manifest = store.get(name)
-        spec = LoadSpec(name=name, path=store.model_dir(name), options=manifest.options, gpu_layers=settings.gpu_layers)
+        spec = LoadSpec(
+            name=name,
+            path=store.model_dir(name),
+            categories=tuple(c.value for c in manifest.categories),
+            options=manifest.options,
+            gpu_layers=settings.gpu_layers,
+        )
         return load_engine(manifest.engine, spec)
 
     scheduler = Scheduler(
@@ -187,6 +196,10 @@ def create_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/metrics", metrics_route)
     admin.add_routes(app)
     openai.add_routes(app)
+    openai_chat.add_routes(app)
+    anthropic.add_routes(app)
+    openai_embeddings.add_routes(app)
+    native.add_routes(app)
 
     async def preload(app: web.Application) -> None:
         for name in ctx.settings.preload:

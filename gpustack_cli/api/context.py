@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gpustack_cli.api.errors import APIError, bad_request, from_validation, model_not_found
-from gpustack_cli.config import Settings
+from gpustack_cli.config import Settings, parse_duration
 from gpustack_cli.keys import Authenticator, Principal, Scope
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import Scheduler
@@ -63,6 +63,20 @@ async def read_json(request: web.Request, model: type[Body]) -> Body:
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             raise bad_request("The request body must be a JSON object.") from exc
         raise from_validation(exc) from exc
+
+
+KEEP_ALIVE_HEADER = "X-GPUStack-Keep-Alive"
+
+
+def keep_alive_of(request: web.Request, field: str | int | float | None = None) -> float | None:
+    """This request's keep_alive (body field, else header), in seconds; None for the server's."""
+    value = field if field is not None else request.headers.get(KEEP_ALIVE_HEADER)
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise bad_request(f"Invalid 'keep_alive': {exc}.", param="keep_alive") from exc
 
 
 def resolve_model(request: web.Request, name: str, category: Category | None = None, route: str = "") -> Manifest:

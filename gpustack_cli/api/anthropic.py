@@ -1,0 +1,281 @@
+"""Anthropic's `POST /v1/messages` and `/v1/messages/count_tokens`: a second translator onto the
+same text core as OpenAI's chat (`gpustack_cli.textgen`), with Anthropic's blocks, stop reasons,
+event stream and error shape. Claude Code's `anthropic-version` header and `?beta=true` are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.base import Sampling, TextGenerator
+from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.store import Category
+from gpustack_cli.textgen import (
+    ChatMessage,
+    ChatRequest,
+    Finished,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
+    count_chat_tokens,
+    prepare_chat,
+    stream_chat,
+)
+from gpustack_cli.threads import iterate_in_thread
+
+STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextBlock(Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Wire):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(Wire):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] = ""
+    is_error: bool = False
+
+
+class OtherBlock(Wire):
+    type: Literal["image", "document", "thinking", "redacted_thinking", "search_result"]
+
+
+Block = TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock
+
+
+class Message(Wire):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(Wire):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolChoice(Wire):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+
+
+class CountTokensBody(Wire):
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesBody(CountTokensBody):
+    max_tokens: Annotated[int, Field(ge=1)]
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+    keep_alive: str | int | float | None = None
+
+
+def _text(content: str | list[TextBlock]) -> str:
+    return content if isinstance(content, str) else "".join(b.text for b in content)
+
+
+def _messages(body: CountTokensBody) -> list[ChatMessage]:
+    messages = [ChatMessage("system", _text(body.system))] if body.system else []
+    for index, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            messages.append(ChatMessage(message.role, message.content))
+            continue
+        text, calls = "", []
+        for block in message.content:
+            if isinstance(block, OtherBlock):
+                raise bad_request(f"messages.{index}.content: this model reads text only, not '{block.type}' blocks")
+            if isinstance(block, TextBlock):
+                text += block.text
+            elif isinstance(block, ToolUseBlock):
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+            else:
+                result = _text(block.content)
+                messages.append(
+                    ChatMessage(
+                        "tool", f"Error: {result}" if block.is_error else result, tool_call_id=block.tool_use_id
+                    )
+                )
+        if text or calls:
+            messages.append(ChatMessage(message.role, text, calls))
+    return messages
+
+
+def chat_request(body: CountTokensBody) -> ChatRequest:
+    tools = [Tool(t.name, t.description, t.input_schema) for t in body.tools or []]
+    choice = body.tool_choice or ToolChoice(type="auto")
+    mode = {"auto": "auto", "any": "required", "none": "none", "tool": choice.name or ""}[choice.type]
+    if choice.type == "tool" and mode not in {t.name for t in tools}:
+        raise bad_request(f"tool_choice: no tool named '{choice.name}' in tools")
+    if choice.type == "any" and not tools:
+        raise bad_request("tool_choice: 'any' needs tools")
+    sampling = Sampling(max_tokens=1)
+    if isinstance(body, MessagesBody):
+        defaults = sampling
+        sampling = Sampling(
+            max_tokens=body.max_tokens,
+            temperature=defaults.temperature if body.temperature is None else body.temperature,
+            top_p=defaults.top_p if body.top_p is None else body.top_p,
+            top_k=defaults.top_k if body.top_k is None else body.top_k,
+        )
+    return ChatRequest(
+        messages=_messages(body),
+        sampling=sampling,
+        max_tokens=body.max_tokens if isinstance(body, MessagesBody) else None,
+        stop=list(body.stop_sequences or []) if isinstance(body, MessagesBody) else [],
+        tools=tools,
+        tool_choice=mode,
+    )
+
+
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": "toolu_" + call.id.removeprefix("call_"),
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
+def _stop(finished: Finished) -> tuple[str, str | None]:
+    if finished.stop_sequence is not None:
+        return "stop_sequence", finished.stop_sequence
+    return STOP_REASONS.get(finished.reason, "end_turn"), None
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, MessagesBody)
+    manifest = resolve_model(request, body.model, Category.llm, "messages")
+    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
+        if not isinstance(engine, TextGenerator):
+            raise bad_request(f"Model '{manifest.name}' cannot generate text.")
+        prepared = await asyncio.to_thread(prepare_chat, engine, chat_request(body))
+        message_id = f"msg_{secrets.token_hex(12)}"
+        events = iterate_in_thread(lambda cancel: stream_chat(engine, prepared, cancel))
+        if body.stream:
+            return await _stream(request, events, message_id, manifest.name, len(prepared.prompt_tokens))
+        content: list[dict[str, Any]] = []
+        finished = None
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if content and content[-1]["type"] == "text":
+                        content[-1]["text"] += event.text
+                    else:
+                        content.append({"type": "text", "text": event.text})
+                elif isinstance(event, ToolCallEvent):
+                    content.append(_tool_use(event.call))
+                else:
+                    finished = event
+        assert finished is not None
+        stop_reason, stop_sequence = _stop(finished)
+        return web.json_response(
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": manifest.name,
+                "content": content,
+                "stop_reason": stop_reason,
+                "stop_sequence": stop_sequence,
+                "usage": {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens},
+            }
+        )
+
+
+async def _stream(request: web.Request, events: Any, message_id: str, model: str, prompt_tokens: int):
+    stream = EventStream(request)
+    await stream.open()
+
+    async def send(kind: str, **fields: Any) -> None:
+        await stream.send({"type": kind, **fields}, event=kind)
+
+    start = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+    }
+    await send("message_start", message=start)
+    await send("ping")
+    index, open_text = -1, False
+    try:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if not open_text:  # a text block opens with its first text, never empty
+                        index, open_text = index + 1, True
+                        await send("content_block_start", index=index, content_block={"type": "text", "text": ""})
+                    await send("content_block_delta", index=index, delta={"type": "text_delta", "text": event.text})
+                elif isinstance(event, ToolCallEvent):
+                    if open_text:
+                        await send("content_block_stop", index=index)
+                        open_text = False
+                    index += 1
+                    block = {**_tool_use(event.call), "input": {}}
+                    await send("content_block_start", index=index, content_block=block)
+                    delta = {"type": "input_json_delta", "partial_json": event.call.arguments}
+                    await send("content_block_delta", index=index, delta=delta)
+                    await send("content_block_stop", index=index)
+                else:
+                    if open_text:
+                        await send("content_block_stop", index=index)
+                    stop_reason, stop_sequence = _stop(event)
+                    await send(
+                        "message_delta",
+                        delta={"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                        usage={"output_tokens": event.completion_tokens},
+                    )
+                    await send("message_stop")
+    except Exception as exc:
+        await stream.send(stream_error(exc).anthropic(), event="error")
+    return await stream.close()
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body = await read_json(request, CountTokensBody)
+    manifest = resolve_model(request, body.model, Category.llm, "messages")
+    async with context(request).scheduler.use(manifest.name) as engine:
+        if not isinstance(engine, TextGenerator):
+            raise bad_request(f"Model '{manifest.name}' cannot count chat tokens.")
+        count = await asyncio.to_thread(count_chat_tokens, engine, chat_request(body))
+    return web.json_response({"input_tokens": count})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)

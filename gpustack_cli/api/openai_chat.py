@@ -1,0 +1,506 @@
+"""OpenAI's `POST /v1/chat/completions` and `POST /v1/completions`: wire JSON to the text core and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engines.base import Sampling, TextGenerator
+from gpustack_cli import __version__
+from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.store import Category
+from gpustack_cli.textgen import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finished,
+    Prepared,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
+    fit_context,
+    prepare_chat,
+    stream_chat,
+    stream_text,
+)
+from gpustack_cli.threads import iterate_in_thread
+
+# -- wire types --------------------------------------------------------------------------------
+
+
+class Wire(BaseModel):
+    # Clients send fields we do not use (store, metadata, service_tier, ...): accept and ignore.
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(Wire):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(Wire):
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+class FunctionCall(Wire):
+    name: str
+    arguments: str = ""
+
+
+class WireToolCall(Wire):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | OtherPart] | None = None
+    name: str | None = None
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(Wire):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class WireTool(Wire):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedToolChoice(Wire):
+    type: Literal["function"] = "function"
+    function: dict[str, str]
+
+
+class JsonSchemaFormat(Wire):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StreamOptions(Wire):
+    include_usage: bool = False
+
+
+Stop = str | Annotated[list[str], Field(max_length=16)] | None
+
+
+class SamplingFields(Wire):
+    """The sampling fields chat and completions share (with llama.cpp's extras)."""
+
+    model: str
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    stop: Stop = None
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    keep_alive: str | int | float | None = None
+
+
+class ChatCompletionBody(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[WireTool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+
+Prompt = str | list[str] | Annotated[list[int], Field(min_length=1)] | list[Annotated[list[int], Field(min_length=1)]]
+
+
+class CompletionBody(SamplingFields):
+    prompt: Prompt
+    suffix: str | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+
+
+# -- wire to core ------------------------------------------------------------------------------
+
+
+def sampling_of(body: SamplingFields, logprobs: int | None) -> Sampling:
+    bias: dict[int, float] = {}
+    for key, value in (body.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise bad_request(f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias")
+        bias[int(key)] = value
+    defaults = Sampling(max_tokens=1)
+    return Sampling(
+        max_tokens=1,  # set per request from max_tokens and the context left
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        top_k=defaults.top_k if body.top_k is None else body.top_k,
+        min_p=defaults.min_p if body.min_p is None else body.min_p,
+        repeat_penalty=body.repeat_penalty or defaults.repeat_penalty,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+        logit_bias=bias,
+        logprobs=logprobs,
+    )
+
+
+def _stops(stop: Stop) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def _text_of(message: Message, index: int) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    for part in message.content:
+        if isinstance(part, OtherPart):
+            raise bad_request(
+                f"Invalid content part in messages[{index}]: this model reads text only, not '{part.type}'.",
+                param=f"messages[{index}].content",
+                code="unsupported_content",
+            )
+    return "".join(part.text for part in message.content if isinstance(part, TextPart))
+
+
+def chat_request(body: ChatCompletionBody) -> ChatRequest:
+    messages = []
+    for index, m in enumerate(body.messages):
+        calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or []]
+        role = "system" if m.role == "developer" else m.role
+        messages.append(ChatMessage(role, _text_of(m, index), calls, m.tool_call_id))
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []]
+    choice = body.tool_choice or "auto"
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function.get("name", "")
+        if choice not in {t.name for t in tools}:
+            raise bad_request(f"Invalid 'tool_choice': no tool named '{choice}' in 'tools'.", param="tool_choice")
+    elif choice == "required" and not tools:
+        raise bad_request("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
+    schema = None
+    if body.response_format and body.response_format.type == "json_object":
+        schema = {"type": "object"}
+    elif body.response_format and body.response_format.type == "json_schema":
+        if body.response_format.json_schema is None:
+            raise bad_request("Missing required parameter: 'response_format.json_schema'.", param="response_format")
+        schema = body.response_format.json_schema.schema_
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return ChatRequest(
+        messages=messages,
+        sampling=sampling_of(body, logprobs),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=_stops(body.stop),
+        tools=tools,
+        tool_choice=choice,
+        json_schema=schema,
+    )
+
+
+# -- core to wire ------------------------------------------------------------------------------
+
+
+def _logprob_entry(lp: Any) -> dict[str, Any]:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": [{"token": t, "logprob": p, "bytes": b} for t, b, p in lp.top],
+    }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _seeded(prepared: Prepared, index: int) -> Prepared:
+    """Choice `index` of n: its own seed, so the n choices differ but stay reproducible."""
+    if index == 0:
+        return prepared
+    seed = None if prepared.sampling.seed is None else prepared.sampling.seed + index
+    sampling = Sampling(**{**prepared.sampling.__dict__, "seed": seed})
+    return Prepared(prepared.prompt_tokens, sampling, prepared.stop, prepared.tool_mode)
+
+
+async def _events(make: Callable[[Any], Iterator[Event]]) -> AsyncIterator[Event]:
+    async with contextlib.aclosing(iterate_in_thread(make)) as events:
+        async for event in events:
+            yield event
+
+
+# Changes when the serving code changes, as OpenAI's does with its backend.
+FINGERPRINT = f"fp_gpustack_{__version__}"
+
+
+class Envelope:
+    """The id, timestamp and model every object of one response shares."""
+
+    def __init__(self, prefix: str, model: str):
+        self.id = f"{prefix}-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.model = model
+
+    def wrap(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            **fields,
+        }
+
+
+async def _chat_choice(engine: TextGenerator, prepared: Prepared, index: int) -> tuple[dict[str, Any], Finished]:
+    content, calls, logprobs, finished = "", [], [], None
+    async for event in _events(lambda cancel: stream_chat(engine, prepared, cancel)):
+        if isinstance(event, TextDelta):
+            content += event.text
+            logprobs += [_logprob_entry(lp) for lp in event.logprobs]
+        elif isinstance(event, ToolCallEvent):
+            calls.append(_tool_call(event.call))
+        else:
+            finished = event
+    assert finished is not None
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content if content or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    choice = {
+        "index": index,
+        "message": message,
+        "logprobs": {"content": logprobs, "refusal": None} if prepared.sampling.logprobs is not None else None,
+        "finish_reason": finished.reason,
+    }
+    return choice, finished
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, ChatCompletionBody)
+    manifest = resolve_model(request, body.model, Category.llm, "chat completions")
+    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
+        if not isinstance(engine, TextGenerator):
+            raise bad_request(f"Model '{manifest.name}' cannot generate text.", param="model")
+        chat = chat_request(body)
+        prepared = await asyncio.to_thread(prepare_chat, engine, chat)
+        envelope = Envelope("chatcmpl", manifest.name)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream_chat(request, engine, prepared, body.n, envelope, usage)
+        choices, prompt, completion = [], 0, 0
+        for index in range(body.n):
+            choice, finished = await _chat_choice(engine, _seeded(prepared, index), index)
+            choices.append(choice)
+            prompt, completion = finished.prompt_tokens, completion + finished.completion_tokens
+        return web.json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
+
+
+async def _stream_chat(
+    request: web.Request, engine: TextGenerator, prepared: Prepared, n: int, envelope: Envelope, usage: bool
+) -> web.StreamResponse:
+    stream = EventStream(request)
+    await stream.open()
+
+    async def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> None:
+        choice = {"index": index, "delta": delta, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        await stream.send(envelope.wrap("chat.completion.chunk", choices=[choice]))
+
+    prompt = completion = 0
+    try:
+        for index in range(n):
+            await chunk(index, {"role": "assistant", "content": "", "refusal": None})
+            async for event in _events(lambda cancel, i=index: stream_chat(engine, _seeded(prepared, i), cancel)):
+                if isinstance(event, TextDelta):
+                    logprobs = None
+                    if prepared.sampling.logprobs is not None:
+                        logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
+                    await chunk(index, {"content": event.text}, logprobs=logprobs)
+                elif isinstance(event, ToolCallEvent):
+                    call = event.call
+                    opening = {
+                        "index": event.index,
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": ""},
+                    }
+                    await chunk(index, {"tool_calls": [opening]})
+                    await chunk(
+                        index, {"tool_calls": [{"index": event.index, "function": {"arguments": call.arguments}}]}
+                    )
+                else:
+                    prompt, completion = event.prompt_tokens, completion + event.completion_tokens
+                    await chunk(index, {}, finish=event.reason)
+        if usage:
+            await stream.send(envelope.wrap("chat.completion.chunk", choices=[], usage=_usage(prompt, completion)))
+        await stream.send("[DONE]")
+    except Exception as exc:
+        # Headers are gone: report in the stream, as OpenAI does, and end it cleanly.
+        await stream.send(stream_error(exc).openai())
+    return await stream.close()
+
+
+# -- legacy completions ------------------------------------------------------------------------
+
+
+def _prompts(body: CompletionBody, engine: TextGenerator) -> list[list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        texts: list[str | list[int]] = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        texts = [prompt]  # type: ignore[list-item]
+    else:
+        texts = list(prompt)  # type: ignore[arg-type]
+    if not texts:
+        raise bad_request("Invalid 'prompt': it is empty.", param="prompt")
+    return [engine.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
+
+
+def _with_suffix(engine: TextGenerator, tokens: list[int], suffix: str) -> list[int]:
+    fim = engine.fim_tokens()
+    if fim is None:
+        raise bad_request("This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix")
+    pre, suf, mid = fim
+    return [pre, *tokens, suf, *engine.tokenize(suffix, special=False), mid]
+
+
+def _completion_logprobs(engine: TextGenerator, deltas: list[TextDelta], offset: int) -> dict[str, Any]:
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for delta in deltas:
+        for lp in delta.logprobs:
+            offsets.append(offset)
+            offset += len(lp.token)
+            tokens.append(lp.token)
+            token_logprobs.append(lp.logprob)
+            top.append({t: p for t, _b, p in lp.top})
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, CompletionBody)
+    if body.best_of is not None and body.best_of != body.n:
+        raise bad_request("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
+    if body.echo and body.logprobs is not None:
+        raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
+    manifest = resolve_model(request, body.model, Category.llm, "completions")
+    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
+        if not isinstance(engine, TextGenerator):
+            raise bad_request(f"Model '{manifest.name}' cannot generate text.", param="model")
+        sampling = sampling_of(body, body.logprobs)
+        prompts = await asyncio.to_thread(_prompts, body, engine)
+        if body.suffix:
+            prompts = [_with_suffix(engine, p, body.suffix) for p in prompts]
+        prepared = []
+        for tokens in prompts:
+            budget = fit_context(engine, len(tokens), body.max_tokens, what="prompt")
+            prepared.append(
+                Prepared(tokens, Sampling(**{**sampling.__dict__, "max_tokens": budget}), _stops(body.stop))
+            )
+        envelope = Envelope("cmpl", manifest.name)
+        jobs = [(p_index * body.n + i, p, i) for p_index, p in enumerate(prepared) for i in range(body.n)]
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream_completion(request, engine, jobs, body, envelope, usage)
+        choices, prompt_total, completion_total = [], 0, 0
+        for index, p, i in jobs:
+            deltas, finished = [], None
+            async for event in _events(lambda cancel, p=p, i=i: stream_text(engine, _seeded(p, i), cancel)):
+                if isinstance(event, TextDelta):
+                    deltas.append(event)
+                elif isinstance(event, Finished):
+                    finished = event
+            assert finished is not None
+            head = engine.detokenize(p.prompt_tokens) if body.echo else ""
+            text = head + "".join(d.text for d in deltas)
+            logprobs = _completion_logprobs(engine, deltas, len(head)) if body.logprobs is not None else None
+            choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finished.reason})
+            if i == 0:
+                prompt_total += finished.prompt_tokens
+            completion_total += finished.completion_tokens
+        usage = _usage(prompt_total, completion_total)
+        return web.json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
+
+
+async def _stream_completion(
+    request: web.Request, engine: TextGenerator, jobs: list, body: CompletionBody, envelope: Envelope, usage: bool
+) -> web.StreamResponse:
+    stream = EventStream(request)
+    await stream.open()
+
+    async def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> None:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        await stream.send(envelope.wrap("text_completion", choices=[choice]))
+
+    prompt_total = completion_total = 0
+    try:
+        for index, p, i in jobs:
+            offset = 0
+            if body.echo:
+                head = engine.detokenize(p.prompt_tokens)
+                await chunk(index, head)
+                offset = len(head)
+            async for event in _events(lambda cancel, p=p, i=i: stream_text(engine, _seeded(p, i), cancel)):
+                if isinstance(event, TextDelta):
+                    logprobs = None
+                    if body.logprobs is not None:
+                        logprobs = _completion_logprobs(engine, [event], offset)
+                    offset += len(event.text)
+                    await chunk(index, event.text, logprobs=logprobs)
+                elif isinstance(event, Finished):
+                    prompt_total += event.prompt_tokens if i == 0 else 0
+                    completion_total += event.completion_tokens
+                    await chunk(index, "", finish=event.reason)
+        if usage:
+            await stream.send(
+                envelope.wrap("text_completion", choices=[], usage=_usage(prompt_total, completion_total))
+            )
+        await stream.send("[DONE]")
+    except Exception as exc:
+        await stream.send(stream_error(exc).openai())
+    return await stream.close()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)

@@ -1,0 +1,51 @@
+"""Server-sent events, as OpenAI and Anthropic stream them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gpustack_cli.api.context import REQUEST_ID
+from gpustack_cli.api.errors import APIError
+from gpustack_cli.textgen import GenerationError
+
+log = logging.getLogger("gpustack.server")
+
+
+def stream_error(exc: Exception) -> APIError:
+    """An error raised after a stream began, as the error event that ends the stream."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, GenerationError):
+        return APIError(400, str(exc), param=exc.param, code=exc.code)
+    log.exception("error while streaming")
+    return APIError(500, "The server had an error while generating the response.")
+
+
+class EventStream:
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "Connection": "keep-alive",
+                "X-Accel-Buffering": "no",
+                "x-request-id": request[REQUEST_ID],
+            }
+        )
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, data: dict[str, Any] | str, event: str | None = None) -> None:
+        text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+        prefix = f"event: {event}\n" if event else ""
+        await self.response.write(f"{prefix}data: {text}\n\n".encode())
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write_eof()
+        return self.response

@@ -1,0 +1,326 @@
+"""The text-generation core that the OpenAI and Anthropic translators share.
+
+Wire formats are turned into a `ChatRequest` (or `CompletionRequest`) by the translators; this
+module renders the prompt, checks it against the context, asks the engine for tokens, and turns
+them into a stream of events: text deltas (UTF-8 safe, stop strings never shown), tool calls and
+one `Finished`. It knows nothing of HTTP and is run in a worker thread.
+
+Tool calls use grammar-constrained generation rather than each template's own tool syntax, so
+they work the same on every model, even ones whose template knows nothing of tools: the tools
+and the reply format are described in the system prompt, and the output is held to a JSON schema
+(converted to a llama.cpp grammar by the engine):
+  `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` or, when the model may also answer
+  in words (`tool_choice: auto`), `{"response": "..."}`.
+The schema guarantees the output parses and that arguments match each tool's parameters.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from engines.base import Sampling, TextGenerator
+from gpustack_cli import templates
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class GenerationError(ValueError):
+    """The request cannot be served as asked (a 400 on the wire); the message says why."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    # The arguments as a JSON text, as OpenAI sends them.
+    arguments: str
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass
+class ChatMessage:
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+
+
+@dataclass
+class ChatRequest:
+    messages: list[ChatMessage]
+    sampling: Sampling
+    # None: as many as the context leaves room for.
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
+    # "auto", "none", "required", or the name of the one tool to call.
+    tool_choice: str = "auto"
+    # A JSON schema the reply must match ({"type": "object"} for JSON mode), or None.
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: list[tuple[str, list[int], float]]
+
+
+@dataclass
+class TextDelta:
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class ToolCallEvent:
+    index: int
+    call: ToolCall
+
+
+@dataclass
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    # The stop string that ended the text, when one did.
+    stop_sequence: str | None = None
+
+
+Event = TextDelta | ToolCallEvent | Finished
+
+
+@dataclass
+class Prepared:
+    """A request made ready for the engine: its prompt tokens and the sampling for its reply."""
+
+    prompt_tokens: list[int]
+    sampling: Sampling
+    stop: list[str]
+    # How to read the output: plain text, or the JSON of the tool-call format above.
+    tool_mode: bool = False
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+# -- prompts ---------------------------------------------------------------------------------
+
+
+def _tool_schema(tools: list[Tool], choice: str) -> dict[str, Any]:
+    chosen = [t for t in tools if choice in ("auto", "required") or t.name == choice]
+    call = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in chosen
+        ]
+    }
+    calls = {
+        "type": "object",
+        "properties": {"tool_calls": {"type": "array", "items": call, "minItems": 1}},
+        "required": ["tool_calls"],
+        "additionalProperties": False,
+    }
+    if choice != "auto":
+        return calls
+    answer = {
+        "type": "object",
+        "properties": {"response": {"type": "string"}},
+        "required": ["response"],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [calls, answer]}
+
+
+def _tool_instructions(tools: list[Tool], choice: str) -> str:
+    described = json.dumps(
+        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools], indent=1
+    )
+    if choice == "auto":
+        how = (
+            'To call tools reply with {"tool_calls": [{"name": TOOL_NAME, "arguments": {...}}]}; '
+            'to answer the user directly reply with {"response": YOUR_ANSWER}.'
+        )
+    else:
+        how = 'Reply with {"tool_calls": [{"name": TOOL_NAME, "arguments": {...}}]}.'
+    return f"You can call these tools:\n{described}\nReply in JSON only. {how}"
+
+
+def _wire_messages(request: ChatRequest, template: str) -> list[dict[str, Any]]:
+    """Our messages as the chat template takes them; tool turns written in the tool-call format."""
+    use_tools = bool(request.tools) and request.tool_choice != "none"
+    messages: list[dict[str, Any]] = []
+    tool_role = templates.supports_role(template, "tool")
+    for message in request.messages:
+        content = message.content
+        if message.role == "assistant" and message.tool_calls:
+            calls = [{"name": c.name, "arguments": _loads(c.arguments)} for c in message.tool_calls]
+            content = json.dumps({"tool_calls": calls})
+        if message.role == "tool" and not tool_role:
+            messages.append({"role": "user", "content": f"Result of tool call {message.tool_call_id}: {content}"})
+            continue
+        messages.append({"role": message.role, "content": content})
+    if use_tools:
+        instructions = _tool_instructions(request.tools, request.tool_choice)
+        if messages and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instructions}"}
+        else:
+            messages.insert(0, {"role": "system", "content": instructions})
+    return messages
+
+
+def _loads(arguments: str) -> Any:
+    try:
+        return json.loads(arguments) if arguments else {}
+    except ValueError:
+        return arguments
+
+
+def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
+    template = templates.template_for(engine.chat_template, engine.architecture)
+    try:
+        return templates.render(
+            template,
+            _wire_messages(request, template),
+            bos_token=engine.bos_text,
+            eos_token=engine.eos_text,
+        )
+    except templates.TemplateFailure as exc:
+        raise GenerationError(str(exc), param="messages") from exc
+
+
+def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | None, what: str = "messages") -> int:
+    """The completion budget for a prompt, or a GenerationError that names the numbers."""
+    room = engine.n_ctx - prompt_tokens
+    if room <= 0:
+        raise GenerationError(
+            f"This model's maximum context length is {engine.n_ctx} tokens. However, your {what} resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the {what}.",
+            param=what,
+            code="context_length_exceeded",
+        )
+    if max_tokens is not None and prompt_tokens + max_tokens > engine.n_ctx:
+        raise GenerationError(
+            f"This model's maximum context length is {engine.n_ctx} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {what} or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return room if max_tokens is None else max_tokens
+
+
+def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
+    prompt = engine.tokenize(render_chat(engine, request))
+    budget = fit_context(engine, len(prompt), request.max_tokens)
+    tool_mode = bool(request.tools) and request.tool_choice != "none"
+    schema = _tool_schema(request.tools, request.tool_choice) if tool_mode else request.json_schema
+    sampling = replace(request.sampling, max_tokens=budget, json_schema=schema)
+    return Prepared(prompt_tokens=prompt, sampling=sampling, stop=request.stop, tool_mode=tool_mode)
+
+
+def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
+    return len(engine.tokenize(render_chat(engine, request)))
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+def _logprob(engine: TextGenerator, token: Any) -> TokenLogprob:
+    def text(piece: bytes) -> str:
+        return piece.decode("utf-8", errors="replace")
+
+    top = [(text(engine.piece(tid)), list(engine.piece(tid)), lp) for tid, lp in token.top]
+    return TokenLogprob(token=text(token.piece), bytes=list(token.piece), logprob=token.logprob, top=top)
+
+
+def stream_text(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
+    """Text deltas until the end, with stop strings cut out, then `Finished`."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = [s for s in prepared.stop if s]
+    held, held_logprobs, produced = "", [], 0
+    for token in engine.generate(prepared.prompt_tokens, prepared.sampling, cancel):
+        produced += 1
+        held += decoder.decode(token.piece)
+        if token.logprob is not None:
+            held_logprobs.append(_logprob(engine, token))
+        found = [(held.find(s), s) for s in stops if s in held]
+        if found:
+            at, stop = min(found)
+            if held[:at]:
+                yield TextDelta(held[:at], held_logprobs)
+            yield Finished("stop", len(prepared.prompt_tokens), produced, stop)
+            return
+        # Hold back the end of the text while it could still become a stop string.
+        keep = max((k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
+        ready = held[: len(held) - keep]
+        if ready:
+            yield TextDelta(ready, held_logprobs)
+            held, held_logprobs = held[len(ready) :], []
+    held += decoder.decode(b"", final=True)
+    if held:
+        yield TextDelta(held, held_logprobs)
+    reason: FinishReason = "length" if produced >= prepared.sampling.max_tokens else "stop"
+    yield Finished(reason, len(prepared.prompt_tokens), produced)
+
+
+def _parse_tool_output(text: str) -> tuple[str | None, list[ToolCall]]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text, []  # Cut short by max_tokens: hand back what there is as text.
+    if isinstance(data, dict) and isinstance(data.get("tool_calls"), list):
+        calls = [
+            ToolCall(new_call_id(), str(c.get("name")), json.dumps(c.get("arguments", {})))
+            for c in data["tool_calls"]
+            if isinstance(c, dict)
+        ]
+        return None, calls
+    if isinstance(data, dict) and "response" in data:
+        return str(data["response"]), []
+    return text, []
+
+
+def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
+    """The events of one chat choice; in tool mode the JSON reply becomes tool calls or text."""
+    if not prepared.tool_mode:
+        yield from stream_text(engine, prepared, cancel)
+        return
+    text, finished = "", None
+    for event in stream_text(engine, prepared, cancel):
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, Finished):
+            finished = event
+    assert finished is not None
+    content, calls = _parse_tool_output(text)
+    if content:
+        yield TextDelta(content)
+    for index, call in enumerate(calls):
+        yield ToolCallEvent(index, call)
+    reason: FinishReason = "tool_calls" if calls else finished.reason
+    yield Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)
