@@ -134,3 +134,76 @@ def models_home() -> Path:
         result = gpustack("pull", name, env=env)
         assert result.returncode == 0, result.stderr
     return path
+
+
+def _converter(workdir: Path) -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py, from the sdist of the llama-cpp-python installed."""
+    import tarfile
+    from importlib.metadata import version
+
+    release = version("llama-cpp-python")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={release}",
+            "-d",
+            str(workdir),
+        ],
+        check=True,
+        env=clean_env(),
+        timeout=600,
+    )
+    [sdist] = workdir.glob("llama_cpp_python-*.tar.gz")
+    prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as archive:
+        members = [
+            m
+            for m in archive.getmembers()
+            if m.name.startswith(prefix)
+            and (
+                m.name == prefix + "convert_hf_to_gguf.py"
+                or m.name.startswith((prefix + "gguf-py/", prefix + "conversion/"))
+            )
+        ]
+        archive.extractall(workdir, members=members, filter="data")
+    return workdir / prefix
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real GGUF embedding model: all-MiniLM-L6-v2, converted by llama.cpp's own converter and
+    pulled into the test store as `minilm-gguf` (kept in the cache for later runs)."""
+    name = "minilm-gguf"
+    env = clean_env(GPUSTACK_HOME=str(models_home))
+    if not (models_home / "models" / name / "manifest.json").is_file():
+        target = CACHE / "minilm-f16.gguf"
+        if not target.is_file():
+            llama_dir = _converter(tmp_path_factory.mktemp("sdist"))
+            partial = target.with_suffix(".part")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "convert_hf_to_gguf.py",
+                    str(models_home / "models" / "all-minilm-l6-v2"),
+                    "--outfile",
+                    str(partial),
+                    "--outtype",
+                    "f16",
+                ],
+                cwd=llama_dir,
+                check=True,
+                capture_output=True,
+                timeout=600,
+                env=clean_env(PYTHONPATH=f"{llama_dir / 'gguf-py'}:{llama_dir}"),
+            )
+            partial.rename(target)
+        result = gpustack("pull", str(target), "--name", name, env=env)
+        assert result.returncode == 0, result.stderr
+    return name

@@ -6,6 +6,7 @@ OpenAI routes: `{"error": {"message", "type", "param", "code"}}`; Anthropic's `/
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -70,9 +71,16 @@ def model_not_found(model: str) -> APIError:
     )
 
 
+# Pydantic puts the name of the union member it tried into `loc` ("str", "list[int]", "TextPart"):
+# they are not fields, and the caller should see only the path through their JSON.
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|literal|function|constrained)\b|[\[\]-]|^[A-Z]")
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     text = ""
     for part in loc:
+        if isinstance(part, str) and _TYPE_TAG.search(part):
+            continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
