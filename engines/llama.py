@@ -5,7 +5,7 @@ formats are handled above it (`gpustack_cli.textgen`), so that a later engine de
 requests in one llama.cpp batch can replace `generate` without touching the translators.
 `Llama.generate` is used for the token loop: it keeps the KV cache of the longest common prompt
 prefix between requests (a chat's history is not evaluated again), except for requests that ask
-to be reproducible (a seed, or greedy), and takes the sampler chain and grammar per call. Log
+to be reproducible (with a seed), and takes the sampler chain and grammar per call. Log
 probabilities are read from the logits llama.cpp sampled from.
 """
 
@@ -114,7 +114,7 @@ class LlamaEngine:
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         llm = self.llm
         llm.set_seed(RANDOM_SEED if sampling.seed is None else sampling.seed & 0x7FFFFFFF)
-        if sampling.seed is not None or sampling.temperature == 0:
+        if sampling.seed is not None:
             # Reusing the cached prompt prefix changes the float rounding of the last logits
             # (a different batch shape), so a request that asks to be reproducible is evaluated
             # from scratch; others keep the prefix cache.

@@ -5,48 +5,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
-_DONE = object()
 
 
 async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
     """Items of `make(cancel)`, produced in a worker thread.
+
+    The worker wakes the event loop only when no wake-up is already on its way: on a machine
+    whose cores are all busy decoding, each cross-thread wake-up preempts a llama.cpp thread and
+    stalls the whole decode step, so items that arrive together travel together.
 
     When the consumer stops early (the client went away, or an error), `cancel` is set and this
     waits for the worker to notice before returning, so the engine is idle again by the time the
     scheduler gives its slot to the next request.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[object, BaseException | None]] = asyncio.Queue()
+    items: deque[T] = deque()
+    ready = asyncio.Event()
     cancel = threading.Event()
+    lock = threading.Lock()
+    state: dict[str, object] = {"pending": False, "finished": False, "error": None}
 
-    def put(item: object, error: BaseException | None = None) -> None:
+    def wake() -> None:
+        with lock:
+            state["pending"] = False
+        ready.set()
+
+    def notify() -> None:
+        with lock:
+            if state["pending"]:
+                return
+            state["pending"] = True
         with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
-            loop.call_soon_threadsafe(queue.put_nowait, (item, error))
+            loop.call_soon_threadsafe(wake)
 
     def worker() -> None:
         try:
             for item in make(cancel):
-                put(item)
+                items.append(item)
+                notify()
                 if cancel.is_set():
                     break
         except BaseException as exc:
-            put(None, exc)
-        else:
-            put(_DONE)
+            state["error"] = exc
+        finally:
+            state["finished"] = True
+            notify()
 
     future = loop.run_in_executor(None, worker)
     try:
         while True:
-            item, error = await queue.get()
-            if error is not None:
-                raise error
-            if item is _DONE:
+            await ready.wait()
+            ready.clear()
+            while items:
+                yield items.popleft()
+            if state["finished"] and not items:
+                error = state["error"]
+                if isinstance(error, BaseException):
+                    raise error
                 return
-            yield item  # type: ignore[misc]
     finally:
         cancel.set()
         with contextlib.suppress(BaseException):

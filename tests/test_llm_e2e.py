@@ -61,7 +61,7 @@ def ask(text: str) -> list[dict[str, str]]:
 
 def test_chat_and_usage_counts(client: openai.OpenAI, vocab, server: ServerProcess) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=ask("What is the capital of France?"), max_tokens=24, temperature=0
+        model=MODEL, messages=ask("What is the capital of France?"), max_tokens=24, temperature=0, seed=0
     )
     validate(json.loads(response.model_dump_json(exclude_unset=True)), "CreateChatCompletionResponse")
     choice = response.choices[0]
@@ -83,7 +83,7 @@ def test_raw_body_matches_the_spec(server: ServerProcess) -> None:
 
 def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=ask("Write a long story about a dragon."), max_completion_tokens=7, temperature=0
+        model=MODEL, messages=ask("Write a long story about a dragon."), max_completion_tokens=7, temperature=0, seed=0
     )
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens == 7
@@ -91,7 +91,7 @@ def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
 
 def test_stop_sequences_are_not_echoed(client: openai.OpenAI) -> None:
     free = client.chat.completions.create(
-        model=MODEL, messages=ask("Count from 1 to 10, separated by commas."), max_tokens=40, temperature=0
+        model=MODEL, messages=ask("Count from 1 to 10, separated by commas."), max_tokens=40, temperature=0, seed=0
     )
     text = free.choices[0].message.content
     assert "4" in text, text
@@ -101,6 +101,7 @@ def test_stop_sequences_are_not_echoed(client: openai.OpenAI) -> None:
         messages=ask("Count from 1 to 10, separated by commas."),
         max_tokens=40,
         temperature=0,
+        seed=0,
         stop=[stop, "never-seen"],
     )
     assert stopped.choices[0].finish_reason == "stop"
@@ -127,7 +128,7 @@ def test_seed_reproducibility_and_n(client: openai.OpenAI) -> None:
 
 def test_logprobs(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=ask("Say hello."), max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+        model=MODEL, messages=ask("Say hello."), max_tokens=6, temperature=0, seed=0, logprobs=True, top_logprobs=3
     )
     content = response.choices[0].logprobs.content
     assert len(content) == response.usage.completion_tokens
@@ -144,6 +145,7 @@ def test_streaming(client: openai.OpenAI) -> None:
         messages=ask("Name three colours."),
         max_tokens=16,
         temperature=0,
+        seed=0,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -156,7 +158,7 @@ def test_streaming(client: openai.OpenAI) -> None:
     assert len(finals) == 1 and finals[0].choices[0].finish_reason in ("stop", "length")
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
     whole = client.chat.completions.create(
-        model=MODEL, messages=ask("Name three colours."), max_tokens=16, temperature=0
+        model=MODEL, messages=ask("Name three colours."), max_tokens=16, temperature=0, seed=0
     )
     assert text == whole.choices[0].message.content
 
@@ -225,7 +227,7 @@ WEATHER = {
 def test_tool_call_round_trip(client: openai.OpenAI) -> None:
     messages = ask("What is the weather in Paris?")
     response = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0
+        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, seed=0
     )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -237,7 +239,7 @@ def test_tool_call_round_trip(client: openai.OpenAI) -> None:
         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": "21C", "sky": "sunny"}'},
     ]
     answer = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", max_tokens=40, temperature=0
+        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", max_tokens=40, temperature=0, seed=0
     )
     assert answer.choices[0].finish_reason in ("stop", "length")
     assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
@@ -259,6 +261,7 @@ def test_streamed_tool_call(client: openai.OpenAI) -> None:
         tool_choice="required",
         max_tokens=60,
         temperature=0,
+        seed=0,
         stream=True,
     )
     name, arguments, finish, ids = "", "", None, set()
@@ -276,7 +279,12 @@ def test_streamed_tool_call(client: openai.OpenAI) -> None:
 
 def test_auto_tool_choice_parses(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=ask("What's the weather in Berlin?"), tools=[WEATHER], max_tokens=60, temperature=0
+        model=MODEL,
+        messages=ask("What's the weather in Berlin?"),
+        tools=[WEATHER],
+        max_tokens=60,
+        temperature=0,
+        seed=0,
     )
     message = response.choices[0].message
     assert bool(message.tool_calls) != bool(message.content)  # one or the other, always well-formed
@@ -292,23 +300,23 @@ def test_auto_tool_choice_parses(client: openai.OpenAI) -> None:
 
 def test_completions(client: openai.OpenAI, server: ServerProcess) -> None:
     response = client.completions.create(
-        model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2
+        model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0, seed=0, logprobs=2
     )
     validate(json.loads(response.model_dump_json(exclude_unset=True)), "CreateCompletionResponse")
     choice = response.choices[0]
     assert choice.text and choice.finish_reason == "length"
     assert "".join(choice.logprobs.tokens) == choice.text and len(choice.logprobs.top_logprobs[0]) == 2
-    echoed = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, echo=True, temperature=0)
+    echoed = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, echo=True, temperature=0, seed=0)
     assert echoed.choices[0].text.startswith("Hello")
     several = client.completions.create(model=MODEL, prompt=["One", "Two"], max_tokens=3, n=2, temperature=0.9, seed=1)
     assert [c.index for c in several.choices] == [0, 1, 2, 3]
-    tokens = client.completions.create(model=MODEL, prompt=[[504, 3575, 282]], max_tokens=2, temperature=0)
+    tokens = client.completions.create(model=MODEL, prompt=[[504, 3575, 282]], max_tokens=2, temperature=0, seed=0)
     assert tokens.usage.prompt_tokens == 3
     default = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Once upon"}).json()
     assert default["usage"]["completion_tokens"] <= 16  # OpenAI's default max_tokens
-    stream = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=6, temperature=0, stream=True)
+    stream = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=6, temperature=0, seed=0, stream=True)
     streamed = "".join(c.choices[0].text for c in stream)
-    plain = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=6, temperature=0)
+    plain = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=6, temperature=0, seed=0)
     assert streamed == plain.choices[0].text
 
 
@@ -330,7 +338,7 @@ def test_anthropic_message(claude: anthropic.Anthropic) -> None:
         max_tokens=20,
         system="Answer briefly.",
         messages=[{"role": "user", "content": "What is the capital of France?"}],
-        extra_body={"temperature": 0},  # anthropic 2.x takes no sampling arguments
+        extra_body={"temperature": 0, "seed": 0},  # anthropic 2.x takes no sampling arguments
         metadata={"user_id": "u1"},
     )
     assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
@@ -348,14 +356,14 @@ def test_anthropic_stop_sequence(claude: anthropic.Anthropic) -> None:
     free = claude.messages.create(
         model=MODEL,
         max_tokens=40,
-        extra_body={"temperature": 0},
+        extra_body={"temperature": 0, "seed": 0},
         messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
     )
     text = free.content[0].text
     message = claude.messages.create(
         model=MODEL,
         max_tokens=40,
-        extra_body={"temperature": 0},
+        extra_body={"temperature": 0, "seed": 0},
         stop_sequences=["5"],
         messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
     )
@@ -389,7 +397,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
         messages=messages,
         tools=[TOOL],
         tool_choice={"type": "any"},
-        extra_body={"temperature": 0},
+        extra_body={"temperature": 0, "seed": 0},
     )
     assert message.stop_reason == "tool_use"
     [use] = [b for b in message.content if b.type == "tool_use"]
@@ -404,7 +412,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
         messages=messages,
         tools=[TOOL],
         tool_choice={"type": "none"},
-        extra_body={"temperature": 0},
+        extra_body={"temperature": 0, "seed": 0},
     )
     assert answer.content[0].type == "text" and answer.stop_reason in ("end_turn", "max_tokens")
 

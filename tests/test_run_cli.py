@@ -46,7 +46,8 @@ def test_repl_commands_and_ctrl_c(models_home: Path) -> None:
     child.sendline('"""Write a very long story')
     child.expect_exact("... ")
     child.sendline('about the sea."""')
-    child.expect(r"\w+ \w+ \w+")  # the answer streams in
+    child.expect_exact('about the sea."""\r\n')  # the terminal's echo of what we typed
+    child.expect(r"\w+\W+\w+\W+\w+")  # then the answer streams in
     child.sendintr()  # Ctrl-C stops the answer, not the program
     child.expect("stopped")
     child.expect_exact(PROMPT)

@@ -96,6 +96,8 @@ class MessagesBody(CountTokensBody):
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
+    # Our extension (Anthropic has none): reproducible sampling, as OpenAI's `seed`.
+    seed: int | None = None
     metadata: dict[str, Any] | None = None
     stream: bool = False
     keep_alive: str | int | float | None = None
@@ -147,6 +149,7 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
             temperature=defaults.temperature if body.temperature is None else body.temperature,
             top_p=defaults.top_p if body.top_p is None else body.top_p,
             top_k=defaults.top_k if body.top_k is None else body.top_k,
+            seed=body.seed,
         )
     return ChatRequest(
         messages=_messages(body),
