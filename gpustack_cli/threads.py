@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+# Seconds the worker waits, at most, for the first item to be taken.
+FIRST_ITEM_WAIT = 0.02
 
 
 async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
@@ -28,6 +30,7 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
     ready = asyncio.Event()
     cancel = threading.Event()
     lock = threading.Lock()
+    taken = threading.Event()
     state: dict[str, object] = {"pending": False, "finished": False, "error": None}
 
     def wake() -> None:
@@ -45,9 +48,13 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
 
     def worker() -> None:
         try:
-            for item in make(cancel):
+            for index, item in enumerate(make(cancel)):
                 items.append(item)
                 notify()
+                if index == 0:
+                    # Let the loop deliver the first item before the next decode takes every
+                    # core: time to first token is what a streaming client feels most.
+                    taken.wait(FIRST_ITEM_WAIT)
                 if cancel.is_set():
                     break
         except BaseException as exc:
@@ -62,6 +69,7 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
             await ready.wait()
             ready.clear()
             while items:
+                taken.set()
                 yield items.popleft()
             if state["finished"] and not items:
                 error = state["error"]
