@@ -112,6 +112,18 @@ class Embedder(Tokenizer, Protocol):
         """One L2-normalised vector per text; texts longer than `max_input_tokens` are truncated."""
 
 
+@dataclass
+class Ranking:
+    # One relevance score per document, in the documents' order (higher is more relevant).
+    scores: list[float]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    def rerank(self, query: str, documents: list[str]) -> Ranking: ...
+
+
 class EngineUnavailable(RuntimeError):
     """The engine a model needs is not installed (or does not exist in this build)."""
 

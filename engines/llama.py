@@ -22,7 +22,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 
-from engines.base import Embeddings, LoadSpec, Sampling, Token
+from engines.base import Embeddings, LoadSpec, Ranking, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 # llama.cpp's seed value that means "pick a random seed".
@@ -174,8 +174,41 @@ class LlamaEngine:
     def embed(self, texts: list[str]) -> Embeddings:
         if not self.embedding_mode:
             raise RuntimeError("this model was loaded for generation, not embeddings")
+        if self.llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            raise RuntimeError("this GGUF names no pooling type, so it gives one vector per token, not per text")
         vectors, count = self.llm.embed(texts, normalize=True, truncate=True, return_count=True)
         return Embeddings(vectors=[list(map(float, v)) for v in vectors], prompt_tokens=count)
+
+    def rerank(self, query: str, documents: list[str]) -> Ranking:
+        """A GGUF reranker (rank pooling) scores each pair; an embedding model ranks by cosine."""
+        if not self.embedding_mode:
+            raise RuntimeError("this model was loaded for generation, not ranking")
+        if self.llm.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_RANK:
+            vectors = self.embed([query, *documents])
+            scores = [float(np.dot(vectors.vectors[0], v)) for v in vectors.vectors[1:]]
+            return Ranking(scores=scores, prompt_tokens=vectors.prompt_tokens)
+        return self._rank_pairs(query, documents)
+
+    def _rank_pairs(self, query: str, documents: list[str]) -> Ranking:
+        # The pair layout llama-server uses for rerankers: BOS query EOS SEP document EOS.
+        vocab = self._vocab
+        bos, eos, sep = (
+            f(vocab) for f in (llama_cpp.llama_vocab_bos, llama_cpp.llama_vocab_eos, llama_cpp.llama_vocab_sep)
+        )
+        query_tokens = self.llm.tokenize(query.encode(), add_bos=False, special=False)
+        scores, total = [], 0
+        for document in documents:
+            doc_tokens = self.llm.tokenize(document.encode(), add_bos=False, special=False)
+            tokens = [t for t in (bos, *query_tokens, eos, sep, *doc_tokens, eos) if t >= 0][: self.n_ctx]
+            total += len(tokens)
+            # Llama.embed takes text only, so the pair is decoded with the same internals it uses.
+            self.llm._ctx.kv_cache_clear()
+            self.llm._batch.reset()
+            self.llm._batch.add_sequence(tokens, 0, True)
+            self.llm._ctx.decode(self.llm._batch)
+            scores.append(float(llama_cpp.llama_get_embeddings_seq(self.llm.ctx, 0)[0]))
+        self.llm._batch.reset()
+        return Ranking(scores=scores, prompt_tokens=total)
 
     def close(self) -> None:
         self.llm.close()

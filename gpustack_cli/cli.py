@@ -220,36 +220,65 @@ def stop(name: str) -> None:
 @app.command()
 def run(
     name: str,
-    prompt: Annotated[list[str] | None, typer.Argument(help="Answer this one prompt and exit.")] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Argument(help="A prompt (chat), a text (embeddings) or documents.")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
+    rerank: Annotated[str | None, typer.Option("--rerank", help="Rank the given documents for this query.")] = None,
 ) -> None:
-    """Run a model in the terminal: a chat REPL, or one answer to a prompt."""
+    """Run a model in the terminal: chat, or one answer, embedding or ranking."""
     from engines.base import EngineUnavailable
-    from gpustack_cli.repl import answer, backend_for, repl
 
     config = settings()
     try:
         manifest = ModelStore(config.home).get(name)
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    if "llm" not in manifest.categories:
-        # Each engine brings its terminal mode along with its API (steps 3 to 5 of the roadmap).
-        raise fail(f"`gpustack run` does not drive {manifest.engine} models yet; use `gpustack serve` and the API")
     try:
+        if rerank is not None or "llm" not in manifest.categories:
+            _run_once(config, manifest.categories, name, rerank, prompt or [])
+            return
+        from gpustack_cli.repl import answer, backend_for, repl
+
         backend = backend_for(config, name)
-    except (EngineUnavailable, RuntimeError) as exc:
-        raise fail(str(exc)) from exc
-    if prompt:
+        if not prompt:
+            repl(backend, console, system, max_tokens)
+            return
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": " ".join(prompt)}
         ]
-        try:
-            answer(backend, messages, console, max_tokens)
-        except RuntimeError as exc:
-            raise fail(str(exc)) from exc
+        answer(backend, messages, console, max_tokens)
+    except typer.Exit:
+        raise
+    except (EngineUnavailable, RuntimeError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def _run_once(config: Settings, categories: list, name: str, query: str | None, texts: list[str]) -> None:
+    from gpustack_cli import oneshot
+
+    if query is not None:
+        if "reranker" not in categories:
+            raise fail(f"model '{name}' cannot rerank")
+        if not texts:
+            raise fail("give the documents to rank after the query: --rerank QUERY DOC1 DOC2 ...")
+        table = Table("RANK", "SCORE", "INDEX", "DOCUMENT", box=None)
+        for rank, (index, score) in enumerate(oneshot.rerank(config, name, query, texts), start=1):
+            table.add_row(str(rank), f"{score:.4f}", str(index), texts[index])
+        console.print(table)
         return
-    repl(backend, console, system, max_tokens)
+    if "embedding" not in categories and "reranker" in categories:
+        raise fail(f"'{name}' is a reranker: gpustack run {name} --rerank QUERY DOC1 DOC2 ...")
+    if "embedding" in categories:
+        if not texts:
+            raise fail('give the text to embed: gpustack run MODEL "some text"')
+        vector = oneshot.embed_one(config, name, " ".join(texts))
+        head = ", ".join(f"{v:.4f}" for v in vector[:8])
+        console.print(f"{len(vector)} dimensions: [{head}, …]")
+        return
+    # Each engine brings its terminal mode along with its API (steps 4 and 5 of the roadmap).
+    raise fail(f"`gpustack run` does not drive {', '.join(categories)} models yet; use `gpustack serve` and the API")
 
 
 @app.command()

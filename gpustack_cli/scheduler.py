@@ -3,7 +3,8 @@
 - A model is loaded on its first request (or at start with `--preload`), off the event loop.
 - Beyond `max_loaded_models`, the least recently used idle model is unloaded to make room; when
   every loaded model is busy, the load waits for one to become idle.
-- Each model runs at most `min(parallel, engine.max_concurrency)` requests at once; up to
+- Each model runs at most `min(parallel, engine.max_concurrency)` requests at once (engines that
+  batch requests together admit `max_concurrency`); up to
   `max_queue` more wait; the next one gets `QueueFull` (a 503 on the wire).
 - After its last request a model stays for `keep_alive` seconds (-1: forever, 0: unload at once).
 - A request whose client goes away is cancelled by aiohttp and its slot is freed by `use()`.
@@ -183,7 +184,10 @@ class Scheduler:
             # On failure each waiter gets the error, and the last one drops the runner.
             runner.loading = None
         runner.engine = engine
-        runner.concurrency = max(1, min(self.parallel, int(getattr(engine, "max_concurrency", 1))))
+        limit = int(getattr(engine, "max_concurrency", 1))
+        # An engine whose requests are merged into batches runs them as one call: admit its own
+        # limit; others run at most `parallel` requests at once.
+        runner.concurrency = max(1, limit if getattr(engine, "batching", False) else min(self.parallel, limit))
         runner.slots = asyncio.Semaphore(runner.concurrency)
         runner.loaded_at = time.monotonic()
         log.info("loaded model %s in %.2fs", runner.name, runner.loaded_at - started)

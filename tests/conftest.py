@@ -207,3 +207,34 @@ def minilm_gguf(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         result = gpustack("pull", str(target), "--name", name, env=env)
         assert result.returncode == 0, result.stderr
     return name
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(models_home: Path) -> str:
+    """A tiny cross-encoder built from transformers' own classes (random weights: the test is the
+    loading and scoring path) with MiniLM's real tokenizer, pulled into the store from its folder."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    name = "tiny-cross-encoder"
+    if not (models_home / "models" / name / "manifest.json").is_file():
+        folder = CACHE / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+        )
+        BertForSequenceClassification(config).save_pretrained(folder)
+        for file in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copy(models_home / "models" / "all-minilm-l6-v2" / file, folder / file)
+        result = gpustack("pull", str(folder), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
+        assert result.returncode == 0, result.stderr
+    return name

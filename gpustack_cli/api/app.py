@@ -13,7 +13,7 @@ from aiohttp import web
 
 from engines.base import EngineUnavailable, LoadSpec, load_engine
 from gpustack_cli import __version__
-from gpustack_cli.api import admin, anthropic, native, openai, openai_chat, openai_embeddings
+from gpustack_cli.api import admin, anthropic, jina, native, openai, openai_chat, openai_embeddings
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.config import Settings
@@ -199,6 +199,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     openai_chat.add_routes(app)
     anthropic.add_routes(app)
     openai_embeddings.add_routes(app)
+    jina.add_routes(app)
     native.add_routes(app)
 
     async def preload(app: web.Application) -> None:

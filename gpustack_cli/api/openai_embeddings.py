@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Embedder
 from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
 
 MAX_INPUTS = 2048
@@ -81,6 +82,13 @@ def encode(vector: list[float], encoding: str) -> list[float] | str:
     return vector
 
 
+async def embed_texts(engine: Embedder, texts: list[str], batch_wait: float) -> list[list[float]]:
+    """Vectors for `texts`, through the engine's batcher when it batches (and batching is on)."""
+    if getattr(engine, "batching", False) and batch_wait >= 0:
+        return await batcher_for(engine, batch_wait).embed(texts)
+    return (await asyncio.to_thread(engine.embed, texts)).vectors
+
+
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request, EmbeddingsBody)
     manifest = resolve_model(request, body.model, Category.embedding, "embeddings")
@@ -97,8 +105,7 @@ async def embeddings(request: web.Request) -> web.Response:
                 raise bad_request(f"Invalid 'dimensions': at most {engine.dimensions}.", param="dimensions")
         texts = _texts(body, engine)
         tokens = await asyncio.to_thread(_check_lengths, texts, engine)
-        result = await asyncio.to_thread(engine.embed, texts)
-    vectors = result.vectors
+        vectors = await embed_texts(engine, texts, context(request).settings.batch_wait)
     if body.dimensions is not None and body.dimensions != engine.dimensions:
         vectors = [_shorten(v, body.dimensions) for v in vectors]
     data = [

@@ -1,0 +1,108 @@
+"""Embedding and rerank models through sentence-transformers, on CUDA, Metal or the CPU.
+
+Two kinds of folder: a bi-encoder (`SentenceTransformer`: embeddings, and reranking by cosine
+similarity of query and document vectors) and a cross-encoder (`CrossEncoder`: scores each
+query-document pair, the stronger reranker). Cross-encoder scores are the model's raw logits, as
+the Jina-style API returns them; bi-encoder scores are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from engines.base import Embeddings, LoadSpec, Ranking
+
+log = logging.getLogger("gpustack.engines.sentence")
+
+
+def pick_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class SentenceEngine:
+    # Requests are admitted together and merged into batches by the server's batcher.
+    max_concurrency = 64
+    batching = True
+
+    def __init__(self, spec: LoadSpec):
+        self.device = pick_device()
+        self.cross = spec.options.get("mode") == "cross-encoder"
+        path = str(spec.path)
+        if self.cross:
+            self.model: SentenceTransformer | CrossEncoder = CrossEncoder(
+                path, device=self.device, activation_fn=torch.nn.Identity(), local_files_only=True
+            )
+            self.tokenizer = self.model.tokenizer
+            self.max_input_tokens = int(self.model.max_length or self.tokenizer.model_max_length)
+            self.dimensions = 0
+        else:
+            self.model = SentenceTransformer(path, device=self.device, local_files_only=True)
+            self.tokenizer = self.model.tokenizer
+            self.max_input_tokens = int(self.model.max_seq_length)
+            self.dimensions = int(self.model.get_embedding_dimension() or 0)
+        # Matryoshka-trained models say so in their folder; others must keep every dimension.
+        self.truncatable = bool(spec.options.get("matryoshka")) or _is_matryoshka(spec.path)
+        self.batch_size = int(spec.options.get("batch_size") or 32)
+        log.info("loaded %s on %s (%s)", spec.name, self.device, "cross-encoder" if self.cross else "bi-encoder")
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        if self.cross:
+            raise RuntimeError("a cross-encoder scores pairs; it makes no embeddings")
+        with torch.inference_mode():
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        tokens = sum(len(self.tokenize(t)) for t in texts)
+        return Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)
+
+    def rerank(self, query: str, documents: list[str]) -> Ranking:
+        if not self.cross:
+            vectors = self.embed([query, *documents]).vectors
+            scores = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors[1:]]
+            tokens = len(self.tokenize(query)) + sum(len(self.tokenize(d)) for d in documents)
+            return Ranking(scores=scores, prompt_tokens=tokens)
+        with torch.inference_mode():
+            pairs = [(query, d) for d in documents]
+            scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        encoded = self.tokenizer([query] * len(documents), documents, truncation=True, max_length=self.max_input_tokens)
+        tokens = sum(len(ids) for ids in encoded["input_ids"])
+        return Ranking(scores=[float(s) for s in scores], prompt_tokens=tokens)
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _is_matryoshka(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("truncate_dim") or config.get("matryoshka_dims"))
+
+
+def load(spec: LoadSpec) -> SentenceEngine:
+    return SentenceEngine(spec)

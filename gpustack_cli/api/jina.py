@@ -1,0 +1,61 @@
+"""Jina's `POST /v1/rerank`, in the shape of the seeds' example (GPUStack's Jina-compatible API)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.base import Reranker
+from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.errors import bad_request
+from gpustack_cli.batching import batcher_for
+from gpustack_cli.store import Category
+
+MAX_DOCUMENTS = 1024
+
+
+class Document(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+
+class RerankBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    query: Annotated[str, Field(min_length=1)]
+    documents: Annotated[list[str | Document], Field(min_length=1, max_length=MAX_DOCUMENTS)]
+    top_n: Annotated[int, Field(ge=1)] | None = None
+    return_documents: bool = True
+    keep_alive: str | int | float | None = None
+
+
+async def rerank(request: web.Request) -> web.Response:
+    body = await read_json(request, RerankBody)
+    manifest = resolve_model(request, body.model, Category.reranker, "rerank")
+    texts = [d if isinstance(d, str) else d.text for d in body.documents]
+    if any(not t for t in texts):
+        raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
+    settings = context(request).settings
+    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
+        if not isinstance(engine, Reranker):
+            raise bad_request(f"Model '{manifest.name}' cannot rerank.", param="model")
+        if getattr(engine, "batching", False) and settings.batch_wait >= 0:
+            ranking = await batcher_for(engine, settings.batch_wait).run(lambda: engine.rerank(body.query, texts))
+        else:
+            ranking = await asyncio.to_thread(engine.rerank, body.query, texts)
+    order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)[: body.top_n]
+    results = []
+    for index in order:
+        result: dict = {"index": index, "relevance_score": ranking.scores[index]}
+        if body.return_documents:
+            result["document"] = {"text": texts[index]}
+        results.append(result)
+    usage = {"prompt_tokens": ranking.prompt_tokens, "total_tokens": ranking.prompt_tokens}
+    return web.json_response({"model": manifest.name, "object": "list", "results": results, "usage": usage})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/rerank", rerank)

@@ -1,0 +1,53 @@
+"""`gpustack run` for embedding and rerank models: one call, against the running server when one
+answers, else with the model loaded in this process."""
+
+from __future__ import annotations
+
+import httpx
+
+from engines.base import Embedder, LoadSpec, Reranker, load_engine
+from gpustack_cli.config import Settings
+from gpustack_cli.repl import RemoteChat
+from gpustack_cli.store import ModelStore
+
+
+def _post(settings: Settings, path: str, body: dict) -> dict:
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    response = httpx.post(settings.url + path, json=body, headers=headers, timeout=300)
+    if response.status_code >= 400:
+        raise RuntimeError(response.json().get("error", {}).get("message", response.text))
+    return response.json()
+
+
+def _engine(settings: Settings, model: str):
+    store = ModelStore(settings.home)
+    manifest = store.get(model)
+    spec = LoadSpec(
+        model,
+        store.model_dir(model),
+        tuple(c.value for c in manifest.categories),
+        manifest.options,
+        settings.gpu_layers,
+    )
+    return load_engine(manifest.engine, spec)
+
+
+def embed_one(settings: Settings, model: str, text: str) -> list[float]:
+    if RemoteChat.available(settings):
+        return _post(settings, "/v1/embeddings", {"model": model, "input": text})["data"][0]["embedding"]
+    engine = _engine(settings, model)
+    if not isinstance(engine, Embedder):
+        raise RuntimeError(f"model '{model}' cannot embed text")
+    return engine.embed([text]).vectors[0]
+
+
+def rerank(settings: Settings, model: str, query: str, documents: list[str]) -> list[tuple[int, float]]:
+    """(document index, score) pairs, best first."""
+    if RemoteChat.available(settings):
+        body = {"model": model, "query": query, "documents": documents, "return_documents": False}
+        return [(r["index"], r["relevance_score"]) for r in _post(settings, "/v1/rerank", body)["results"]]
+    engine = _engine(settings, model)
+    if not isinstance(engine, Reranker):
+        raise RuntimeError(f"model '{model}' cannot rerank")
+    scores = engine.rerank(query, documents).scores
+    return sorted(enumerate(scores), key=lambda pair: pair[1], reverse=True)
