@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -71,6 +72,7 @@ def test_repl_against_a_running_server(models_home: Path) -> None:
         child.sendline("Hello there")
         child.expect_exact(PROMPT)
         assert child.before.strip()
+        time.sleep(0.5)  # let input() take the terminal first: an EOF typed before it is lost
         child.sendeof()  # Ctrl-D leaves
         child.expect(pexpect.EOF)
         child.close()
