@@ -95,12 +95,6 @@ class TextGenerator(Tokenizer, Protocol):
         """Sampled tokens until an end-of-generation token, `max_tokens`, or `cancel` is set."""
 
 
-@dataclass
-class Embeddings:
-    vectors: list[list[float]]
-    prompt_tokens: int
-
-
 @runtime_checkable
 class Embedder(Tokenizer, Protocol):
     max_input_tokens: int
@@ -108,7 +102,10 @@ class Embedder(Tokenizer, Protocol):
     # Whether vectors may be cut to fewer dimensions (Matryoshka-trained models).
     truncatable: bool
 
-    def embed(self, texts: list[str]) -> Embeddings:
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens the model reads for each text (special tokens included)."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
         """One L2-normalised vector per text; texts longer than `max_input_tokens` are truncated."""
 
 

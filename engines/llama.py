@@ -22,7 +22,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 
-from engines.base import Embeddings, LoadSpec, Ranking, Sampling, Token
+from engines.base import LoadSpec, Ranking, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 # llama.cpp's seed value that means "pick a random seed".
@@ -171,13 +171,15 @@ class LlamaEngine:
 
     # -- embeddings -----------------------------------------------------------------------
 
-    def embed(self, texts: list[str]) -> Embeddings:
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(self.tokenize(t)) for t in texts]
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
         if not self.embedding_mode:
             raise RuntimeError("this model was loaded for generation, not embeddings")
         if self.llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             raise RuntimeError("this GGUF names no pooling type, so it gives one vector per token, not per text")
-        vectors, count = self.llm.embed(texts, normalize=True, truncate=True, return_count=True)
-        return Embeddings(vectors=[list(map(float, v)) for v in vectors], prompt_tokens=count)
+        return [list(map(float, v)) for v in self.llm.embed(texts, normalize=True, truncate=True)]
 
     def rerank(self, query: str, documents: list[str]) -> Ranking:
         """A GGUF reranker (rank pooling) scores each pair; an embedding model ranks by cosine."""
@@ -185,8 +187,8 @@ class LlamaEngine:
             raise RuntimeError("this model was loaded for generation, not ranking")
         if self.llm.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_RANK:
             vectors = self.embed([query, *documents])
-            scores = [float(np.dot(vectors.vectors[0], v)) for v in vectors.vectors[1:]]
-            return Ranking(scores=scores, prompt_tokens=vectors.prompt_tokens)
+            scores = [float(np.dot(vectors[0], v)) for v in vectors[1:]]
+            return Ranking(scores=scores, prompt_tokens=sum(self.token_counts([query, *documents])))
         return self._rank_pairs(query, documents)
 
     def _rank_pairs(self, query: str, documents: list[str]) -> Ranking:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from engines.base import Embeddings, LoadSpec, Ranking
+from engines.base import LoadSpec, Ranking
 
 log = logging.getLogger("gpustack.engines.sentence")
 
@@ -62,7 +62,11 @@ class SentenceEngine:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
-    def embed(self, texts: list[str]) -> Embeddings:
+    def token_counts(self, texts: list[str]) -> list[int]:
+        # One call: the fast tokenizer does the whole list in Rust.
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
         if self.cross:
             raise RuntimeError("a cross-encoder scores pairs; it makes no embeddings")
         with torch.inference_mode():
@@ -73,15 +77,13 @@ class SentenceEngine:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        tokens = sum(len(self.tokenize(t)) for t in texts)
-        return Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)
+        return vectors.tolist()
 
     def rerank(self, query: str, documents: list[str]) -> Ranking:
         if not self.cross:
-            vectors = self.embed([query, *documents]).vectors
+            vectors = self.embed([query, *documents])
             scores = [sum(a * b for a, b in zip(vectors[0], v, strict=True)) for v in vectors[1:]]
-            tokens = len(self.tokenize(query)) + sum(len(self.tokenize(d)) for d in documents)
-            return Ranking(scores=scores, prompt_tokens=tokens)
+            return Ranking(scores=scores, prompt_tokens=sum(self.token_counts([query, *documents])))
         with torch.inference_mode():
             pairs = [(query, d) for d in documents]
             scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)

@@ -70,7 +70,7 @@ class Batcher:
                     _resolve(batch[0].future, result)
                     continue
                 texts = [text for job in batch for text in job.texts]
-                vectors = (await asyncio.to_thread(self.engine.embed, texts)).vectors
+                vectors = await asyncio.to_thread(self.engine.embed, texts)
             except Exception as exc:
                 for job in batch:
                     if not job.future.done():

@@ -38,7 +38,7 @@ def embed_one(settings: Settings, model: str, text: str) -> list[float]:
     engine = _engine(settings, model)
     if not isinstance(engine, Embedder):
         raise RuntimeError(f"model '{model}' cannot embed text")
-    return engine.embed([text]).vectors[0]
+    return engine.embed([text])[0]
 
 
 def rerank(settings: Settings, model: str, query: str, documents: list[str]) -> list[tuple[int, float]]:

@@ -56,8 +56,7 @@ def _texts(body: EmbeddingsBody, engine: Embedder) -> list[str]:
 
 def _check_lengths(texts: list[str], engine: Embedder) -> int:
     total = 0
-    for index, text in enumerate(texts):
-        count = len(engine.tokenize(text))
+    for index, count in enumerate(engine.token_counts(texts)):
         if count > engine.max_input_tokens:
             raise bad_request(
                 f"This model's maximum input length is {engine.max_input_tokens} tokens, however input[{index}] "
@@ -86,7 +85,7 @@ async def embed_texts(engine: Embedder, texts: list[str], batch_wait: float) -> 
     """Vectors for `texts`, through the engine's batcher when it batches (and batching is on)."""
     if getattr(engine, "batching", False) and batch_wait >= 0:
         return await batcher_for(engine, batch_wait).embed(texts)
-    return (await asyncio.to_thread(engine.embed, texts)).vectors
+    return await asyncio.to_thread(engine.embed, texts)
 
 
 async def embeddings(request: web.Request) -> web.Response:
