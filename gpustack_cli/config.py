@@ -63,7 +63,7 @@ class Settings(BaseModel):
     preload: list[str] = Field(default_factory=list)
     gpu_layers: int = -1
     # Seconds an embedding request waits for others to share its batch; negative: no batching.
-    batch_wait: float = Field(0.002, le=1.0)
+    batch_wait: float = Field(0.005, le=1.0)
 
     max_json_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)

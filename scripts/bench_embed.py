@@ -118,7 +118,7 @@ def main() -> None:
         return len(big) / (time.perf_counter() - started)
 
     rates: dict[str, list[float]] = {"direct": [], "api": [], "batched": [], "unbatched": []}
-    server = Server(settings.home, args.model, "0.002")
+    server = Server(settings.home, args.model, str(settings.batch_wait))
     try:
         api_batch(server.url, args.model, big[:8])
         for _ in range(args.rounds):
