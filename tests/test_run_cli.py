@@ -85,7 +85,7 @@ def test_run_refusals(models_home: Path, tmp_path: Path) -> None:
     result = gpustack("run", "nope", env=env)
     assert result.returncode == 1 and "not in the store" in result.stderr
     result = gpustack("run", "piper-joe", "hello", env=env)
-    assert result.returncode == 1 and "does not drive piper models yet" in result.stderr
+    assert result.returncode == 1 and "does not drive text_to_speech models yet" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["/bye", "/exit"])

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Sampling, TextGenerator
-from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
@@ -179,9 +179,7 @@ def _stop(finished: Finished) -> tuple[str, str | None]:
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, MessagesBody)
     manifest = resolve_model(request, body.model, Category.llm, "messages")
-    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
-        if not isinstance(engine, TextGenerator):
-            raise bad_request(f"Model '{manifest.name}' cannot generate text.")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         prepared = await asyncio.to_thread(prepare_chat, engine, chat_request(body))
         message_id = f"msg_{secrets.token_hex(12)}"
         events = iterate_in_thread(lambda cancel: stream_chat(engine, prepared, cancel))
@@ -272,9 +270,7 @@ async def _stream(request: web.Request, events: Any, message_id: str, model: str
 async def count_tokens(request: web.Request) -> web.Response:
     body = await read_json(request, CountTokensBody)
     manifest = resolve_model(request, body.model, Category.llm, "messages")
-    async with context(request).scheduler.use(manifest.name) as engine:
-        if not isinstance(engine, TextGenerator):
-            raise bad_request(f"Model '{manifest.name}' cannot count chat tokens.")
+    async with engine_for(request, manifest, TextGenerator) as engine:
         count = await asyncio.to_thread(count_chat_tokens, engine, chat_request(body))
     return web.json_response({"input_tokens": count})
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -95,3 +97,18 @@ def resolve_model(request: web.Request, name: str, category: Category | None = N
             code="model_not_supported",
         )
     return manifest
+
+
+@asynccontextmanager
+async def engine_for(
+    request: web.Request, manifest: Manifest, capability: type, keep_alive: float | None = None
+) -> AsyncIterator[Any]:
+    """Hold a request slot of the model's loaded engine, which must implement `capability`."""
+    async with context(request).scheduler.use(manifest.name, keep_alive) as engine:
+        if not isinstance(engine, capability):
+            raise bad_request(
+                f"Model '{manifest.name}' does not implement {capability.__name__}.",
+                param="model",
+                code="model_not_supported",
+            )
+        yield engine

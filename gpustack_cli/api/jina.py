@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Reranker
-from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
@@ -39,9 +39,7 @@ async def rerank(request: web.Request) -> web.Response:
     if any(not t for t in texts):
         raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
     settings = context(request).settings
-    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
-        if not isinstance(engine, Reranker):
-            raise bad_request(f"Model '{manifest.name}' cannot rerank.", param="model")
+    async with engine_for(request, manifest, Reranker, keep_alive_of(request, body.keep_alive)) as engine:
         if getattr(engine, "batching", False) and settings.batch_wait >= 0:
             ranking = await batcher_for(engine, settings.batch_wait).run(lambda: engine.rerank(body.query, texts))
         else:

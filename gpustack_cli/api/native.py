@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Tokenizer
-from gpustack_cli.api.context import context, read_json, resolve_model
+from gpustack_cli.api.context import engine_for, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 
 
@@ -31,9 +31,7 @@ class DetokenizeBody(BaseModel):
 async def tokenize(request: web.Request) -> web.Response:
     body = await read_json(request, TokenizeBody)
     manifest = resolve_model(request, body.model)
-    async with context(request).scheduler.use(manifest.name) as engine:
-        if not isinstance(engine, Tokenizer):
-            raise bad_request(f"Model '{manifest.name}' has no tokenizer route.", param="model")
+    async with engine_for(request, manifest, Tokenizer) as engine:
         tokens = await asyncio.to_thread(engine.tokenize, body.content, body.add_special)
         if not body.with_pieces:
             return web.json_response({"tokens": tokens})
@@ -44,9 +42,7 @@ async def tokenize(request: web.Request) -> web.Response:
 async def detokenize(request: web.Request) -> web.Response:
     body = await read_json(request, DetokenizeBody)
     manifest = resolve_model(request, body.model)
-    async with context(request).scheduler.use(manifest.name) as engine:
-        if not isinstance(engine, Tokenizer):
-            raise bad_request(f"Model '{manifest.name}' has no tokenizer route.", param="model")
+    async with engine_for(request, manifest, Tokenizer) as engine:
         try:
             content = await asyncio.to_thread(engine.detokenize, body.tokens)
         except (ValueError, IndexError, RuntimeError) as exc:

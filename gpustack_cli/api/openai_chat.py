@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
-from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
@@ -318,9 +318,7 @@ async def _chat_choice(engine: TextGenerator, prepared: Prepared, index: int) ->
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ChatCompletionBody)
     manifest = resolve_model(request, body.model, Category.llm, "chat completions")
-    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
-        if not isinstance(engine, TextGenerator):
-            raise bad_request(f"Model '{manifest.name}' cannot generate text.", param="model")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         chat = chat_request(body)
         prepared = await asyncio.to_thread(prepare_chat, engine, chat)
         envelope = Envelope("chatcmpl", manifest.name)
@@ -424,9 +422,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if body.echo and body.logprobs is not None:
         raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
     manifest = resolve_model(request, body.model, Category.llm, "completions")
-    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
-        if not isinstance(engine, TextGenerator):
-            raise bad_request(f"Model '{manifest.name}' cannot generate text.", param="model")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         sampling = sampling_of(body, body.logprobs)
         prompts = await asyncio.to_thread(_prompts, body, engine)
         if body.suffix:

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Embedder
-from gpustack_cli.api.context import context, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
@@ -93,9 +93,7 @@ async def embed_texts(engine: Embedder, texts: list[str], batch_wait: float) -> 
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request, EmbeddingsBody)
     manifest = resolve_model(request, body.model, Category.embedding, "embeddings")
-    async with context(request).scheduler.use(manifest.name, keep_alive_of(request, body.keep_alive)) as engine:
-        if not isinstance(engine, Embedder):
-            raise bad_request(f"Model '{manifest.name}' cannot embed text.", param="model")
+    async with engine_for(request, manifest, Embedder, keep_alive_of(request, body.keep_alive)) as engine:
         if body.dimensions is not None and body.dimensions != engine.dimensions:
             if not engine.truncatable:
                 raise bad_request(
