@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import httpx
 
-from engines.base import Embedder, LoadSpec, Reranker, load_engine
+from engines.base import Embedder, Reranker
 from gpustack_cli.config import Settings
+from gpustack_cli.loading import load_model
 from gpustack_cli.repl import RemoteChat
 from gpustack_cli.store import ModelStore
 
@@ -19,23 +20,10 @@ def _post(settings: Settings, path: str, body: dict) -> dict:
     return response.json()
 
 
-def _engine(settings: Settings, model: str):
-    store = ModelStore(settings.home)
-    manifest = store.get(model)
-    spec = LoadSpec(
-        model,
-        store.model_dir(model),
-        tuple(c.value for c in manifest.categories),
-        manifest.options,
-        settings.gpu_layers,
-    )
-    return load_engine(manifest.engine, spec)
-
-
 def embed_one(settings: Settings, model: str, text: str) -> list[float]:
     if RemoteChat.available(settings):
         return _post(settings, "/v1/embeddings", {"model": model, "input": text})["data"][0]["embedding"]
-    engine = _engine(settings, model)
+    engine = load_model(ModelStore(settings.home), model, settings)
     if not isinstance(engine, Embedder):
         raise RuntimeError(f"model '{model}' cannot embed text")
     return engine.embed([text])[0]
@@ -46,7 +34,7 @@ def rerank(settings: Settings, model: str, query: str, documents: list[str]) -> 
     if RemoteChat.available(settings):
         body = {"model": model, "query": query, "documents": documents, "return_documents": False}
         return [(r["index"], r["relevance_score"]) for r in _post(settings, "/v1/rerank", body)["results"]]
-    engine = _engine(settings, model)
+    engine = load_model(ModelStore(settings.home), model, settings)
     if not isinstance(engine, Reranker):
         raise RuntimeError(f"model '{model}' cannot rerank")
     scores = engine.rerank(query, documents).scores

@@ -11,8 +11,9 @@ from typing import Protocol
 import httpx
 from rich.console import Console
 
-from engines.base import LoadSpec, Sampling, TextGenerator, load_engine
+from engines.base import Sampling, TextGenerator
 from gpustack_cli.config import Settings
+from gpustack_cli.loading import load_model
 from gpustack_cli.store import ModelStore
 from gpustack_cli.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, stream_chat
 
@@ -63,16 +64,7 @@ class RemoteChat:
 
 class LocalChat:
     def __init__(self, settings: Settings, model: str):
-        store = ModelStore(settings.home)
-        manifest = store.get(model)
-        spec = LoadSpec(
-            model,
-            store.model_dir(model),
-            tuple(c.value for c in manifest.categories),
-            manifest.options,
-            settings.gpu_layers,
-        )
-        engine = load_engine(manifest.engine, spec)
+        engine = load_model(ModelStore(settings.home), model, settings)
         if not isinstance(engine, TextGenerator):
             raise RuntimeError(f"model '{model}' cannot chat")
         self.engine = engine

@@ -248,6 +248,8 @@ def test_tool_call_round_trip(client: openai.OpenAI) -> None:
         messages=ask("Hello"),
         tools=[WEATHER],
         max_tokens=60,
+        temperature=0,
+        seed=0,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     assert named.choices[0].message.tool_calls[0].function.name == "get_weather"
@@ -421,10 +423,11 @@ def test_anthropic_streamed_tool_use(claude: anthropic.Anthropic) -> None:
     events = []
     with claude.messages.stream(
         model=MODEL,
-        max_tokens=60,
+        max_tokens=120,
         tools=[TOOL],
         tool_choice={"type": "any"},
         messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        extra_body={"temperature": 0, "seed": 0},  # sampled freely, a city name may outrun max_tokens
     ) as s:
         events = list(s)
         final = s.get_final_message()

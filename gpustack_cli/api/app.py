@@ -11,13 +11,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from engines.base import EngineUnavailable, LoadSpec, load_engine
+from engines.base import Engine, EngineUnavailable
 from gpustack_cli import __version__
 from gpustack_cli.api import admin, anthropic, jina, native, openai, openai_chat, openai_embeddings
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
+from gpustack_cli.loading import load_model
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import QueueFull, Scheduler
 from gpustack_cli.store import ModelStore
@@ -164,16 +165,8 @@ async def metrics_route(request: web.Request) -> web.Response:
 def build_context(settings: Settings) -> ServerContext:
     store = ModelStore(settings.home)
 
-    def loader(name: str):
-        manifest = store.get(name)
-        spec = LoadSpec(
-            name=name,
-            path=store.model_dir(name),
-            categories=tuple(c.value for c in manifest.categories),
-            options=manifest.options,
-            gpu_layers=settings.gpu_layers,
-        )
-        return load_engine(manifest.engine, spec)
+    def loader(name: str) -> Engine:
+        return load_model(store, name, settings)
 
     scheduler = Scheduler(
         loader,

@@ -1,0 +1,19 @@
+"""Load a model of the store into its engine (blocking: call it off the event loop)."""
+
+from __future__ import annotations
+
+from engines.base import Engine, LoadSpec, load_engine
+from gpustack_cli.config import Settings
+from gpustack_cli.store import ModelStore
+
+
+def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
+    manifest = store.get(name)
+    spec = LoadSpec(
+        name=name,
+        path=store.model_dir(name),
+        categories=tuple(c.value for c in manifest.categories),
+        options=manifest.options,
+        gpu_layers=settings.gpu_layers,
+    )
+    return load_engine(manifest.engine, spec)
