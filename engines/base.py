@@ -121,6 +121,66 @@ class Reranker(Protocol):
     def rerank(self, query: str, documents: list[str]) -> Ranking: ...
 
 
+@runtime_checkable
+class Speaker(Protocol):
+    """Text to speech: 16-bit mono PCM at `sample_rate`, one chunk per sentence as it is made."""
+
+    sample_rate: int
+    voices: list[str]
+
+    def speak(self, text: str, voice: str | None, speed: float) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    language: str
+    duration: float
+    # Produced lazily, as the audio is decoded: iterate to transcribe.
+    segments: Iterator[Segment]
+
+
+class AudioError(ValueError):
+    """The audio could not be decoded."""
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    # Whether the model knows languages other than English (and so can translate into English).
+    multilingual: bool
+
+    def transcribe(
+        self,
+        audio: Any,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        translate: bool = False,
+        words: bool = False,
+    ) -> Transcription: ...
+
+
 class EngineUnavailable(RuntimeError):
     """The engine a model needs is not installed (or does not exist in this build)."""
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from engines.base import Engine, EngineUnavailable
 from gpustack_cli import __version__
-from gpustack_cli.api import admin, anthropic, jina, native, openai, openai_chat, openai_embeddings
+from gpustack_cli.api import admin, anthropic, jina, native, openai, openai_audio, openai_chat, openai_embeddings
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.config import Settings
@@ -193,6 +193,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     anthropic.add_routes(app)
     openai_embeddings.add_routes(app)
     jina.add_routes(app)
+    openai_audio.add_routes(app)
     native.add_routes(app)
 
     async def preload(app: web.Application) -> None:
