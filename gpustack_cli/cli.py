@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -226,6 +227,10 @@ def run(
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Longest answer, in tokens.")] = None,
     rerank: Annotated[str | None, typer.Option("--rerank", help="Rank the given documents for this query.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where speech goes (.wav, .mp3, ...).")] = None,
+    voice: Annotated[str | None, typer.Option(help="Voice of a speech model.")] = None,
+    play: Annotated[bool, typer.Option("--play", help="Play the speech when a player is installed.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="Transcript format: text, json, srt, vtt.")] = "text",
 ) -> None:
     """Run a model in the terminal: chat, or one answer, embedding or ranking."""
     from engines.base import EngineUnavailable
@@ -236,6 +241,12 @@ def run(
     except StoreError as exc:
         raise fail(str(exc)) from exc
     try:
+        if "text_to_speech" in manifest.categories:
+            _run_speech(config, name, " ".join(prompt or []), output or Path("out.wav"), voice, play)
+            return
+        if "speech_to_text" in manifest.categories:
+            _run_transcription(config, name, prompt or [], fmt)
+            return
         if rerank is not None or "llm" not in manifest.categories:
             _run_once(config, manifest.categories, name, rerank, prompt or [])
             return
@@ -253,6 +264,37 @@ def run(
         raise
     except (EngineUnavailable, RuntimeError) as exc:
         raise fail(str(exc)) from exc
+
+
+def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str | None, play: bool) -> None:
+    import shutil
+    import subprocess
+
+    from gpustack_cli import oneshot
+
+    if not text:
+        raise fail('give the text to speak: gpustack run MODEL "some text" -o out.wav')
+    fmt = output.suffix.lstrip(".").lower() or "wav"
+    if fmt not in ("wav", "mp3", "flac", "opus", "aac", "pcm"):
+        raise fail(f"cannot write .{fmt}: use .wav, .mp3, .flac, .opus, .aac or .pcm")
+    output.write_bytes(oneshot.speak(config, name, text, fmt, voice))
+    console.print(f"wrote {output} ({human_size(output.stat().st_size)})")
+    if play:
+        player = next((p for p in ("ffplay", "afplay", "paplay", "aplay") if shutil.which(p)), None)
+        if player is None:
+            raise fail("no audio player found (ffplay, afplay, paplay or aplay)")
+        extra = ["-nodisp", "-autoexit", "-loglevel", "error"] if player == "ffplay" else []
+        subprocess.run([player, *extra, str(output)], check=False)
+
+
+def _run_transcription(config: Settings, name: str, files: list[str], fmt: str) -> None:
+    from gpustack_cli import oneshot
+
+    if len(files) != 1 or not Path(files[0]).is_file():
+        raise fail("give one audio file to transcribe: gpustack run MODEL speech.wav [--format srt]")
+    if fmt not in ("text", "json", "srt", "vtt"):
+        raise fail("--format must be text, json, srt or vtt")
+    sys.stdout.write(oneshot.transcribe(config, name, Path(files[0]), fmt).rstrip("\n") + "\n")
 
 
 def _run_once(config: Settings, categories: list, name: str, query: str | None, texts: list[str]) -> None:
