@@ -84,8 +84,12 @@ def test_run_refusals(models_home: Path, tmp_path: Path) -> None:
     env = clean_env(GPUSTACK_HOME=str(models_home), GPUSTACK_SERVER_URL=f"http://127.0.0.1:{free_port()}")
     result = gpustack("run", "nope", env=env)
     assert result.returncode == 1 and "not in the store" in result.stderr
-    result = gpustack("run", "piper-joe", "hello", env=env)
-    assert result.returncode == 1 and "does not drive text_to_speech models yet" in result.stderr
+    result = gpustack("run", "piper-joe", env=env)
+    assert result.returncode == 1 and "give the text to speak" in result.stderr
+    result = gpustack("run", "whisper-tiny.en", str(tmp_path / "missing.wav"), env=env)
+    assert result.returncode == 1 and "give one audio file" in result.stderr
+    result = gpustack("run", "piper-joe", "hi", "-o", str(tmp_path / "x.ogg"), env=env)
+    assert result.returncode == 1 and "cannot write .ogg" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["/bye", "/exit"])
