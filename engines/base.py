@@ -181,6 +181,40 @@ class Transcriber(Protocol):
     ) -> Transcription: ...
 
 
+@dataclass
+class ImageRequest:
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    # A scheduler name (see the engine's `samplers`), or None for the model's own.
+    sampler: str | None = None
+    # Edits without a mask: how far from the input image to go (0 to 1).
+    strength: float = 0.8
+
+
+@runtime_checkable
+class ImageGenerator(Protocol):
+    default_size: int
+    # Width and height must be multiples of this.
+    multiple: int
+    samplers: list[str]
+
+    def generate(
+        self,
+        request: ImageRequest,
+        cancel: threading.Event,
+        on_step: Any = None,
+        image: Any = None,
+        mask: Any = None,
+    ) -> list[Any]:
+        """PIL images: from text, or edits of `image` (inpainting where `mask` is white)."""
+
+
 class EngineUnavailable(RuntimeError):
     """The engine a model needs is not installed (or does not exist in this build)."""
 

@@ -231,6 +231,11 @@ def run(
     voice: Annotated[str | None, typer.Option(help="Voice of a speech model.")] = None,
     play: Annotated[bool, typer.Option("--play", help="Play the speech when a player is installed.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="Transcript format: text, json, srt, vtt.")] = "text",
+    size: Annotated[str, typer.Option(help="Image size, WIDTHxHEIGHT or auto.")] = "auto",
+    steps: Annotated[int | None, typer.Option(help="Diffusion steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed: the same seed makes the same image.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Edit this image instead of starting from noise.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="PNG whose transparent pixels are the ones to edit.")] = None,
 ) -> None:
     """Run a model in the terminal: chat, or one answer, embedding or ranking."""
     from engines.base import EngineUnavailable
@@ -241,6 +246,9 @@ def run(
     except StoreError as exc:
         raise fail(str(exc)) from exc
     try:
+        if "image" in manifest.categories:
+            _run_image(config, name, " ".join(prompt or []), output or Path("out.png"), size, steps, seed, image, mask)
+            return
         if "text_to_speech" in manifest.categories:
             _run_speech(config, name, " ".join(prompt or []), output or Path("out.wav"), voice, play)
             return
@@ -264,6 +272,36 @@ def run(
         raise
     except (EngineUnavailable, RuntimeError) as exc:
         raise fail(str(exc)) from exc
+
+
+def _run_image(
+    config: Settings,
+    name: str,
+    prompt: str,
+    output: Path,
+    size: str,
+    steps: int | None,
+    seed: int | None,
+    image: Path | None,
+    mask: Path | None,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gpustack_cli import oneshot
+
+    if not prompt:
+        raise fail('give a prompt: gpustack run MODEL "a lighthouse at dawn" -o out.png')
+    with Progress(
+        TextColumn("[bold]steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as progress:
+        task = progress.add_task("steps", total=steps)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        data = oneshot.image(config, name, prompt, size, steps, seed, image, mask, on_step)
+    output.write_bytes(data)
+    console.print(f"wrote {output} ({human_size(len(data))})")
 
 
 def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str | None, play: bool) -> None:

@@ -30,6 +30,9 @@ class Metrics:
         self.model_active = Gauge(
             "gpustack_model_requests_active", "Requests running on a model", ["model"], registry=self.registry
         )
+        self.image_steps = Counter(
+            "gpustack_image_steps", "Diffusion steps run, by model", ["model"], registry=self.registry
+        )
         self.model_waiting = Gauge(
             "gpustack_model_requests_waiting", "Requests queued for a model", ["model"], registry=self.registry
         )

@@ -1,14 +1,18 @@
-"""`gpustack run` for embedding, rerank, speech and transcription models: one call, against the
+"""`gpustack run` for embedding, rerank, speech, transcription and image models: one call, against the
 running server when one answers, else with the model loaded in this process."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from engines.base import AudioError, Embedder, Reranker, Speaker, Transcriber
+from engines.base import AudioError, Embedder, ImageGenerator, ImageRequest, Reranker, Speaker, Transcriber
 from gpustack_cli.audio import encode, srt, vtt
 from gpustack_cli.config import Settings
 from gpustack_cli.loading import load_model
@@ -83,3 +87,51 @@ def transcribe(settings: Settings, model: str, path: Path, fmt: str) -> str:
     spans = [(s.start, s.end, s.text) for s in segments]
     text = "".join(s.text for s in segments).strip()
     return {"text": text, "json": json.dumps({"text": text}), "srt": srt(spans), "vtt": vtt(spans)}[fmt]
+
+
+def image(
+    settings: Settings,
+    model: str,
+    prompt: str,
+    size: str,
+    steps: int | None,
+    seed: int | None,
+    source: Path | None,
+    mask: Path | None,
+    on_step: Callable[[int, int], None],
+) -> bytes:
+    """A PNG: made from `prompt`, or an edit of `source` (inpainting where `mask` is transparent)."""
+    extras = {"num_inference_steps": steps, "seed": seed}
+    fields = {"model": model, "prompt": prompt, "size": size, **{k: v for k, v in extras.items() if v is not None}}
+    if RemoteChat.available(settings):
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        if source is None:
+            response = httpx.post(settings.url + "/v1/images/generations", json=fields, headers=headers, timeout=None)
+        else:
+            files = {"image": (source.name, source.read_bytes())}
+            if mask is not None:
+                files["mask"] = (mask.name, mask.read_bytes())
+            data = {k: str(v) for k, v in fields.items()}
+            response = httpx.post(
+                settings.url + "/v1/images/edits", data=data, files=files, headers=headers, timeout=None
+            )
+        if response.status_code >= 400:
+            raise RuntimeError(response.json().get("error", {}).get("message", response.text))
+        return base64.b64decode(response.json()["data"][0]["b64_json"])
+    from PIL import Image
+
+    engine = load_model(ModelStore(settings.home), model, settings)
+    if not isinstance(engine, ImageGenerator):
+        raise RuntimeError(f"model '{model}' cannot make images")
+    picture = Image.open(source).convert("RGB") if source else None
+    if size == "auto":
+        width, height = picture.size if picture else (engine.default_size, engine.default_size)
+    else:
+        width, height = (int(v) for v in size.lower().split("x"))
+    alpha = Image.open(mask).getchannel("A") if mask else None
+    white_to_edit = Image.eval(alpha, lambda a: 255 - a) if alpha else None
+    request = ImageRequest(prompt=prompt, width=width, height=height, steps=steps, seed=seed)
+    result = engine.generate(request, threading.Event(), on_step, picture, white_to_edit)[0]
+    buffer = io.BytesIO()
+    result.save(buffer, format="PNG")
+    return buffer.getvalue()

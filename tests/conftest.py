@@ -238,3 +238,16 @@ def cross_encoder(models_home: Path) -> str:
         result = gpustack("pull", str(folder), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
         assert result.returncode == 0, result.stderr
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(models_home: Path) -> str:
+    """A tiny Stable Diffusion pipeline (random weights, 64x64) pulled into the store from its folder."""
+    from tests.tiny_diffusion import build_tiny_pipeline
+
+    name = "tiny-sd"
+    if not (models_home / "models" / name / "manifest.json").is_file():
+        folder = build_tiny_pipeline(CACHE / name)
+        result = gpustack("pull", str(folder), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
+        assert result.returncode == 0, result.stderr
+    return name

@@ -13,7 +13,17 @@ from aiohttp import web
 
 from engines.base import Engine, EngineUnavailable
 from gpustack_cli import __version__
-from gpustack_cli.api import admin, anthropic, jina, native, openai, openai_audio, openai_chat, openai_embeddings
+from gpustack_cli.api import (
+    admin,
+    anthropic,
+    jina,
+    native,
+    openai,
+    openai_audio,
+    openai_chat,
+    openai_embeddings,
+    openai_images,
+)
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.config import Settings
@@ -194,6 +204,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     openai_embeddings.add_routes(app)
     jina.add_routes(app)
     openai_audio.add_routes(app)
+    openai_images.add_routes(app)
     native.add_routes(app)
 
     async def preload(app: web.Application) -> None:

@@ -1,0 +1,233 @@
+"""OpenAI's `POST /v1/images/generations` and `/v1/images/edits` over diffusers pipelines.
+
+`response_format: url` links point at `GET /v1/images/files/{id}` on this server: behind the same
+API keys as every other route, unguessable, and gone after `FILE_LIFETIME`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engines.base import ImageGenerator, ImageRequest
+from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.errors import APIError, bad_request, from_validation
+from gpustack_cli.store import Category
+from gpustack_cli.threads import iterate_in_thread
+
+FILE_LIFETIME = 3600.0
+MAX_SIDE = 2048
+# `quality` scales the steps; `style` picks the guidance (OpenAI's words, diffusers' knobs).
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "standard": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
+STYLE_GUIDANCE = {"vivid": 9.0, "natural": 5.0}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class ImageFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: Annotated[str, Field(min_length=1, max_length=32000)]
+    n: Annotated[int, Field(ge=1, le=10)] = 1
+    size: str = "auto"
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    quality: Literal["auto", "low", "medium", "high", "standard", "hd"] = "auto"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    num_inference_steps: Annotated[int, Field(ge=1, le=150)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = None
+    sampler: str | None = None
+    user: str | None = None
+    keep_alive: str | int | float | None = None
+
+
+class GenerationBody(ImageFields):
+    style: Literal["vivid", "natural"] | None = None
+
+
+class EditFields(ImageFields):
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+
+@dataclass
+class _File:
+    data: bytes
+    content_type: str
+    expires: float
+
+
+@dataclass
+class ImageFiles:
+    """Images behind `url` links, kept in memory until they expire."""
+
+    files: dict[str, _File] = field(default_factory=dict)
+
+    def add(self, data: bytes, fmt: str) -> str:
+        now = time.time()
+        for key in [k for k, f in self.files.items() if f.expires < now]:
+            del self.files[key]
+        key = f"{secrets.token_urlsafe(24)}.{fmt}"
+        self.files[key] = _File(data, CONTENT_TYPES[fmt], now + FILE_LIFETIME)
+        return key
+
+
+FILES = web.AppKey("image_files", ImageFiles)
+
+
+def _size(value: str, engine: ImageGenerator) -> tuple[int, int]:
+    if value == "auto":
+        return engine.default_size, engine.default_size
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise bad_request(
+            f"Invalid 'size': {value!r}; use WIDTHxHEIGHT, e.g. 512x512, or 'auto'.", param="size"
+        ) from None
+    m = engine.multiple
+    if not (m <= width <= MAX_SIDE and m <= height <= MAX_SIDE) or width % m or height % m:
+        raise bad_request(
+            f"Invalid 'size': {value}; each side must be a multiple of {m} between {m} and {MAX_SIDE}.", param="size"
+        )
+    return width, height
+
+
+def _request(body: ImageFields, engine: ImageGenerator, style: str | None, strength: float = 0.8) -> ImageRequest:
+    if body.sampler is not None and body.sampler not in engine.samplers:
+        raise bad_request(f"Invalid 'sampler': use one of {', '.join(engine.samplers)}.", param="sampler")
+    width, height = _size(body.size, engine)
+    steps = body.num_inference_steps
+    if steps is None and body.quality not in ("auto", "medium", "standard"):
+        steps = max(1, round(getattr(engine, "default_steps", 25) * QUALITY_STEPS[body.quality]))
+    guidance = body.guidance_scale if body.guidance_scale is not None else STYLE_GUIDANCE.get(style or "")
+    return ImageRequest(
+        prompt=body.prompt,
+        width=width,
+        height=height,
+        n=body.n,
+        steps=steps,
+        guidance=guidance,
+        negative_prompt=body.negative_prompt,
+        seed=body.seed,
+        sampler=body.sampler,
+        strength=strength,
+    )
+
+
+def _encode(image: Any, fmt: str, compression: int | None) -> bytes:
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, format="PNG")
+    else:  # output_compression is a 0-100 "how much smaller"; PIL's quality is the reverse
+        image.convert("RGB").save(buffer, format=fmt.upper(), quality=100 - (compression or 0) if compression else 90)
+    return buffer.getvalue()
+
+
+async def _run(
+    request: web.Request,
+    manifest_name: str,
+    engine: ImageGenerator,
+    job: ImageRequest,
+    image: Any = None,
+    mask: Any = None,
+) -> list[Any]:
+    metrics = context(request).metrics
+
+    def work(cancel: Any) -> Any:
+        # One item: the images. A cancelled request (client gone) stops at the next step.
+        yield engine.generate(job, cancel, lambda _s, _t: metrics.image_steps.labels(manifest_name).inc(), image, mask)
+
+    async for images in iterate_in_thread(work):
+        return images
+    raise APIError(500, "The image pipeline returned nothing.")
+
+
+def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.Response:
+    data = []
+    for image in images:
+        encoded = _encode(image, body.output_format, body.output_compression)
+        if body.response_format == "url":
+            key = request.app[FILES].add(encoded, body.output_format)
+            data.append({"url": f"{request.scheme}://{request.host}/v1/images/files/{key}"})
+        else:
+            data.append({"b64_json": base64.b64encode(encoded).decode()})
+    return web.json_response({"created": int(time.time()), "data": data, "output_format": body.output_format})
+
+
+async def generations(request: web.Request) -> web.Response:
+    body = await read_json(request, GenerationBody)
+    manifest = resolve_model(request, body.model, Category.image, "image generation")
+    async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        images = await _run(request, manifest.name, engine, _request(body, engine, body.style))
+    return _answer(request, images, body)
+
+
+def _open_image(data: bytes, param: str) -> Any:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise bad_request(f"Invalid '{param}': not a PNG, JPEG or WEBP image.", param=param) from exc
+    if image.format not in ("PNG", "JPEG", "WEBP"):
+        raise bad_request(
+            f"Invalid '{param}': {image.format} images are not supported; use PNG, JPEG or WEBP.", param=param
+        )
+    return image
+
+
+async def edits(request: web.Request) -> web.Response:
+    if not request.content_type.startswith("multipart/form-data"):
+        raise bad_request("Send edits as multipart/form-data with an 'image' file.", param="image")
+    form = await request.post()
+    uploads = [v for k in ("image", "image[]") for v in form.getall(k, []) if not isinstance(v, str)]
+    if not uploads:
+        raise bad_request("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+    if len(uploads) > 1:
+        raise bad_request("This model edits one image at a time: send a single 'image'.", param="image")
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        body = EditFields.model_validate(fields)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+    image = _open_image(uploads[0].file.read(), "image").convert("RGB")
+    mask = None
+    mask_upload = form.get("mask")
+    if mask_upload is not None and not isinstance(mask_upload, str):
+        raw = _open_image(mask_upload.file.read(), "mask")
+        if raw.size != image.size:
+            raise bad_request(
+                f"Invalid 'mask': its size {raw.size[0]}x{raw.size[1]} differs from the image's "
+                f"{image.size[0]}x{image.size[1]}.",
+                param="mask",
+            )
+        if "A" not in raw.getbands():
+            raise bad_request("Invalid 'mask': it needs an alpha channel (transparent where to edit).", param="mask")
+        # OpenAI: transparent pixels are edited. diffusers: white pixels are repainted.
+        mask = Image.eval(raw.getchannel("A"), lambda alpha: 255 - alpha)
+    manifest = resolve_model(request, body.model, Category.image, "image edits")
+    async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        job = _request(body, engine, None, body.strength)
+        images = await _run(request, manifest.name, engine, job, image, mask)
+    return _answer(request, images, body)
+
+
+async def image_file(request: web.Request) -> web.Response:
+    found = request.app[FILES].files.get(request.match_info["name"])
+    if found is None or found.expires < time.time():
+        raise APIError(404, "This image link does not exist or has expired.", code="not_found")
+    return web.Response(body=found.data, content_type=found.content_type)
+
+
+def add_routes(app: web.Application) -> None:
+    app[FILES] = ImageFiles()
+    app.router.add_post("/v1/images/generations", generations)
+    app.router.add_post("/v1/images/edits", edits)
+    app.router.add_get("/v1/images/files/{name}", image_file)

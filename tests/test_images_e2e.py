@@ -1,0 +1,186 @@
+"""Image generation and edits through diffusers on a tiny pipeline, with the official `openai` client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from tests.conftest import ServerProcess, clean_env, free_port, gpustack
+from tests.openapi import validate
+
+KEY = "image-test-key"
+
+
+@pytest.fixture(scope="module")
+def server(models_home: Path, tiny_sd: str) -> Iterator[ServerProcess]:
+    with ServerProcess(models_home, "--no-pull", env={"GPUSTACK_API_KEY": KEY}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def decode(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_generation(client: openai.OpenAI, tiny_sd: str) -> None:
+    result = client.images.generate(
+        model=tiny_sd, prompt="a red cat", n=2, size="64x48", extra_body={"num_inference_steps": 2, "seed": 3}
+    )
+    validate(json.loads(result.model_dump_json(exclude_unset=True)), "ImagesResponse")
+    images = [decode(d.b64_json) for d in result.data]
+    assert len(images) == 2 and all(i.format == "PNG" and i.size == (64, 48) for i in images)
+    default = client.images.generate(model=tiny_sd, prompt="a cat", size="auto", extra_body={"num_inference_steps": 1})
+    assert decode(default.data[0].b64_json).size == (64, 64)
+
+
+def test_same_seed_same_bytes(client: openai.OpenAI, tiny_sd: str) -> None:
+    def make(seed: int) -> str:
+        return (
+            client.images.generate(
+                model=tiny_sd, prompt="a boat", size="64x64", extra_body={"num_inference_steps": 2, "seed": seed}
+            )
+            .data[0]
+            .b64_json
+        )
+
+    assert make(5) == make(5)
+    assert make(5) != make(6)
+
+
+def test_output_formats(client: openai.OpenAI, tiny_sd: str) -> None:
+    for fmt, name in (("jpeg", "JPEG"), ("webp", "WEBP")):
+        result = client.images.generate(
+            model=tiny_sd,
+            prompt="x",
+            size="64x64",
+            output_format=fmt,
+            output_compression=50,
+            extra_body={"num_inference_steps": 1},
+        )
+        assert decode(result.data[0].b64_json).format == name and result.output_format == fmt
+
+
+def test_url_links_need_the_key(client: openai.OpenAI, tiny_sd: str) -> None:
+    result = client.images.generate(
+        model=tiny_sd, prompt="a tree", size="64x64", response_format="url", extra_body={"num_inference_steps": 1}
+    )
+    url = result.data[0].url
+    assert "/v1/images/files/" in url
+    assert httpx.get(url).status_code == 401
+    fetched = httpx.get(url, headers={"Authorization": f"Bearer {KEY}"})
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    assert httpx.get(url + "x", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+
+
+def test_edits_with_and_without_mask(client: openai.OpenAI, tiny_sd: str) -> None:
+    source = Image.new("RGB", (64, 64), (200, 30, 30))
+    plain = client.images.edit(
+        model=tiny_sd,
+        image=("in.png", png(source)),
+        prompt="make it blue",
+        size="64x64",
+        extra_body={"num_inference_steps": 2, "strength": 0.6, "seed": 1},
+    )
+    assert decode(plain.data[0].b64_json).size == (64, 64)
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (16, 16, 48, 48))  # transparent square: edit only there
+    masked = client.images.edit(
+        model=tiny_sd,
+        image=("in.png", png(source)),
+        mask=("m.png", png(mask)),
+        prompt="a window",
+        n=2,
+        size="64x64",
+        extra_body={"num_inference_steps": 2},
+    )
+    assert [decode(d.b64_json).size for d in masked.data] == [(64, 64), (64, 64)]
+
+
+def test_image_errors(client: openai.OpenAI, server: ServerProcess, tiny_sd: str) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def error(body: dict) -> dict:
+        response = httpx.post(
+            server.url + "/v1/images/generations",
+            json={"model": tiny_sd, "prompt": "x", **body},
+            headers=auth,
+            timeout=60,
+        )
+        assert response.status_code == 400, response.text
+        validate(response.json(), "ErrorResponse")
+        return response.json()["error"]
+
+    assert error({"size": "65x64"})["param"] == "size"
+    assert error({"size": "big"})["param"] == "size"
+    assert error({"size": "4096x4096"})["param"] == "size"
+    assert error({"n": 11})["param"] == "n"
+    assert error({"prompt": ""})["param"] == "prompt"
+    assert error({"sampler": "magic"})["param"] == "sampler"
+    assert error({"model": "smollm2"})["code"] == "model_not_supported"
+
+    def edit_error(files: dict, **data) -> dict:
+        response = httpx.post(
+            server.url + "/v1/images/edits",
+            files=files,
+            headers=auth,
+            timeout=60,
+            data={"model": tiny_sd, "prompt": "x", **data},
+        )
+        assert response.status_code == 400, response.text
+        return response.json()["error"]
+
+    image = png(Image.new("RGB", (64, 64)))
+    assert edit_error({"image": ("a.txt", b"not an image")})["param"] == "image"
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    assert "GIF" in edit_error({"image": ("a.gif", gif.getvalue())})["message"]
+    assert (
+        edit_error({"image": ("a.png", image), "mask": ("m.png", png(Image.new("RGBA", (32, 32))))})["param"] == "mask"
+    )
+    assert (
+        "alpha" in edit_error({"image": ("a.png", image), "mask": ("m.png", png(Image.new("L", (64, 64))))})["message"]
+    )
+    assert edit_error({"other": ("a.png", image)})["param"] == "image"
+    assert edit_error({"image": ("a.png", image)}, strength="2")["param"] == "strength"
+    assert client.images.generate(
+        model=tiny_sd, prompt="still fine", size="64x64", extra_body={"num_inference_steps": 1}
+    ).data
+
+
+def test_metrics_count_steps(server: ServerProcess, client: openai.OpenAI, tiny_sd: str) -> None:
+    client.images.generate(model=tiny_sd, prompt="x", size="64x64", extra_body={"num_inference_steps": 3})
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert f'gpustack_image_steps_total{{model="{tiny_sd}"}}' in text
+
+
+def test_run_generates_and_edits(models_home: Path, tiny_sd: str, tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(models_home), GPUSTACK_SERVER_URL=f"http://127.0.0.1:{free_port()}")
+    out = tmp_path / "out.png"
+    result = gpustack(
+        "run", tiny_sd, "a small house", "-o", str(out), "--size", "64x32", "--steps", "2", "--seed", "4", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (64, 32)
+    edited = tmp_path / "edited.png"
+    result = gpustack("run", tiny_sd, "blue", "--image", str(out), "-o", str(edited), "--steps", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(edited).size == (64, 32)
