@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,3 +185,20 @@ def test_run_generates_and_edits(models_home: Path, tiny_sd: str, tmp_path: Path
     result = gpustack("run", tiny_sd, "blue", "--image", str(out), "-o", str(edited), "--steps", "2", env=env)
     assert result.returncode == 0, result.stderr
     assert Image.open(edited).size == (64, 32)
+
+
+def test_disconnect_cancels_the_generation(server: ServerProcess, tiny_sd: str) -> None:
+    body = {"model": tiny_sd, "prompt": "a very slow picture", "size": "64x64", "num_inference_steps": 150}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            server.url + "/v1/images/generations", json=body, timeout=1.5, headers={"Authorization": f"Bearer {KEY}"}
+        )
+    started = time.monotonic()
+    quick = httpx.post(
+        server.url + "/v1/images/generations",
+        timeout=60,
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": tiny_sd, "prompt": "quick", "size": "64x64", "num_inference_steps": 1},
+    )
+    assert quick.status_code == 200
+    assert time.monotonic() - started < 8  # the 150-step generation stopped instead of running on
