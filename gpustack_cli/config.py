@@ -61,6 +61,8 @@ class Settings(BaseModel):
     parallel: int = Field(4, ge=1)
     max_queue: int = Field(64, ge=0)
     preload: list[str] = Field(default_factory=list)
+    # Models whose native API the Generic Proxy serves, besides those whose manifest says so.
+    generic_proxy: list[str] = Field(default_factory=list)
     gpu_layers: int = -1
     # Seconds an embedding request waits for others to share its batch; negative: no batching.
     batch_wait: float = Field(0.005, le=1.0)
@@ -78,7 +80,7 @@ class Settings(BaseModel):
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("preload", "default_models", mode="before")
+    @field_validator("preload", "default_models", "generic_proxy", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

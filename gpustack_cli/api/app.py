@@ -23,6 +23,7 @@ from gpustack_cli.api import (
     openai_chat,
     openai_embeddings,
     openai_images,
+    proxy,
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
@@ -206,6 +207,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     openai_audio.add_routes(app)
     openai_images.add_routes(app)
     native.add_routes(app)
+    proxy.add_routes(app)
 
     async def preload(app: web.Application) -> None:
         for name in ctx.settings.preload:

@@ -1,0 +1,203 @@
+"""Each engine's own HTTP API, as its native server speaks it, for the Generic Proxy to mount:
+llama-server's routes for llama.cpp models, text-embeddings-inference's for sentence-transformers
+models, and health and info for the audio engines. A handler takes the loaded engine and the
+request's JSON body; it knows nothing of keys or models (the proxy settles those)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from engines.base import Embedder, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
+from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.textgen import Finished, Prepared, TextDelta, fit_context, stream_text
+from gpustack_cli.threads import iterate_in_thread
+
+Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
+
+
+def _list(value: Any, name: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+        raise bad_request(f"'{name}' must be a non-empty string or list of non-empty strings.", param=name)
+    return items
+
+
+async def health(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+# -- llama-server --------------------------------------------------------------------------------
+
+
+async def llama_props(request: web.Request, engine: TextGenerator, body: dict, model: str) -> web.Response:
+    return web.json_response(
+        {
+            "model_alias": model,
+            "total_slots": getattr(engine, "max_concurrency", 1),
+            "chat_template": engine.chat_template or "",
+            "default_generation_settings": {"n_ctx": engine.n_ctx, "params": {"temperature": Sampling(1).temperature}},
+        }
+    )
+
+
+async def llama_tokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
+    content = body.get("content")
+    if not isinstance(content, str):
+        raise bad_request("'content' must be a string.", param="content")
+    tokens = await asyncio.to_thread(engine.tokenize, content, bool(body.get("add_special", False)))
+    if body.get("with_pieces"):
+        return web.json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
+    return web.json_response({"tokens": tokens})
+
+
+async def llama_detokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and t >= 0 for t in tokens):
+        raise bad_request("'tokens' must be a list of token ids.", param="tokens")
+    return web.json_response({"content": await asyncio.to_thread(engine.detokenize, tokens)})
+
+
+async def llama_completion(request: web.Request, engine: TextGenerator, body: dict, model: str) -> web.StreamResponse:
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, str):
+        tokens = await asyncio.to_thread(engine.tokenize, prompt)
+    elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        tokens = list(prompt)
+    else:
+        raise bad_request("'prompt' must be a string or a list of token ids.", param="prompt")
+    n_predict = body.get("n_predict", -1)
+    defaults = Sampling(max_tokens=1)
+    sampling = Sampling(
+        max_tokens=fit_context(engine, len(tokens), None if n_predict in (None, -1) else int(n_predict), "prompt"),
+        temperature=float(body.get("temperature", defaults.temperature)),
+        top_k=int(body.get("top_k", defaults.top_k)),
+        top_p=float(body.get("top_p", defaults.top_p)),
+        min_p=float(body.get("min_p", defaults.min_p)),
+        repeat_penalty=float(body.get("repeat_penalty", defaults.repeat_penalty)),
+        seed=body.get("seed") if isinstance(body.get("seed"), int) and body["seed"] >= 0 else None,
+    )
+    stop = body.get("stop") or []
+    prepared = Prepared(tokens, sampling, [stop] if isinstance(stop, str) else list(stop))
+    events = iterate_in_thread(lambda cancel: stream_text(engine, prepared, cancel))
+
+    def final(event: Finished, content: str) -> dict[str, Any]:
+        kind = "word" if event.stop_sequence else ("limit" if event.reason == "length" else "eos")
+        return {
+            "content": content,
+            "stop": True,
+            "model": model,
+            "tokens_predicted": event.completion_tokens,
+            "tokens_evaluated": event.prompt_tokens,
+            "stop_type": kind,
+            "stopping_word": event.stop_sequence or "",
+        }
+
+    if body.get("stream"):
+        stream = EventStream(request)
+        await stream.open()
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        await stream.send({"content": event.text, "stop": False})
+                    else:
+                        await stream.send(final(event, ""))
+        except Exception as exc:
+            await stream.send(stream_error(exc).openai())
+        return await stream.close()
+    text, finished = "", None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text += event.text
+            else:
+                finished = event
+    assert finished is not None
+    return web.json_response(final(finished, text))
+
+
+async def llama_embedding(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
+    texts = _list(body.get("content"), "content")
+    vectors = await asyncio.to_thread(engine.embed, texts)
+    return web.json_response([{"index": i, "embedding": [v]} for i, v in enumerate(vectors)])
+
+
+# -- text-embeddings-inference -------------------------------------------------------------------
+
+
+async def tei_embed(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
+    texts = _list(body.get("inputs"), "inputs")
+    counts = await asyncio.to_thread(engine.token_counts, texts)
+    if max(counts) > engine.max_input_tokens and not body.get("truncate"):
+        raise APIError(413, f"Input validation error: inputs must have at most {engine.max_input_tokens} tokens.")
+    return web.json_response(await asyncio.to_thread(engine.embed, texts))
+
+
+async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: str) -> web.Response:
+    query = body.get("query")
+    if not isinstance(query, str) or not query:
+        raise bad_request("'query' must be a non-empty string.", param="query")
+    texts = _list(body.get("texts"), "texts")
+    ranking = await asyncio.to_thread(engine.rerank, query, texts)
+    order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)
+    results = [{"index": i, "score": ranking.scores[i]} for i in order]
+    if body.get("return_text"):
+        for result in results:
+            result["text"] = texts[result["index"]]
+    return web.json_response(results)
+
+
+async def tei_tokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
+    texts = _list(body.get("inputs"), "inputs")
+    special = bool(body.get("add_special_tokens", True))
+    return web.json_response(
+        [[{"id": t, "text": engine.detokenize([t])} for t in engine.tokenize(text, special)] for text in texts]
+    )
+
+
+async def tei_info(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
+    kind = {"reranker": {}} if getattr(engine, "cross", False) else {"embedding": {"pooling": "mean"}}
+    return web.json_response(
+        {
+            "model_id": model,
+            "model_type": kind,
+            "max_input_length": engine.max_input_tokens,
+            "max_client_batch_size": 2048,
+        }
+    )
+
+
+async def audio_info(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
+    if isinstance(engine, Speaker):
+        return web.json_response(
+            {"model": model, "task": "text-to-speech", "sample_rate": engine.sample_rate, "voices": engine.voices}
+        )
+    return web.json_response({"model": model, "task": "speech-to-text", "multilingual": engine.multilingual})
+
+
+# Per engine: (method, path) -> (handler, the model category the route needs, if any).
+ROUTES: dict[str, dict[tuple[str, str], tuple[Handler, str | None]]] = {
+    "llama.cpp": {
+        ("GET", "/health"): (health, None),
+        ("GET", "/props"): (llama_props, "llm"),
+        ("POST", "/tokenize"): (llama_tokenize, None),
+        ("POST", "/detokenize"): (llama_detokenize, None),
+        ("POST", "/completion"): (llama_completion, "llm"),
+        ("POST", "/embedding"): (llama_embedding, "embedding"),
+    },
+    "sentence-transformers": {
+        ("GET", "/health"): (health, None),
+        ("GET", "/info"): (tei_info, None),
+        ("POST", "/embed"): (tei_embed, "embedding"),
+        ("POST", "/rerank"): (tei_rerank, "reranker"),
+        ("POST", "/tokenize"): (tei_tokenize, None),
+    },
+    "faster-whisper": {("GET", "/health"): (health, None), ("GET", "/info"): (audio_info, None)},
+    "piper": {("GET", "/health"): (health, None), ("GET", "/info"): (audio_info, None)},
+}

@@ -1,0 +1,89 @@
+"""The Generic Proxy: `ANY /model/proxy/{path}` reaches a model's own API (see `native_apis`).
+
+The model is named by the `X-GPUStack-Model` header, else the JSON body's `model` field, else
+the first path segment (`/model/proxy/{model}/{path}`). Only models with the proxy switched on
+answer (`gpustack pull --generic-proxy`, `gpustack model set NAME --generic-proxy`, or
+`gpustack serve --generic-proxy NAME`); keys and per-key model lists apply as on `/v1`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from gpustack_cli.api.context import context, engine_for, principal, resolve_model
+from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.native_apis import ROUTES
+from gpustack_cli.store import ModelNotFound, StoreError
+
+PREFIX = "/model/proxy"
+MODEL_HEADER = "X-GPUStack-Model"
+
+
+def _enabled(request: web.Request, name: str) -> bool:
+    ctx = context(request)
+    try:
+        manifest = ctx.store.get(name)
+    except (ModelNotFound, StoreError, ValueError):
+        return False
+    return manifest.generic_proxy or name in ctx.settings.generic_proxy
+
+
+def _segments(request: web.Request) -> list[str]:
+    raw = request.raw_path.split("?", 1)[0][len(PREFIX) :]
+    segments = [unquote(s) for s in raw.split("/") if s]
+    # Refuse traversal in any spelling: `..`, `%2e%2e`, or a slash hidden as `%2f`.
+    if any(s in (".", "..") or "/" in s or "\\" in s for s in segments):
+        raise bad_request("Invalid proxy path: '.' and '..' segments are not allowed.", param="path")
+    return segments
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    segments = _segments(request)
+    limit = context(request).settings.max_json_bytes
+    raw = await request.read()
+    if len(raw) > limit:
+        raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+    body: Any = {}
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise bad_request("The proxy reads JSON bodies: this one does not parse.") from None
+    name = request.headers.get(MODEL_HEADER) or (body.get("model") if isinstance(body, dict) else None)
+    if not name and segments and principal(request).may_use(segments[0]) and _enabled(request, segments[0]):
+        name, segments = segments[0], segments[1:]
+    if not isinstance(name, str) or not name:
+        raise bad_request(
+            f"Name the model: the {MODEL_HEADER} header, a 'model' field, or /model/proxy/MODEL/...", param="model"
+        )
+    manifest = resolve_model(request, name)
+    if not _enabled(request, name):
+        raise APIError(
+            403,
+            f"The generic proxy is off for model '{name}': turn it on with "
+            f"`gpustack model set {name} --generic-proxy`.",
+            code="proxy_disabled",
+        )
+    path = "/" + "/".join(segments)
+    routes = ROUTES.get(manifest.engine, {})
+    found = routes.get((request.method, path))
+    if found is None:
+        known = ", ".join(f"{m} {p}" for m, p in routes)
+        raise APIError(
+            404,
+            f"Model '{name}' ({manifest.engine}) has no route {request.method} {path}; it has: {known}.",
+            code="not_found",
+        )
+    handler, category = found
+    if category is not None and category not in manifest.categories:
+        raise bad_request(f"Model '{name}' is not a {category} model, so it has no {path}.", param="model")
+    async with engine_for(request, manifest, object) as engine:
+        return await handler(request, engine, body if isinstance(body, dict) else {}, name)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", PREFIX + "/{tail:.*}", proxy)
