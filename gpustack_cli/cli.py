@@ -122,6 +122,40 @@ def pull(
     console.print(f"[green]{manifest.name}[/] ready: {kinds} via {manifest.engine}, {human_size(manifest.size)}")
 
 
+@app.command("add-remote")
+def add_remote(
+    name: str,
+    urls: Annotated[list[str], typer.Argument(help="Upstream server URLs (several: round robin).")],
+    api_key: Annotated[str | None, typer.Option(help="The upstream's own API key.")] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="The model's name on the upstream.")] = None,
+    categories: Annotated[str, typer.Option(help="Comma-separated kinds: llm, embedding, reranker, ...")] = "llm",
+    generic_proxy: Annotated[bool, typer.Option("--generic-proxy", help="Forward /model/proxy to it too.")] = False,
+    proxy_prefix: Annotated[
+        str, typer.Option(help="Path of the upstream's native routes (/model/proxy for gpustack).")
+    ] = "",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
+    from gpustack_cli.pull import Puller, PullError
+    from gpustack_cli.store import Category
+
+    try:
+        kinds = [Category(c.strip()) for c in categories.split(",") if c.strip()]
+        manifest = Puller(settings()).add_remote(
+            name,
+            urls,
+            api_key=api_key,
+            upstream_model=upstream_model,
+            categories=kinds,
+            generic_proxy=generic_proxy,
+            proxy_prefix=proxy_prefix,
+            force=force,
+        )
+    except (ValueError, PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]{manifest.name}[/] served by {', '.join(manifest.options['urls'])}")
+
+
 @app.command("list")
 def list_models(as_json: JsonFlag = False) -> None:
     """List the models in the store."""

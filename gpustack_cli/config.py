@@ -67,6 +67,8 @@ class Settings(BaseModel):
     # Seconds an embedding request waits for others to share its batch; negative: no batching.
     batch_wait: float = Field(0.005, le=1.0)
 
+    # Seconds a remote model's upstream may stay silent (between bytes) before a 504.
+    upstream_timeout: float = Field(600.0, gt=0)
     max_json_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
     ChatMessage,
     ChatRequest,
+    Event,
     Finished,
     TextDelta,
     Tool,
@@ -181,37 +183,49 @@ async def messages(request: web.Request) -> web.StreamResponse:
     manifest = resolve_model(request, body.model, Category.llm, "messages")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         prepared = await asyncio.to_thread(prepare_chat, engine, chat_request(body))
-        message_id = f"msg_{secrets.token_hex(12)}"
         events = iterate_in_thread(lambda cancel: stream_chat(engine, prepared, cancel))
-        if body.stream:
-            return await _stream(request, events, message_id, manifest.name, len(prepared.prompt_tokens))
-        content: list[dict[str, Any]] = []
-        finished = None
-        async with contextlib.aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if content and content[-1]["type"] == "text":
-                        content[-1]["text"] += event.text
-                    else:
-                        content.append({"type": "text", "text": event.text})
-                elif isinstance(event, ToolCallEvent):
-                    content.append(_tool_use(event.call))
+        return await _respond(request, body, manifest.name, events, len(prepared.prompt_tokens))
+
+
+async def messages_via(request: web.Request, make_events: Callable[[ChatRequest], AsyncIterator[Event]]):
+    """`/v1/messages` answered by another chat: a remote model's upstream chat completions."""
+    body = await read_json(request, MessagesBody)
+    return await _respond(request, body, body.model, make_events(chat_request(body)), 0)
+
+
+async def _respond(
+    request: web.Request, body: MessagesBody, model: str, events: AsyncIterator[Event], prompt_tokens: int
+) -> web.StreamResponse:
+    message_id = f"msg_{secrets.token_hex(12)}"
+    if body.stream:
+        return await _stream(request, events, message_id, model, prompt_tokens)
+    content: list[dict[str, Any]] = []
+    finished = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if content and content[-1]["type"] == "text":
+                    content[-1]["text"] += event.text
                 else:
-                    finished = event
-        assert finished is not None
-        stop_reason, stop_sequence = _stop(finished)
-        return web.json_response(
-            {
-                "id": message_id,
-                "type": "message",
-                "role": "assistant",
-                "model": manifest.name,
-                "content": content,
-                "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence,
-                "usage": {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens},
-            }
-        )
+                    content.append({"type": "text", "text": event.text})
+            elif isinstance(event, ToolCallEvent):
+                content.append(_tool_use(event.call))
+            else:
+                finished = event
+    assert finished is not None
+    stop_reason, stop_sequence = _stop(finished)
+    return web.json_response(
+        {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens},
+        }
+    )
 
 
 async def _stream(request: web.Request, events: Any, message_id: str, model: str, prompt_tokens: int):

@@ -27,6 +27,7 @@ from gpustack_cli.api import (
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.remote import close_session, open_session, remote_middleware
 from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.loading import load_model
@@ -192,7 +193,7 @@ def build_context(settings: Settings) -> ServerContext:
 
 def create_app(ctx: ServerContext) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware, auth_middleware],
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware, auth_middleware, remote_middleware],
         client_max_size=max(ctx.settings.max_json_bytes, ctx.settings.max_upload_bytes),
     )
     app[CONTEXT] = ctx
@@ -216,6 +217,8 @@ def create_app(ctx: ServerContext) -> web.Application:
     async def shutdown(app: web.Application) -> None:
         await ctx.scheduler.close()
 
+    app.on_startup.append(open_session)
     app.on_startup.append(preload)
     app.on_cleanup.append(shutdown)
+    app.on_cleanup.append(close_session)
     return app

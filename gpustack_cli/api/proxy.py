@@ -1,4 +1,5 @@
-"""The Generic Proxy: `ANY /model/proxy/{path}` reaches a model's own API (see `native_apis`).
+"""The Generic Proxy: `ANY /model/proxy/{path}` reaches a model's own API (see `native_apis`), or
+for a remote model its upstream server.
 
 The model is named by the `X-GPUStack-Model` header, else the JSON body's `model` field, else
 the first path segment (`/model/proxy/{model}/{path}`). Only models with the proxy switched on
@@ -17,6 +18,7 @@ from aiohttp import web
 from gpustack_cli.api.context import context, engine_for, principal, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.native_apis import ROUTES
+from gpustack_cli.api.remote import ENGINE, forward
 from gpustack_cli.store import ModelNotFound, StoreError
 
 PREFIX = "/model/proxy"
@@ -43,17 +45,23 @@ def _segments(request: web.Request) -> list[str]:
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     segments = _segments(request)
-    limit = context(request).settings.max_json_bytes
-    raw = await request.read()
-    if len(raw) > limit:
-        raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+    name = request.headers.get(MODEL_HEADER)
     body: Any = {}
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise bad_request("The proxy reads JSON bodies: this one does not parse.") from None
-    name = request.headers.get(MODEL_HEADER) or (body.get("model") if isinstance(body, dict) else None)
+    if request.content_type.startswith("multipart/form-data"):
+        field = (await request.post()).get("model")  # read (and kept) for forwarding too
+        name = name or (field if isinstance(field, str) else None)
+    else:
+        limit = context(request).settings.max_json_bytes
+        raw = await request.read()
+        if len(raw) > limit:
+            raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+        if raw.strip() and (not name or request.content_type == "application/json"):
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                if not name:
+                    raise bad_request("Name the model in the X-GPUStack-Model header: the body is not JSON.") from None
+        name = name or (body.get("model") if isinstance(body, dict) else None)
     if not name and segments and principal(request).may_use(segments[0]) and _enabled(request, segments[0]):
         name, segments = segments[0], segments[1:]
     if not isinstance(name, str) or not name:
@@ -69,6 +77,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             code="proxy_disabled",
         )
     path = "/" + "/".join(segments)
+    if manifest.engine == ENGINE:  # a remote model: its upstream answers, byte for byte
+        async with context(request).scheduler.use(manifest.name) as engine:
+            return await forward(request, engine, manifest.options.get("proxy_prefix", "") + path)
     routes = ROUTES.get(manifest.engine, {})
     found = routes.get((request.method, path))
     if found is None:

