@@ -120,17 +120,17 @@ async def forward(
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except aiohttp.ClientConnectionError as exc:
-            if response is not None:  # the answer had begun: end it where the upstream did
-                return response
-            engine.failed(upstream)
-            failure = exc
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # before ClientConnectionError: aiohttp's read timeout is both
             if response is not None:
                 return response
             raise APIError(
                 504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
             ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            if response is not None:  # the answer had begun: end it where the upstream did
+                return response
+            engine.failed(upstream)
+            failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
 
 

@@ -1,0 +1,237 @@
+"""Remote models: a `gpustack serve` (downstream) whose models another real `gpustack serve`
+(upstream) runs, called with the official clients; edge cases against a small test upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ServerProcess, clean_env, gpustack
+from tests.upstream import TestUpstream
+
+UP_KEY, DOWN_KEY = "upstream-secret", "downstream-secret"
+DOWN = {"Authorization": f"Bearer {DOWN_KEY}"}
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once the socket closes
+
+
+@pytest.fixture(scope="module")
+def upstream(models_home: Path) -> Iterator[ServerProcess]:
+    env = clean_env(GPUSTACK_HOME=str(models_home))
+    result = gpustack(
+        "pull",
+        str(models_home / "models" / "all-minilm-l6-v2"),
+        "--name",
+        "bge-m3",
+        "--generic-proxy",
+        "--force",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    # Everything preloaded: a cold load upstream would outlast the downstream's short read timeout.
+    preload = [
+        arg
+        for name in ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe", "bge-m3")
+        for arg in ("--preload", name)
+    ]
+    with ServerProcess(
+        models_home, "--no-pull", *preload, env={"GPUSTACK_API_KEY": UP_KEY, "GPUSTACK_MAX_LOADED_MODELS": "6"}
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def test_upstream(upstream: ServerProcess) -> Iterator[TestUpstream]:
+    server = TestUpstream(relay_to=upstream.url).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def downstream(
+    tmp_path_factory: pytest.TempPathFactory, upstream: ServerProcess, test_upstream: TestUpstream
+) -> Iterator[ServerProcess]:
+    home = tmp_path_factory.mktemp("downstream")
+    env = clean_env(GPUSTACK_HOME=str(home))
+
+    def add(name: str, *args: str) -> None:
+        result = gpustack("add-remote", name, *args, env=env)
+        assert result.returncode == 0, result.stderr
+
+    key = ["--api-key", UP_KEY]
+    add("chat", upstream.url, *key, "--upstream-model", "smollm2")
+    add("emb", upstream.url, *key, "--upstream-model", "all-minilm-l6-v2", "--categories", "embedding,reranker")
+    add(
+        "whisper",
+        upstream.url,
+        *key,
+        "--upstream-model",
+        "whisper-tiny.en",
+        "--categories",
+        "speech_to_text",
+        "--generic-proxy",
+    )
+    add("voice", upstream.url, *key, "--upstream-model", "piper-joe", "--categories", "text_to_speech")
+    add("bge-m3", upstream.url, *key, "--categories", "embedding", "--generic-proxy", "--proxy-prefix", "/model/proxy")
+    add("nokey", upstream.url, "--upstream-model", "smollm2")
+    add("balanced", closed_port_url(), upstream.url, *key, "--upstream-model", "smollm2")
+    add("relayed", test_upstream.url, *key, "--upstream-model", "smollm2")  # an upstream without /v1/messages
+    add("edge", test_upstream.url, "--categories", "embedding", "--generic-proxy")
+    result = gpustack("keys", "create", "--name", "only-chat", "--models", "chat", env=env)
+    assert result.returncode == 0
+    (home / "only-chat.key").write_text(result.stdout.strip())
+    with ServerProcess(home, "--no-pull", env={"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_UPSTREAM_TIMEOUT": "5"}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(downstream: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=downstream.url + "/v1", api_key=DOWN_KEY, max_retries=0)
+
+
+def test_models_are_listed(client: openai.OpenAI) -> None:
+    models = {m.id: m.model_extra["categories"] for m in client.models.list()}
+    assert models["chat"] == ["llm"] and models["emb"] == ["embedding", "reranker"]
+
+
+def test_chat_through_the_upstream(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, seed=0
+    )
+    assert reply.choices[0].message.content and reply.usage.completion_tokens == 5
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0, seed=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
+
+
+def test_embeddings_rerank_speech_and_transcription(client: openai.OpenAI, downstream: ServerProcess) -> None:
+    vectors = client.embeddings.create(model="emb", input=["a cat", "a dog"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 384
+    ranked = httpx.post(
+        downstream.url + "/v1/rerank",
+        headers=DOWN,
+        timeout=60,
+        json={"model": "emb", "query": "What is a panda?", "documents": ["hi", "a panda is a bear"]},
+    )
+    assert ranked.json()["results"][0]["index"] == 1
+    audio = client.audio.speech.create(model="voice", voice="alloy", input="Hello there.", response_format="wav")
+    text = client.audio.transcriptions.create(model="whisper", file=("hello.wav", audio.content)).text
+    assert "hello" in text.lower()
+    # The same upload through the Generic Proxy, forwarded as it came.
+    via_proxy = httpx.post(
+        downstream.url + "/model/proxy/v1/audio/transcriptions",
+        timeout=60,
+        headers={**DOWN, "X-GPUStack-Model": "whisper"},
+        files={"file": ("hello.wav", audio.content)},
+        data={"model": "whisper"},
+    )
+    assert via_proxy.status_code == 200 and "hello" in via_proxy.json()["text"].lower()
+
+
+def test_anthropic_messages(downstream: ServerProcess) -> None:
+    claude = anthropic.Anthropic(base_url=downstream.url, api_key=DOWN_KEY, max_retries=0)
+    for model in ("chat", "relayed"):  # the upstream's own route, and the translation onto chat completions
+        message = claude.messages.create(model=model, max_tokens=6, messages=[{"role": "user", "content": "Hi"}])
+        assert message.content[0].text and message.stop_reason == "max_tokens", model
+        with claude.messages.stream(model=model, max_tokens=6, messages=[{"role": "user", "content": "Hi"}]) as s:
+            kinds = [e.type for e in s]
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop", model
+    tool = {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    message = claude.messages.create(
+        model="relayed",
+        max_tokens=80,
+        tools=[tool],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        extra_body={"temperature": 0, "seed": 0},
+    )
+    assert message.stop_reason == "tool_use" and "city" in message.content[-1].input
+
+
+def test_the_seeds_curl_example_through_a_remote(downstream: ServerProcess) -> None:
+    command = f"""curl {downstream.url}/model/proxy/embed \\
+  -X POST \\
+  -H "Content-Type: application/json" \\
+  -H "Authorization: Bearer $GPUSTACK_API_KEY" \\
+  -H "X-GPUStack-Model: bge-m3" \\
+  -d '{{"inputs": ["What is Deep Learning?", "Deep Learning is not..."]}}'"""
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "GPUSTACK_API_KEY": DOWN_KEY},
+    )
+    assert [len(v) for v in json.loads(result.stdout)] == [384, 384]
+
+
+def test_keys(downstream: ServerProcess, client: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=downstream.url + "/v1", api_key=UP_KEY, max_retries=0).models.list()
+    # Without the upstream's own key, the upstream refuses, and its answer comes back as it was.
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="nokey", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    only_chat = (Path(downstream.env["GPUSTACK_HOME"]) / "only-chat.key").read_text()
+    limited = {"Authorization": f"Bearer {only_chat}", "X-GPUStack-Model": "bge-m3"}
+    assert httpx.post(downstream.url + "/model/proxy/embed", json={"inputs": ["x"]}, headers=limited).status_code == 404
+    assert (
+        httpx.post(
+            downstream.url + "/model/proxy/embed", json={"inputs": ["x"]}, headers={"X-GPUStack-Model": "bge-m3"}
+        ).status_code
+        == 401
+    )
+
+
+def test_round_robin_skips_a_dead_upstream(client: openai.OpenAI) -> None:
+    for _ in range(4):
+        reply = client.chat.completions.create(
+            model="balanced", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices[0].message.content
+
+
+def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: TestUpstream) -> None:
+    headers = {**DOWN, "X-GPUStack-Model": "edge", "X-Custom": "kept"}
+    got = httpx.get(downstream.url + "/model/proxy/echo/path?x=1&y=two", headers=headers)
+    assert got.status_code == 200 and got.json() == {"path": "/echo/path?x=1&y=two", "method": "GET", "length": 0}
+    assert got.headers.get_list("set-cookie") == ["a=1", "b=2"] and got.headers["x-upstream"] == "test"
+    seen = test_upstream.seen[-1]["headers"]
+    assert seen["X-Custom"] == "kept" and "Authorization" not in seen  # our key never leaves
+    put = httpx.put(downstream.url + "/model/proxy/echo/raw", headers=headers, content=b"\x00\x01binary")
+    assert put.json() == {"path": "/echo/raw", "method": "PUT", "length": 8}
+    big = httpx.get(downstream.url + "/model/proxy/big?mb=20", headers=headers, timeout=120)
+    assert big.status_code == 200 and len(big.content) == 20 * 1024 * 1024
+    assert httpx.get(downstream.url + "/model/proxy/%2e%2e/v1/models", headers=headers).status_code == 400
+
+
+def test_upstream_failures(downstream: ServerProcess, test_upstream: TestUpstream) -> None:
+    headers = {**DOWN, "X-GPUStack-Model": "edge"}
+    dropped = httpx.get(downstream.url + "/model/proxy/drop", headers=headers)
+    assert dropped.status_code == 502 and "upstream" in dropped.json()["error"]["message"].lower()
+    started = time.monotonic()
+    slow = httpx.get(downstream.url + "/model/proxy/slow", headers=headers, timeout=60)
+    assert slow.status_code == 504 and time.monotonic() - started < 20  # GPUSTACK_UPSTREAM_TIMEOUT=5
+    test_upstream.disconnected.clear()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(downstream.url + "/v1/embeddings", headers=DOWN, json={"model": "edge", "input": "x"}, timeout=1)
+    assert test_upstream.disconnected.wait(10)  # our client left, so the upstream request was closed
