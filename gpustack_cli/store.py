@@ -98,6 +98,9 @@ class ModelStore:
         self.models_dir = home / "models"
         self.tmp_dir = home / "tmp"
         self._lock = FileLock(str(home / "store.lock"))
+        # Parsed manifests by path, kept while the file's (mtime, size) stays the same: the server
+        # looks a model up several times per request.
+        self._cache: dict[Path, tuple[tuple[int, int], Manifest]] = {}
 
     def _ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -116,11 +119,18 @@ class ModelStore:
     def get(self, name: str) -> Manifest:
         path = self.model_dir(name) / MANIFEST
         try:
-            return Manifest.model_validate_json(path.read_bytes())
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            cached = self._cache.get(path)
+            if cached and cached[0] == stamp:
+                return cached[1]
+            manifest = Manifest.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             raise ModelNotFound(name) from None
         except ValidationError as exc:
             raise StoreError(f"manifest of '{name}' is damaged: {exc}") from exc
+        self._cache[path] = (stamp, manifest)
+        return manifest
 
     def exists(self, name: str) -> bool:
         return (self.model_dir(name) / MANIFEST).is_file()
