@@ -251,3 +251,20 @@ def tiny_sd(models_home: Path) -> str:
         result = gpustack("pull", str(folder), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
         assert result.returncode == 0, result.stderr
     return name
+
+
+@pytest.fixture(scope="session")
+def bge_m3(models_home: Path) -> str:
+    """The seeds' example names a model bge-m3: all-MiniLM-L6-v2 pulled under that name, proxy on."""
+    env = clean_env(GPUSTACK_HOME=str(models_home))
+    result = gpustack(
+        "pull",
+        str(models_home / "models" / "all-minilm-l6-v2"),
+        "--name",
+        "bge-m3",
+        "--generic-proxy",
+        "--force",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return "bge-m3"

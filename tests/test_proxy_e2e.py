@@ -18,19 +18,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(models_home: Path) -> Iterator[ServerProcess]:
-    env = clean_env(GPUSTACK_HOME=str(models_home))
-    # The seeds' example names a model bge-m3: an embedding model pulled under that name, proxy on.
-    result = gpustack(
-        "pull",
-        str(models_home / "models" / "all-minilm-l6-v2"),
-        "--name",
-        "bge-m3",
-        "--generic-proxy",
-        "--force",
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
+def server(models_home: Path, bge_m3: str) -> Iterator[ServerProcess]:
     with ServerProcess(
         models_home, "--no-pull", "--generic-proxy", "smollm2", env={"GPUSTACK_API_KEY": KEY}
     ) as running:

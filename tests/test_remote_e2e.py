@@ -30,18 +30,7 @@ def closed_port_url() -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream(models_home: Path) -> Iterator[ServerProcess]:
-    env = clean_env(GPUSTACK_HOME=str(models_home))
-    result = gpustack(
-        "pull",
-        str(models_home / "models" / "all-minilm-l6-v2"),
-        "--name",
-        "bge-m3",
-        "--generic-proxy",
-        "--force",
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
+def upstream(models_home: Path, bge_m3: str) -> Iterator[ServerProcess]:
     # Everything preloaded: a cold load upstream would outlast the downstream's short read timeout.
     preload = [
         arg
