@@ -215,6 +215,11 @@ class ImageGenerator(Protocol):
         """PIL images: from text, or edits of `image` (inpainting where `mask` is white)."""
 
 
+class InvalidTokens(ValueError):
+    """Token ids outside the model's vocabulary (a 400 on the wire: never passed to the engine,
+    where llama.cpp would abort the whole process)."""
+
+
 class EngineUnavailable(RuntimeError):
     """The engine a model needs is not installed (or does not exist in this build)."""
 

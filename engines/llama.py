@@ -22,7 +22,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 
-from engines.base import LoadSpec, Ranking, Sampling, Token
+from engines.base import InvalidTokens, LoadSpec, Ranking, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 # llama.cpp's seed value that means "pick a random seed".
@@ -92,7 +92,14 @@ class LlamaEngine:
         """Tokens of `text`; with `special`, the model's BOS is added and special tokens parsed."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
 
+    def _check(self, tokens: Sequence[int], what: str) -> None:
+        vocab = self.llm.n_vocab()
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise InvalidTokens(f"{what} has token ids outside this model's vocabulary of {vocab}: {bad[:5]}")
+
     def detokenize(self, tokens: Sequence[int]) -> str:
+        self._check(tokens, "the input")
         return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     def piece(self, token: int) -> bytes:
@@ -112,6 +119,8 @@ class LlamaEngine:
     # -- generation -----------------------------------------------------------------------
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+        self._check(prompt, "the prompt")
+        self._check(list(sampling.logit_bias), "logit_bias")
         llm = self.llm
         llm.set_seed(RANDOM_SEED if sampling.seed is None else sampling.seed & 0x7FFFFFFF)
         if sampling.seed is not None:

@@ -96,3 +96,10 @@ def test_bad_inputs(client: openai.OpenAI, server: ServerProcess, minilm_gguf: s
     listed = {m.id: m.model_extra["categories"] for m in client.models.list()}
     assert listed[minilm_gguf] == ["embedding", "reranker"]
     assert json.loads(httpx.get(server.url + "/healthz").text)["status"] == "ok"
+
+
+def test_unknown_token_ids_are_refused(client: openai.OpenAI, minilm_gguf: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model=minilm_gguf, input=[[101, 10**7]])
+    assert caught.value.body["code"] == "invalid_tokens"
+    assert client.embeddings.create(model=minilm_gguf, input="still alive").data

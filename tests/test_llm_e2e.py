@@ -524,3 +524,16 @@ def test_client_disconnect_frees_the_model(server: ServerProcess) -> None:
     )
     assert quick.status_code == 200
     assert time.monotonic() - started < 10  # the abandoned 4000-token stream was cancelled
+
+
+def test_token_ids_outside_the_vocabulary(client: openai.OpenAI, server: ServerProcess) -> None:
+    """llama.cpp aborts the process on an unknown token id: the server refuses them first."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt=[[1, 10**6]], max_tokens=2)
+    assert caught.value.body["code"] == "invalid_tokens"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=ask("hi"), max_tokens=2, logit_bias={"999999": 5})
+    response = httpx.post(server.url + "/detokenize", json={"model": MODEL, "tokens": [10**6]})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_tokens"
+    proxied = httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": "still alive"})
+    assert proxied.status_code == 200

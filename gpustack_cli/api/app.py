@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from engines.base import Engine, EngineUnavailable
+from engines.base import Engine, EngineUnavailable, InvalidTokens
 from gpustack_cli import __version__
 from gpustack_cli.api import (
     admin,
@@ -106,6 +106,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error_response(request, APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"}))
     except GenerationError as exc:
         return _error_response(request, APIError(400, str(exc), param=exc.param, code=exc.code))
+    except InvalidTokens as exc:
+        return _error_response(request, APIError(400, str(exc), code="invalid_tokens"))
     except EngineUnavailable as exc:
         return _error_response(request, APIError(503, str(exc), code="engine_unavailable"))
     except web.HTTPException as exc:

@@ -1,9 +1,8 @@
-"""Engine-native routes: llama-server's `POST /tokenize` and `/detokenize`, with a `model` field
-(several models share one server). The Generic Proxy mounts the same handlers per model."""
+"""llama-server's `POST /tokenize` and `/detokenize` at the top level, with a `model` field (several
+models share one server); the same handlers answer per model on the Generic Proxy."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from aiohttp import web
@@ -11,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Tokenizer
 from gpustack_cli.api.context import engine_for, read_json, resolve_model
-from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.native_apis import llama_detokenize, llama_tokenize
 
 
 class TokenizeBody(BaseModel):
@@ -28,26 +27,18 @@ class DetokenizeBody(BaseModel):
     tokens: list[Annotated[int, Field(ge=0)]]
 
 
-async def tokenize(request: web.Request) -> web.Response:
+async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, TokenizeBody)
     manifest = resolve_model(request, body.model)
     async with engine_for(request, manifest, Tokenizer) as engine:
-        tokens = await asyncio.to_thread(engine.tokenize, body.content, body.add_special)
-        if not body.with_pieces:
-            return web.json_response({"tokens": tokens})
-        pieces = [{"id": t, "piece": await asyncio.to_thread(engine.detokenize, [t])} for t in tokens]
-    return web.json_response({"tokens": pieces})
+        return await llama_tokenize(request, engine, body.model_dump(), manifest.name)
 
 
-async def detokenize(request: web.Request) -> web.Response:
+async def detokenize(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, DetokenizeBody)
     manifest = resolve_model(request, body.model)
     async with engine_for(request, manifest, Tokenizer) as engine:
-        try:
-            content = await asyncio.to_thread(engine.detokenize, body.tokens)
-        except (ValueError, IndexError, RuntimeError) as exc:
-            raise bad_request(f"Invalid 'tokens': {exc}", param="tokens") from exc
-    return web.json_response({"content": content})
+        return await llama_detokenize(request, engine, body.model_dump(), manifest.name)
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engines.base import InvalidTokens
 from gpustack_cli.api.context import REQUEST_ID
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.textgen import GenerationError
@@ -21,6 +22,8 @@ def stream_error(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, GenerationError):
         return APIError(400, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, InvalidTokens):
+        return APIError(400, str(exc), code="invalid_tokens")
     log.exception("error while streaming")
     return APIError(500, "The server had an error while generating the response.")
 
