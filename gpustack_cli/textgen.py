@@ -215,6 +215,8 @@ def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
 
 def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | None, what: str = "messages") -> int:
     """The completion budget for a prompt, or a GenerationError that names the numbers."""
+    if prompt_tokens == 0:
+        raise GenerationError(f"The {what} is empty: there is nothing to continue.", param=what)
     room = engine.n_ctx - prompt_tokens
     if room <= 0:
         raise GenerationError(

@@ -537,3 +537,10 @@ def test_token_ids_outside_the_vocabulary(client: openai.OpenAI, server: ServerP
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_tokens"
     proxied = httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": "still alive"})
     assert proxied.status_code == 200
+
+
+def test_empty_prompt(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="", max_tokens=2)
+    assert caught.value.body["param"] == "prompt"
+    assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices
