@@ -1,8 +1,8 @@
 """What the Generic Proxy adds: latency per request and streaming throughput through
 `/model/proxy` of a remote model, against calling its upstream directly, in one run.
 
-The upstream is a small aiohttp server on loopback (an instant JSON answer, and a 64 MiB stream),
-so the figures are the proxy's own cost, not a model's.
+The upstream is a small aiohttp server on loopback in a process of its own (an instant JSON answer,
+and a 64 MiB stream), so the figures are the proxy's own cost, not a model's.
 
     python scripts/bench_proxy.py [--requests 500] [--mb 64]
 """
@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_upstream(port: int) -> None:
+def serve_upstream(port: int) -> None:
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -48,9 +47,7 @@ def start_upstream(port: int) -> None:
     app = web.Application()
     app.router.add_get("/ping", ping)
     app.router.add_get("/stream", stream)
-    threading.Thread(
-        target=lambda: web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=False), daemon=True
-    ).start()
+    web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
 def timed_requests(http: httpx.Client, url: str, headers: dict[str, str], count: int) -> list[float]:
@@ -75,9 +72,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--mb", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return
     up_port, port = free_port(), free_port()
-    start_upstream(up_port)
+    # The upstream runs in a process of its own, as a real one would (not sharing our GIL).
+    upstream_proc = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
     upstream = f"http://127.0.0.1:{up_port}"
     home = Path(tempfile.mkdtemp())
     env = {**os.environ, "GPUSTACK_HOME": str(home), "GPUSTACK_LOG_LEVEL": "warning"}
@@ -109,12 +111,13 @@ def main() -> None:
     model = {"X-GPUStack-Model": "up"}
     try:
         http = httpx.Client(timeout=120)
-        for _ in range(300):
-            try:
-                if http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        for url in (f"http://127.0.0.1:{port}/healthz", upstream + "/ping"):
+            for _ in range(300):
+                try:
+                    if http.get(url).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
         timed_requests(http, upstream + "/ping", {}, 50)
         timed_requests(http, ours + "/ping", model, 50)
         direct, proxied, direct_mb, proxied_mb = [], [], [], []
@@ -125,7 +128,9 @@ def main() -> None:
             proxied_mb.append(throughput(http, f"{ours}/stream?mb={args.mb}", model))
     finally:
         server.terminate()
+        upstream_proc.terminate()
         server.wait(20)
+        upstream_proc.wait(20)
     d, p = statistics.median(direct) * 1000, statistics.median(proxied) * 1000
     dt, pt = statistics.median(direct_mb), statistics.median(proxied_mb)
     print(f"{args.requests} small requests, {args.mb} MiB streams x {args.rounds}, medians")
