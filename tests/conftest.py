@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -268,3 +269,22 @@ def bge_m3(models_home: Path) -> str:
     )
     assert result.returncode == 0, result.stderr
     return "bge-m3"
+
+
+def seeds_proxy_example(server_url: str, key: str) -> list:
+    """The seeds' Generic Proxy curl example, verbatim but for the server's address; its JSON answer."""
+    command = f"""curl {server_url}/model/proxy/embed \\
+  -X POST \\
+  -H "Content-Type: application/json" \\
+  -H "Authorization: Bearer $GPUSTACK_API_KEY" \\
+  -H "X-GPUStack-Model: bge-m3" \\
+  -d '{{"inputs": ["What is Deep Learning?", "Deep Learning is not..."]}}'"""
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**ORIGINAL_ENV, "GPUSTACK_API_KEY": key},
+    )
+    return json.loads(result.stdout)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, clean_env, gpustack
+from tests.conftest import ServerProcess, clean_env, gpustack, seeds_proxy_example
 
 KEY = "proxy-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -31,21 +29,7 @@ def post(server: ServerProcess, path: str, body: dict | None = None, model: str 
 
 
 def test_the_seeds_curl_example_verbatim(server: ServerProcess) -> None:
-    command = f"""curl {server.url}/model/proxy/embed \\
-  -X POST \\
-  -H "Content-Type: application/json" \\
-  -H "Authorization: Bearer $GPUSTACK_API_KEY" \\
-  -H "X-GPUStack-Model: bge-m3" \\
-  -d '{{"inputs": ["What is Deep Learning?", "Deep Learning is not..."]}}'"""
-    result = subprocess.run(
-        ["bash", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "GPUSTACK_API_KEY": KEY},
-        check=True,
-    )
-    vectors = json.loads(result.stdout)
+    vectors = seeds_proxy_example(server.url, KEY)
     assert len(vectors) == 2 and all(len(v) == 384 for v in vectors)
 
 

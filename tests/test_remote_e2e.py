@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, clean_env, gpustack
+from tests.conftest import ServerProcess, clean_env, gpustack, seeds_proxy_example
 from tests.upstream import TestUpstream
 
 UP_KEY, DOWN_KEY = "upstream-secret", "downstream-secret"
@@ -157,21 +154,7 @@ def test_anthropic_messages(downstream: ServerProcess) -> None:
 
 
 def test_the_seeds_curl_example_through_a_remote(downstream: ServerProcess) -> None:
-    command = f"""curl {downstream.url}/model/proxy/embed \\
-  -X POST \\
-  -H "Content-Type: application/json" \\
-  -H "Authorization: Bearer $GPUSTACK_API_KEY" \\
-  -H "X-GPUStack-Model: bge-m3" \\
-  -d '{{"inputs": ["What is Deep Learning?", "Deep Learning is not..."]}}'"""
-    result = subprocess.run(
-        ["bash", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "GPUSTACK_API_KEY": DOWN_KEY},
-    )
-    assert [len(v) for v in json.loads(result.stdout)] == [384, 384]
+    assert [len(v) for v in seeds_proxy_example(downstream.url, DOWN_KEY)] == [384, 384]
 
 
 def test_keys(downstream: ServerProcess, client: openai.OpenAI) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 @dataclass
 class TestUpstream:
+    __test__ = False  # a helper server, not a pytest test class
     # Where /v1/chat/completions and /v1/models are relayed (a real gpustack), if anywhere.
     relay_to: str | None = None
     hits: int = 0
