@@ -59,6 +59,7 @@ class LlamaEngine:
             n_threads=threads,
             n_threads_batch=threads,
             embedding=self.embedding_mode,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK if options.get("pooling") == "rank" else -1,
             verbose=False,
         )
         metadata: dict[str, str] = self.llm.metadata

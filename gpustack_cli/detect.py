@@ -46,8 +46,10 @@ def _gguf(folder: Path, path: Path) -> Detected:
     if projector:
         options["mmproj_file"] = projector[0].relative_to(folder).as_posix()
     pooling = meta.get(f"{arch}.pooling_type")
-    if pooling == POOLING_RANK:
-        return Detected("llama.cpp", [Category.reranker], options)
+    # A classification head (`classifier.output_labels`) on an encoder is a reranker: llama.cpp
+    # scores pairs with it under rank pooling, which the engine asks for when the file names none.
+    if pooling == POOLING_RANK or (arch in EMBEDDING_ARCHITECTURES and f"{arch}.classifier.output_labels" in meta):
+        return Detected("llama.cpp", [Category.reranker], {**options, "pooling": "rank"})
     if arch in EMBEDDING_ARCHITECTURES or (pooling and "tokenizer.chat_template" not in meta):
         return Detected("llama.cpp", [Category.embedding, Category.reranker], options)
     return Detected("llama.cpp", [Category.llm], options)

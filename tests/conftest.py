@@ -177,37 +177,47 @@ def _converter(workdir: Path) -> Path:
     return workdir / prefix
 
 
+def convert_to_gguf(folder: Path, target: Path, outtype: str, workdir: Path) -> Path:
+    """A Hugging Face folder converted by llama.cpp's own converter (kept in the cache)."""
+    if not target.is_file():
+        llama_dir = _converter(workdir)
+        partial = target.with_suffix(".part")
+        subprocess.run(
+            [sys.executable, "convert_hf_to_gguf.py", str(folder), "--outfile", str(partial), "--outtype", outtype],
+            cwd=llama_dir,
+            check=True,
+            capture_output=True,
+            timeout=600,
+            env=clean_env(PYTHONPATH=f"{llama_dir / 'gguf-py'}:{llama_dir}"),
+        )
+        partial.rename(target)
+    return target
+
+
+def pull_as(models_home: Path, source: Path, name: str) -> str:
+    if not (models_home / "models" / name / "manifest.json").is_file():
+        result = gpustack("pull", str(source), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
+        assert result.returncode == 0, result.stderr
+    return name
+
+
 @pytest.fixture(scope="session")
 def minilm_gguf(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A real GGUF embedding model: all-MiniLM-L6-v2, converted by llama.cpp's own converter and
     pulled into the test store as `minilm-gguf` (kept in the cache for later runs)."""
-    name = "minilm-gguf"
-    env = clean_env(GPUSTACK_HOME=str(models_home))
-    if not (models_home / "models" / name / "manifest.json").is_file():
-        target = CACHE / "minilm-f16.gguf"
-        if not target.is_file():
-            llama_dir = _converter(tmp_path_factory.mktemp("sdist"))
-            partial = target.with_suffix(".part")
-            subprocess.run(
-                [
-                    sys.executable,
-                    "convert_hf_to_gguf.py",
-                    str(models_home / "models" / "all-minilm-l6-v2"),
-                    "--outfile",
-                    str(partial),
-                    "--outtype",
-                    "f16",
-                ],
-                cwd=llama_dir,
-                check=True,
-                capture_output=True,
-                timeout=600,
-                env=clean_env(PYTHONPATH=f"{llama_dir / 'gguf-py'}:{llama_dir}"),
-            )
-            partial.rename(target)
-        result = gpustack("pull", str(target), "--name", name, env=env)
-        assert result.returncode == 0, result.stderr
-    return name
+    target = CACHE / "minilm-f16.gguf"
+    if not (models_home / "models" / "minilm-gguf").is_dir():
+        convert_to_gguf(models_home / "models" / "all-minilm-l6-v2", target, "f16", tmp_path_factory.mktemp("sdist"))
+    return pull_as(models_home, target, "minilm-gguf")
+
+
+@pytest.fixture(scope="session")
+def gguf_reranker(models_home: Path, cross_encoder: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny cross-encoder converted to GGUF: llama.cpp scores pairs with its classifier head."""
+    target = CACHE / "tiny-cross-encoder-f32.gguf"
+    if not (models_home / "models" / "tiny-gguf-reranker").is_dir():
+        convert_to_gguf(models_home / "models" / cross_encoder, target, "f32", tmp_path_factory.mktemp("sdist"))
+    return pull_as(models_home, target, "tiny-gguf-reranker")
 
 
 @pytest.fixture(scope="session")

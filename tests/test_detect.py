@@ -57,6 +57,10 @@ def test_gguf_embedding_and_reranker(tmp_path: Path) -> None:
     assert detect(emb).categories == [Category.embedding, Category.reranker]
     assert detect(emb).options["n_ctx"] == 512
     assert detect(rank).categories == [Category.reranker]
+    head = tmp_path / "head"
+    head.mkdir()
+    write_gguf(head / "h.gguf", {"general.architecture": "bert", "bert.classifier.output_labels": ["LABEL_0"]})
+    assert detect(head).categories == [Category.reranker] and detect(head).options["pooling"] == "rank"
 
 
 def test_folders(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ PANDA = {
 
 
 @pytest.fixture(scope="module")
-def server(models_home: Path, cross_encoder: str, minilm_gguf: str) -> Iterator[ServerProcess]:
+def server(models_home: Path, cross_encoder: str, minilm_gguf: str, gguf_reranker: str) -> Iterator[ServerProcess]:
     with ServerProcess(models_home, "--no-pull") as running:
         yield running
 
@@ -167,6 +167,42 @@ def test_rerank_cross_encoder_scores_are_the_models(
     got = {r["index"]: r["relevance_score"] for r in body["results"]}
     assert [got[i] for i in range(3)] == pytest.approx(expected, abs=1e-5)
     assert [r["index"] for r in body["results"]] == sorted(range(3), key=lambda i: -expected[i])
+
+
+def test_rerank_gguf_reranker(server: ServerProcess, models_home: Path, cross_encoder: str, gguf_reranker: str) -> None:
+    """llama.cpp's rank pooling: each pair laid out as llama-server does (CLS q SEP SEP d SEP) and
+    scored by the classifier head, checked against transformers running the same weights."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    body = rerank(server, model=gguf_reranker, **PANDA).json()
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    folder = models_home / "models" / cross_encoder
+    model, tokenizer = (
+        BertForSequenceClassification.from_pretrained(folder).eval(),
+        AutoTokenizer.from_pretrained(folder),
+    )
+
+    def expected(document: str) -> float:
+        query_ids = tokenizer(PANDA["query"], add_special_tokens=False)["input_ids"]
+        doc_ids = tokenizer(document, add_special_tokens=False)["input_ids"]
+        ids = [
+            tokenizer.cls_token_id,
+            *query_ids,
+            tokenizer.sep_token_id,
+            tokenizer.sep_token_id,
+            *doc_ids,
+            tokenizer.sep_token_id,
+        ]
+        with torch.no_grad():
+            hidden = model.bert(
+                input_ids=torch.tensor([ids]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)
+            )
+            return float(model.classifier(hidden.last_hidden_state[0, 0]))
+
+    assert [got[i] for i in range(3)] == pytest.approx([expected(d) for d in PANDA["documents"]], abs=1e-4)
+    categories = httpx.get(server.url + "/v1/models").json()["data"]
+    assert next(m for m in categories if m["id"] == gguf_reranker)["categories"] == ["reranker"]
 
 
 def test_rerank_gguf_embedding_model(server: ServerProcess, minilm_gguf: str) -> None:
