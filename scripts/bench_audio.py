@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +21,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import start_server  # noqa: E402
 
 from gpustack_cli.audio import wav_header  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -37,12 +36,6 @@ STORY = [
     "Children ran along the pier with bright red kites.",
     "By noon the whole town had gathered for the market.",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -88,28 +81,7 @@ def main() -> None:
             pass
         return time.perf_counter() - started
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (Path(tempfile.mkdtemp()) / "serve.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpustack_cli",
-            "serve",
-            "--port",
-            str(port),
-            "--no-pull",
-            "--preload",
-            args.voice,
-            "--preload",
-            args.whisper,
-        ],
-        env={**os.environ, "GPUSTACK_HOME": str(settings.home), "GPUSTACK_LOG_LEVEL": "warning"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    server, url = start_server(settings.home, "--preload", args.voice, "--preload", args.whisper)
     http = httpx.Client(base_url=url, timeout=300)
 
     def api_transcribe() -> float:
@@ -128,12 +100,6 @@ def main() -> None:
         return (time.perf_counter() - started) / audio_seconds, first - started
 
     try:
-        for _ in range(600):
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         api_transcribe(), api_speak(), direct_transcribe(), direct_speak()  # warm every path once
         runs: dict[str, list] = {"dt": [], "at": [], "ds": [], "as": [], "first": []}
         for _ in range(args.rounds):

@@ -9,11 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +18,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchlib import start_server  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.pull import Puller  # noqa: E402
@@ -31,43 +30,6 @@ WORDS = ("the quick brown fox jumps over a lazy dog while rain falls on quiet ci
 
 def sentences(count: int) -> list[str]:
     return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(8 + i % 9)) + f" ({i})" for i in range(count)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, home: Path, model: str, batch_wait: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "GPUSTACK_HOME": str(home),
-            "GPUSTACK_LOG_LEVEL": "warning",
-            "GPUSTACK_BATCH_WAIT": batch_wait,
-        }
-        log = (Path(tempfile.mkdtemp()) / "serve.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpustack_cli", "serve", "--port", str(self.port), "--no-pull", "--preload", model],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def api_batch(url: str, model: str, texts: list[str]) -> float:
@@ -118,22 +80,24 @@ def main() -> None:
         return len(big) / (time.perf_counter() - started)
 
     rates: dict[str, list[float]] = {"direct": [], "api": [], "batched": [], "unbatched": []}
-    server = Server(settings.home, args.model, str(settings.batch_wait))
+    server, url = start_server(settings.home, "--preload", args.model, GPUSTACK_BATCH_WAIT=str(settings.batch_wait))
     try:
-        api_batch(server.url, args.model, big[:8])
+        api_batch(url, args.model, big[:8])
         for _ in range(args.rounds):
             rates["direct"].append(direct())
-            rates["api"].append(api_batch(server.url, args.model, big))
-            rates["batched"].append(api_concurrent(server.url, args.model, small))
+            rates["api"].append(api_batch(url, args.model, big))
+            rates["batched"].append(api_concurrent(url, args.model, small))
     finally:
-        server.stop()
-    server = Server(settings.home, args.model, "-1")
+        server.terminate()
+        server.wait(30)
+    server, url = start_server(settings.home, "--preload", args.model, GPUSTACK_BATCH_WAIT="-1")
     try:
-        api_concurrent(server.url, args.model, small[:4])
+        api_concurrent(url, args.model, small[:4])
         for _ in range(args.rounds):
-            rates["unbatched"].append(api_concurrent(server.url, args.model, small))
+            rates["unbatched"].append(api_concurrent(url, args.model, small))
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(30)
     median = {k: statistics.median(v) for k, v in rates.items()}
     print(f"model {args.model}, medians of {args.rounds} rounds, sentences per second")
     print(f"{'one request of ' + str(args.sentences):36}{'direct encode':>16}{'HTTP API':>12}{'ratio':>8}")

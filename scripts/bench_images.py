@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,15 +21,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import start_server  # noqa: E402
+
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.pull import Puller  # noqa: E402
 from gpustack_cli.store import ModelStore  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> None:
@@ -73,16 +67,7 @@ def main() -> None:
         image.save(Path(tempfile.mkdtemp()) / "x.png")  # what a caller does with it, as the API encodes
         return time.perf_counter() - started
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (Path(tempfile.mkdtemp()) / "serve.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gpustack_cli", "serve", "--port", str(port), "--no-pull", "--preload", model],
-        env={**os.environ, "GPUSTACK_HOME": str(settings.home), "GPUSTACK_LOG_LEVEL": "warning"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
+    server, url = start_server(settings.home, "--preload", model)
     http = httpx.Client(base_url=url, timeout=None)
 
     def api(seed: int) -> float:
@@ -98,12 +83,6 @@ def main() -> None:
         return time.perf_counter() - started
 
     try:
-        for _ in range(600):
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         direct(0), api(0)  # warm both
         ours, theirs = [], []
         for i in range(args.rounds):

@@ -14,9 +14,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +23,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchlib import start_server  # noqa: E402
+
 from engines.base import Sampling  # noqa: E402
 from engines.llama import _threads  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -32,14 +32,6 @@ from gpustack_cli.pull import Puller  # noqa: E402
 from gpustack_cli.store import ModelStore  # noqa: E402
 
 PROMPT = "Run {i}. Write a detailed story about a lighthouse keeper and the sea."
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def direct_run(llm, eos: int, prompt_tokens: list[int], tokens: int) -> tuple[float, float]:
@@ -130,23 +122,8 @@ def main() -> None:
         eos_text = llm.detokenize([llm.token_eos()], special=True).decode()
 
     eos = llm.token_eos()
-    port = free_port()
-    log = Path(tempfile.mkdtemp()) / "serve.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gpustack_cli", "serve", "--port", str(port), "--no-pull", "--preload", args.model],
-        env={**os.environ, "GPUSTACK_HOME": str(settings.home), "GPUSTACK_LOG_LEVEL": "warning"},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(settings.home, "--preload", args.model)
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
         # One client for every run, as an application keeps one: creating a client costs tens of
         # milliseconds (it loads the CA bundle), which is no part of the server's time.
         http = httpx.Client()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,14 +20,9 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
+from benchlib import free_port, start_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_upstream(port: int) -> None:
@@ -77,7 +71,7 @@ def main() -> None:
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
         return
-    up_port, port = free_port(), free_port()
+    up_port = free_port()
     # The upstream runs in a process of its own, as a real one would (not sharing our GIL).
     upstream_proc = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
     upstream = f"http://127.0.0.1:{up_port}"
@@ -100,24 +94,12 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gpustack_cli", "serve", "--port", str(port), "--no-pull"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    ours = f"http://127.0.0.1:{port}/model/proxy"
+    wait_ready(upstream + "/ping")
+    server, url = start_server(home)
+    ours = url + "/model/proxy"
     model = {"X-GPUStack-Model": "up"}
     try:
         http = httpx.Client(timeout=120)
-        for url in (f"http://127.0.0.1:{port}/healthz", upstream + "/ping"):
-            for _ in range(300):
-                try:
-                    if http.get(url).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
         timed_requests(http, upstream + "/ping", {}, 50)
         timed_requests(http, ours + "/ping", model, 50)
         direct, proxied, direct_mb, proxied_mb = [], [], [], []
