@@ -222,19 +222,17 @@ def rm(name: str) -> None:
 def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     import httpx
 
+    from gpustack_cli.client import checked
+
     config = settings()
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     try:
-        response = httpx.request(method, config.url + path, json=body, headers=headers, timeout=30)
+        response = httpx.request(method, config.url + path, json=body, headers=config.client_headers, timeout=30)
     except httpx.TransportError as exc:
         raise fail(f"no gpustack server answers at {config.url} ({exc}); start one with `gpustack serve`") from exc
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        raise fail(f"{message} (HTTP {response.status_code})")
-    return response.json()
+    try:
+        return checked(response).json()
+    except RuntimeError as exc:
+        raise fail(str(exc)) from exc
 
 
 @app.command()

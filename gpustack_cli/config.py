@@ -114,6 +114,11 @@ class Settings(BaseModel):
         return f"http://{host}:{self.port}"
 
     @property
+    def client_headers(self) -> dict[str, str]:
+        """What client commands (ps, stop, run) send to the server: the key, when there is one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    @property
     def loopback_only(self) -> bool:
         return is_loopback(self.host)
 

@@ -14,22 +14,18 @@ import httpx
 
 from engines.base import AudioError, Embedder, ImageGenerator, ImageRequest, Reranker, Speaker, Transcriber
 from gpustack_cli.audio import encode, srt, vtt
+from gpustack_cli.client import checked, server_answers
 from gpustack_cli.config import Settings
 from gpustack_cli.loading import load_model
-from gpustack_cli.repl import RemoteChat
 from gpustack_cli.store import ModelStore
 
 
 def _post(settings: Settings, path: str, body: dict) -> dict:
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-    response = httpx.post(settings.url + path, json=body, headers=headers, timeout=300)
-    if response.status_code >= 400:
-        raise RuntimeError(response.json().get("error", {}).get("message", response.text))
-    return response.json()
+    return checked(httpx.post(settings.url + path, json=body, headers=settings.client_headers, timeout=300)).json()
 
 
 def embed_one(settings: Settings, model: str, text: str) -> list[float]:
-    if RemoteChat.available(settings):
+    if server_answers(settings):
         return _post(settings, "/v1/embeddings", {"model": model, "input": text})["data"][0]["embedding"]
     engine = load_model(ModelStore(settings.home), model, settings)
     if not isinstance(engine, Embedder):
@@ -39,7 +35,7 @@ def embed_one(settings: Settings, model: str, text: str) -> list[float]:
 
 def rerank(settings: Settings, model: str, query: str, documents: list[str]) -> list[tuple[int, float]]:
     """(document index, score) pairs, best first."""
-    if RemoteChat.available(settings):
+    if server_answers(settings):
         body = {"model": model, "query": query, "documents": documents, "return_documents": False}
         return [(r["index"], r["relevance_score"]) for r in _post(settings, "/v1/rerank", body)["results"]]
     engine = load_model(ModelStore(settings.home), model, settings)
@@ -50,13 +46,12 @@ def rerank(settings: Settings, model: str, query: str, documents: list[str]) -> 
 
 
 def speak(settings: Settings, model: str, text: str, fmt: str, voice: str | None) -> bytes:
-    if RemoteChat.available(settings):
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    if server_answers(settings):
         body = {"model": model, "input": text, "voice": voice, "response_format": fmt}
-        response = httpx.post(settings.url + "/v1/audio/speech", json=body, headers=headers, timeout=600)
-        if response.status_code >= 400:
-            raise RuntimeError(response.json().get("error", {}).get("message", response.text))
-        return response.content
+        response = httpx.post(
+            settings.url + "/v1/audio/speech", json=body, headers=settings.client_headers, timeout=600
+        )
+        return checked(response).content
     engine = load_model(ModelStore(settings.home), model, settings)
     if not isinstance(engine, Speaker):
         raise RuntimeError(f"model '{model}' cannot speak")
@@ -64,19 +59,16 @@ def speak(settings: Settings, model: str, text: str, fmt: str, voice: str | None
 
 
 def transcribe(settings: Settings, model: str, path: Path, fmt: str) -> str:
-    if RemoteChat.available(settings):
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    if server_answers(settings):
         with path.open("rb") as handle:
             response = httpx.post(
                 settings.url + "/v1/audio/transcriptions",
-                headers=headers,
+                headers=settings.client_headers,
                 timeout=600,
                 files={"file": (path.name, handle)},
                 data={"model": model, "response_format": fmt},
             )
-        if response.status_code >= 400:
-            raise RuntimeError(response.json().get("error", {}).get("message", response.text))
-        return response.text
+        return checked(response).text
     engine = load_model(ModelStore(settings.home), model, settings)
     if not isinstance(engine, Transcriber):
         raise RuntimeError(f"model '{model}' cannot transcribe")
@@ -103,21 +95,20 @@ def image(
     """A PNG: made from `prompt`, or an edit of `source` (inpainting where `mask` is transparent)."""
     extras = {"num_inference_steps": steps, "seed": seed}
     fields = {"model": model, "prompt": prompt, "size": size, **{k: v for k, v in extras.items() if v is not None}}
-    if RemoteChat.available(settings):
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+    if server_answers(settings):
         if source is None:
-            response = httpx.post(settings.url + "/v1/images/generations", json=fields, headers=headers, timeout=None)
+            response = httpx.post(
+                settings.url + "/v1/images/generations", json=fields, headers=settings.client_headers, timeout=None
+            )
         else:
             files = {"image": (source.name, source.read_bytes())}
             if mask is not None:
                 files["mask"] = (mask.name, mask.read_bytes())
             data = {k: str(v) for k, v in fields.items()}
             response = httpx.post(
-                settings.url + "/v1/images/edits", data=data, files=files, headers=headers, timeout=None
+                settings.url + "/v1/images/edits", data=data, files=files, headers=settings.client_headers, timeout=None
             )
-        if response.status_code >= 400:
-            raise RuntimeError(response.json().get("error", {}).get("message", response.text))
-        return base64.b64decode(response.json()["data"][0]["b64_json"])
+        return base64.b64decode(checked(response).json()["data"][0]["b64_json"])
     from PIL import Image
 
     engine = load_model(ModelStore(settings.home), model, settings)

@@ -12,6 +12,7 @@ import httpx
 from rich.console import Console
 
 from engines.base import Sampling, TextGenerator
+from gpustack_cli.client import checked, server_answers
 from gpustack_cli.config import Settings
 from gpustack_cli.loading import load_model
 from gpustack_cli.store import ModelStore
@@ -34,23 +35,16 @@ class ChatBackend(Protocol):
 class RemoteChat:
     def __init__(self, settings: Settings, model: str):
         self.url = settings.url + "/v1/chat/completions"
-        self.headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self.headers = settings.client_headers
         self.model = model
         self.where = settings.url
-
-    @staticmethod
-    def available(settings: Settings) -> bool:
-        try:
-            return httpx.get(settings.url + "/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def stream(self, messages: list[dict[str, str]], max_tokens: int | None) -> Iterator[str]:
         body = {"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens}
         with httpx.stream("POST", self.url, json=body, headers=self.headers, timeout=None) as response:
             if response.status_code >= 400:
                 response.read()
-                raise RuntimeError(response.json().get("error", {}).get("message", response.text))
+                checked(response)
             for line in response.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -81,7 +75,7 @@ class LocalChat:
 
 
 def backend_for(settings: Settings, model: str) -> ChatBackend:
-    return RemoteChat(settings, model) if RemoteChat.available(settings) else LocalChat(settings, model)
+    return RemoteChat(settings, model) if server_answers(settings) else LocalChat(settings, model)
 
 
 def answer(backend: ChatBackend, messages: list[dict[str, str]], console: Console, max_tokens: int | None) -> str:

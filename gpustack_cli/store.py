@@ -149,11 +149,6 @@ class ModelStore:
                 continue  # A damaged manifest must not hide every other model.
         return manifests
 
-    def path_of(self, manifest: Manifest, relative: str | None = None) -> Path:
-        """Absolute path of one of the model's files, or of its folder."""
-        base = self.model_dir(manifest.name)
-        return base / relative if relative else base
-
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
         """A fresh folder to assemble a model in; removed on any failure or interruption."""

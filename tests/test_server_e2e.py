@@ -114,7 +114,7 @@ def test_cli_import_loads_no_engine() -> None:
     code = (
         "import sys, gpustack_cli.cli, gpustack_cli.server, gpustack_cli.api.app\n"
         "heavy = [m for m in ('torch', 'llama_cpp', 'sentence_transformers', 'diffusers', 'faster_whisper',"
-        " 'piper', 'transformers', 'numpy') if m in sys.modules]\n"
+        " 'piper', 'transformers', 'numpy', 'PIL', 'av') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=clean_env())

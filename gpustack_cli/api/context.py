@@ -106,9 +106,17 @@ async def engine_for(
     """Hold a request slot of the model's loaded engine, which must implement `capability`."""
     async with context(request).scheduler.use(manifest.name, keep_alive) as engine:
         if not isinstance(engine, capability):
-            raise bad_request(
-                f"Model '{manifest.name}' does not implement {capability.__name__}.",
-                param="model",
-                code="model_not_supported",
-            )
+            what = _CAPABILITIES.get(capability.__name__, capability.__name__)
+            raise bad_request(f"Model '{manifest.name}' cannot {what}.", param="model", code="model_not_supported")
         yield engine
+
+
+_CAPABILITIES = {
+    "TextGenerator": "generate text",
+    "Embedder": "embed text",
+    "Reranker": "rerank",
+    "Tokenizer": "tokenize",
+    "Speaker": "speak",
+    "Transcriber": "transcribe",
+    "ImageGenerator": "make images",
+}

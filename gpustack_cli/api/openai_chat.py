@@ -7,6 +7,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -255,7 +256,7 @@ def _seeded(prepared: Prepared, index: int) -> Prepared:
     if index == 0:
         return prepared
     seed = None if prepared.sampling.seed is None else prepared.sampling.seed + index
-    sampling = Sampling(**{**prepared.sampling.__dict__, "seed": seed})
+    sampling = replace(prepared.sampling, seed=seed)
     return Prepared(prepared.prompt_tokens, sampling, prepared.stop, prepared.tool_mode)
 
 
@@ -430,9 +431,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prepared = []
         for tokens in prompts:
             budget = fit_context(engine, len(tokens), body.max_tokens, what="prompt")
-            prepared.append(
-                Prepared(tokens, Sampling(**{**sampling.__dict__, "max_tokens": budget}), _stops(body.stop))
-            )
+            prepared.append(Prepared(tokens, replace(sampling, max_tokens=budget), _stops(body.stop)))
         envelope = Envelope("cmpl", manifest.name)
         jobs = [(p_index * body.n + i, p, i) for p_index, p in enumerate(prepared) for i in range(body.n)]
         if body.stream:

@@ -7,6 +7,7 @@ API keys as every other route, unguessable, and gone after `FILE_LIFETIME`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import secrets
 import time
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import ImageGenerator, ImageRequest
@@ -145,8 +145,9 @@ async def _run(
         # One item: the images. A cancelled request (client gone) stops at the next step.
         yield engine.generate(job, cancel, lambda _s, _t: metrics.image_steps.labels(manifest_name).inc(), image, mask)
 
-    async for images in iterate_in_thread(work):
-        return images
+    async with contextlib.aclosing(iterate_in_thread(work)) as results:
+        async for images in results:
+            return images
     raise APIError(500, "The image pipeline returned nothing.")
 
 
@@ -171,6 +172,9 @@ async def generations(request: web.Request) -> web.Response:
 
 
 def _open_image(data: bytes, param: str) -> Any:
+    # Pillow comes with the image engines' extras: imported on use, so a text-only install serves.
+    from PIL import Image, UnidentifiedImageError
+
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -211,7 +215,7 @@ async def edits(request: web.Request) -> web.Response:
         if "A" not in raw.getbands():
             raise bad_request("Invalid 'mask': it needs an alpha channel (transparent where to edit).", param="mask")
         # OpenAI: transparent pixels are edited. diffusers: white pixels are repainted.
-        mask = Image.eval(raw.getchannel("A"), lambda alpha: 255 - alpha)
+        mask = raw.getchannel("A").point(lambda alpha: 255 - alpha)
     manifest = resolve_model(request, body.model, Category.image, "image edits")
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         job = _request(body, engine, None, body.strength)
