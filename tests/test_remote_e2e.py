@@ -77,6 +77,9 @@ def downstream(
     add("balanced", closed_port_url(), upstream.url, *key, "--upstream-model", "smollm2")
     add("relayed", test_upstream.url, *key, "--upstream-model", "smollm2")  # an upstream without /v1/messages
     add("edge", test_upstream.url, "--categories", "embedding", "--generic-proxy")
+    # By host name: a cookie jar would keep cookies of a named host (not those of an IP address).
+    named = test_upstream.url.replace("127.0.0.1", "localhost")
+    add("edge-named", named, "--categories", "embedding", "--generic-proxy")
     result = gpustack("keys", "create", "--name", "only-chat", "--models", "chat", env=env)
     assert result.returncode == 0
     (home / "only-chat.key").write_text(result.stdout.strip())
@@ -194,6 +197,15 @@ def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: Test
     big = httpx.get(downstream.url + "/model/proxy/big?mb=20", headers=headers, timeout=120)
     assert big.status_code == 200 and len(big.content) == 20 * 1024 * 1024
     assert httpx.get(downstream.url + "/model/proxy/%2e%2e/v1/models", headers=headers).status_code == 400
+
+
+def test_upstream_cookies_are_not_kept_for_other_users(downstream: ServerProcess, test_upstream: TestUpstream) -> None:
+    headers = {**DOWN, "X-GPUStack-Model": "edge-named"}
+    first = httpx.get(downstream.url + "/model/proxy/echo/first", headers=headers)
+    assert first.status_code == 200 and first.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    httpx.get(downstream.url + "/model/proxy/echo/second", headers=headers).raise_for_status()
+    assert test_upstream.seen[-1]["path"] == "/echo/second"
+    assert "Cookie" not in test_upstream.seen[-1]["headers"]  # the Set-Cookie went to its user only
 
 
 def test_upstream_failures(downstream: ServerProcess, test_upstream: TestUpstream) -> None:

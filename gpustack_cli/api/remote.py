@@ -276,7 +276,8 @@ async def upstream_chat(
 
 async def open_session(app: web.Application) -> None:
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=app[CONTEXT].settings.upstream_timeout)
-    app[SESSION] = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+    # No cookie jar: cookies one user's answer sets must never ride along on another user's request.
+    app[SESSION] = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
 
 
 async def close_session(app: web.Application) -> None:
