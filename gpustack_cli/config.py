@@ -8,6 +8,7 @@ code that talks to those services).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -35,6 +36,7 @@ def parse_duration(value: str | int | float) -> float:
     return -1.0 if seconds < 0 else seconds
 
 
+@functools.cache
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -170,10 +170,16 @@ class Authenticator:
             self._refresh()
             return bool(self.env_key) or self._mtime is not None
 
+    def cached(self, token: str) -> Principal | None:
+        """As `verify`, but only for the environment's key and keys verified before: no scrypt
+        hash, so it is cheap enough for the event loop. None means "ask `verify`"."""
+        return self._check(token, hash_new=False)
+
     def verify(self, token: str | None) -> Principal | None:
         """The principal for a presented key, or None for a missing, wrong, revoked or expired key."""
-        if not token:
-            return None
+        return self._check(token, hash_new=True) if token else None
+
+    def _check(self, token: str, hash_new: bool) -> Principal | None:
         if self.env_key and hmac.compare_digest(token.encode(), self.env_key.encode()):
             return Principal(name="GPUSTACK_API_KEY", scope=Scope.all)
         parts = split_key(token)
@@ -184,11 +190,11 @@ class Authenticator:
         with self._lock:
             self._refresh()
             record = self._keys.get(key_id)
-            cached = self._verified.get(fast) == key_id
+            known = self._verified.get(fast) == key_id
         if record is None or record.expired():
             return None
-        if not cached:
-            if not check_secret(secret, record.hash):
+        if not known:
+            if not hash_new or not check_secret(secret, record.hash):
                 return None
             with self._lock:
                 self._verified[fast] = key_id

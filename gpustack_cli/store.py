@@ -98,9 +98,9 @@ class ModelStore:
         self.models_dir = home / "models"
         self.tmp_dir = home / "tmp"
         self._lock = FileLock(str(home / "store.lock"))
-        # Parsed manifests by path, kept while the file's (mtime, size) stays the same: the server
-        # looks a model up several times per request.
-        self._cache: dict[Path, tuple[tuple[int, int], Manifest]] = {}
+        # Parsed manifests by name (with their file's path), kept while the file's (mtime, size)
+        # stays the same: the server looks a model up on every request, so one stat is the cost.
+        self._cache: dict[str, tuple[str, tuple[int, int], Manifest]] = {}
 
     def _ensure(self) -> None:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -117,19 +117,19 @@ class ModelStore:
         return self.models_dir / check_name(name).replace(":", "@")
 
     def get(self, name: str) -> Manifest:
-        path = self.model_dir(name) / MANIFEST
+        cached = self._cache.get(name)
+        path = cached[0] if cached else str(self.model_dir(name) / MANIFEST)
         try:
-            stat = path.stat()
+            stat = os.stat(path)
             stamp = (stat.st_mtime_ns, stat.st_size)
-            cached = self._cache.get(path)
-            if cached and cached[0] == stamp:
-                return cached[1]
-            manifest = Manifest.model_validate_json(path.read_bytes())
+            if cached and cached[1] == stamp:
+                return cached[2]
+            manifest = Manifest.model_validate_json(Path(path).read_bytes())
         except FileNotFoundError:
             raise ModelNotFound(name) from None
         except ValidationError as exc:
             raise StoreError(f"manifest of '{name}' is damaged: {exc}") from exc
-        self._cache[path] = (stamp, manifest)
+        self._cache[name] = (path, stamp, manifest)
         return manifest
 
     def exists(self, name: str) -> bool:

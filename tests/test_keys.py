@@ -30,11 +30,13 @@ def test_verify_accepts_only_valid_live_keys(tmp_path: Path) -> None:
     assert not auth.enabled
     record, key = store.create(name="a", models=["m1"])
     assert auth.enabled
+    assert auth.cached(key) is None  # never verified: only `verify` may hash it
     who = auth.verify(key)
     assert who is not None and who.name == "a" and who.scope == Scope.inference
     assert who.may_use("m1") and not who.may_use("m2")
     assert who.may(Scope.inference) and not who.may(Scope.management)
-    assert auth.verify(key)  # second time from the in-memory cache
+    assert auth.cached(key) is not None  # verified once: known without hashing again
+    assert auth.verify(key)
     assert auth.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
     assert auth.verify(f"gpustack_{record.id}_") is None
     assert auth.verify("gpustack_nope_secret") is None
@@ -50,7 +52,7 @@ def test_revoked_key_stops_working_at_once(tmp_path: Path) -> None:
     assert auth.verify(key)
     time.sleep(0.01)  # a distinct modification time
     assert [k.id for k in store.revoke("gone")] == [record.id]
-    assert auth.verify(key) is None
+    assert auth.verify(key) is None and auth.cached(key) is None
     assert auth.verify(other) is not None
     assert store.revoke("gone") == []
 
@@ -69,6 +71,7 @@ def test_environment_key(tmp_path: Path) -> None:
     assert auth.enabled
     who = auth.verify("plain-env-key")
     assert who is not None and who.scope == Scope.all and who.may_use("anything")
+    assert auth.cached("plain-env-key") == who
     assert auth.verify("plain-env-kez") is None
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gpustack_cli.api.context import context, read_json, resolve_model
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.responses import json_response
 
 
 class StopRequest(BaseModel):
@@ -18,7 +19,7 @@ class StopRequest(BaseModel):
 
 async def ps(request: web.Request) -> web.Response:
     loaded = context(request).scheduler.loaded()
-    return web.json_response({"models": [asdict(m) for m in loaded]})
+    return json_response({"models": [asdict(m) for m in loaded]})
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -26,7 +27,7 @@ async def stop(request: web.Request) -> web.Response:
     resolve_model(request, body.model)
     if not await context(request).scheduler.unload(body.model):
         raise APIError(404, f"Model '{body.model}' is not loaded.", param="model", code="model_not_loaded")
-    return web.json_response({"model": body.model, "unloaded": True})
+    return json_response({"model": body.model, "unloaded": True})
 
 
 def add_routes(app: web.Application) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Sampling, TextGenerator
 from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
@@ -214,7 +215,7 @@ async def _respond(
                 finished = event
     assert finished is not None
     stop_reason, stop_sequence = _stop(finished)
-    return web.json_response(
+    return json_response(
         {
             "id": message_id,
             "type": "message",
@@ -286,7 +287,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     manifest = resolve_model(request, body.model, Category.llm, "messages")
     async with engine_for(request, manifest, TextGenerator) as engine:
         count = await asyncio.to_thread(count_chat_tokens, engine, chat_request(body))
-    return web.json_response({"input_tokens": count})
+    return json_response({"input_tokens": count})
 
 
 def add_routes(app: web.Application) -> None:

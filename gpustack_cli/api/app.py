@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from gpustack_cli.api import (
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.api.remote import close_session, open_session, remote_middleware
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.loading import load_model
@@ -57,7 +58,7 @@ def _route_name(request: web.Request) -> str:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{uuid.uuid4().hex}"
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{secrets.token_hex(16)}"
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -93,7 +94,7 @@ def _error_response(request: web.Request, error: APIError) -> web.Response:
     body = error.anthropic() if _uses_anthropic_errors(request) else error.openai()
     if _uses_anthropic_errors(request):
         body["request_id"] = request.get(REQUEST_ID)
-    return web.json_response(body, status=error.status, headers=error.headers)
+    return json_response(body, status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -156,7 +157,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the x-api-key header.",
         )
-    found = await asyncio.to_thread(auth.verify, token)
+    # A key seen before is checked on the loop; a new one costs a scrypt hash, in a thread.
+    found = auth.cached(token) or await asyncio.to_thread(auth.verify, token)
     if found is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     scope = _required_scope(request.path)
@@ -167,7 +169,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__})
 
 
 async def metrics_route(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Reranker
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
 
@@ -52,7 +53,7 @@ async def rerank(request: web.Request) -> web.Response:
             result["document"] = {"text": texts[index]}
         results.append(result)
     usage = {"prompt_tokens": ranking.prompt_tokens, "total_tokens": ranking.prompt_tokens}
-    return web.json_response({"model": manifest.name, "object": "list", "results": results, "usage": usage})
+    return json_response({"model": manifest.name, "object": "list", "results": results, "usage": usage})
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from engines.base import Embedder, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
 from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.textgen import Finished, Prepared, TextDelta, fit_context, stream_text
 from gpustack_cli.threads import iterate_in_thread
@@ -29,14 +30,14 @@ def _list(value: Any, name: str) -> list[str]:
 
 
 async def health(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 # -- llama-server --------------------------------------------------------------------------------
 
 
 async def llama_props(request: web.Request, engine: TextGenerator, body: dict, model: str) -> web.Response:
-    return web.json_response(
+    return json_response(
         {
             "model_alias": model,
             "total_slots": getattr(engine, "max_concurrency", 1),
@@ -52,15 +53,15 @@ async def llama_tokenize(request: web.Request, engine: Tokenizer, body: dict, mo
         raise bad_request("'content' must be a string.", param="content")
     tokens = await asyncio.to_thread(engine.tokenize, content, bool(body.get("add_special", False)))
     if body.get("with_pieces"):
-        return web.json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
-    return web.json_response({"tokens": tokens})
+        return json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
+    return json_response({"tokens": tokens})
 
 
 async def llama_detokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and t >= 0 for t in tokens):
         raise bad_request("'tokens' must be a list of token ids.", param="tokens")
-    return web.json_response({"content": await asyncio.to_thread(engine.detokenize, tokens)})
+    return json_response({"content": await asyncio.to_thread(engine.detokenize, tokens)})
 
 
 async def llama_completion(request: web.Request, engine: TextGenerator, body: dict, model: str) -> web.StreamResponse:
@@ -119,13 +120,13 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
             else:
                 finished = event
     assert finished is not None
-    return web.json_response(final(finished, text))
+    return json_response(final(finished, text))
 
 
 async def llama_embedding(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
     texts = _list(body.get("content"), "content")
     vectors = await asyncio.to_thread(engine.embed, texts)
-    return web.json_response([{"index": i, "embedding": [v]} for i, v in enumerate(vectors)])
+    return json_response([{"index": i, "embedding": [v]} for i, v in enumerate(vectors)])
 
 
 # -- text-embeddings-inference -------------------------------------------------------------------
@@ -136,7 +137,7 @@ async def tei_embed(request: web.Request, engine: Embedder, body: dict, model: s
     counts = await asyncio.to_thread(engine.token_counts, texts)
     if max(counts) > engine.max_input_tokens and not body.get("truncate"):
         raise APIError(413, f"Input validation error: inputs must have at most {engine.max_input_tokens} tokens.")
-    return web.json_response(await asyncio.to_thread(engine.embed, texts))
+    return json_response(await asyncio.to_thread(engine.embed, texts))
 
 
 async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: str) -> web.Response:
@@ -150,20 +151,20 @@ async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: 
     if body.get("return_text"):
         for result in results:
             result["text"] = texts[result["index"]]
-    return web.json_response(results)
+    return json_response(results)
 
 
 async def tei_tokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
     texts = _list(body.get("inputs"), "inputs")
     special = bool(body.get("add_special_tokens", True))
-    return web.json_response(
+    return json_response(
         [[{"id": t, "text": engine.detokenize([t])} for t in engine.tokenize(text, special)] for text in texts]
     )
 
 
 async def tei_info(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
     kind = {"reranker": {}} if getattr(engine, "cross", False) else {"embedding": {"pooling": "mean"}}
-    return web.json_response(
+    return json_response(
         {
             "model_id": model,
             "model_type": kind,
@@ -175,10 +176,10 @@ async def tei_info(request: web.Request, engine: Any, body: dict, model: str) ->
 
 async def audio_info(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
     if isinstance(engine, Speaker):
-        return web.json_response(
+        return json_response(
             {"model": model, "task": "text-to-speech", "sample_rate": engine.sample_rate, "voices": engine.voices}
         )
-    return web.json_response({"model": model, "task": "speech-to-text", "multilingual": engine.multilingual})
+    return json_response({"model": model, "task": "speech-to-text", "multilingual": engine.multilingual})
 
 
 # Per engine: (method, path) -> (handler, the model category the route needs, if any).

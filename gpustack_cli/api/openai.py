@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gpustack_cli.api.context import context, principal, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.scheduler import Scheduler
 from gpustack_cli.store import Category, Manifest
 
@@ -43,12 +44,12 @@ async def list_models(request: web.Request) -> web.Response:
         for m in ctx.store.list()
         if who.may_use(m.name) and (wanted is None or wanted & set(m.categories))
     ]
-    return web.json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     manifest = resolve_model(request, request.match_info["model"])
-    return web.json_response(model_object(manifest, context(request).scheduler))
+    return json_response(model_object(manifest, context(request).scheduler))
 
 
 def add_routes(app: web.Application) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import AudioError, Segment, Speaker, Transcriber, Transcription
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, principal, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.audio import CONTENT_TYPES, encode, srt, vtt
 from gpustack_cli.store import Category
@@ -216,10 +217,10 @@ async def _transcribe(request: web.Request, translate: bool) -> web.StreamRespon
     text = "".join(s.text for s in segments).strip()
     spans = [(s.start, s.end, s.text) for s in segments]
     if response_format == "json":
-        return web.json_response({"text": text})
+        return json_response({"text": text})
     if response_format == "verbose_json":
         task = "translate" if translate else "transcribe"
-        return web.json_response(_verbose(task, transcription.language, transcription.duration, segments, words))
+        return json_response(_verbose(task, transcription.language, transcription.duration, segments, words))
     rendered = {"text": text + "\n", "srt": srt(spans), "vtt": vtt(spans)}[response_format]
     return web.Response(text=rendered, content_type="text/vtt" if response_format == "vtt" else "text/plain")
 
@@ -264,7 +265,7 @@ async def voices(request: web.Request) -> web.Response:
             speakers = []
         names = speakers or [model_file.removesuffix(".onnx")]
         data.append({"model": manifest.name, "voices": names, "default": names[0]})
-    return web.json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
 
 
 def add_routes(app: web.Application) -> None:

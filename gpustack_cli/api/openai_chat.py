@@ -17,6 +17,7 @@ from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
 from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
@@ -331,7 +332,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             choice, finished = await _chat_choice(engine, _seeded(prepared, index), index)
             choices.append(choice)
             prompt, completion = finished.prompt_tokens, completion + finished.completion_tokens
-        return web.json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
+        return json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
 
 
 async def _stream_chat(
@@ -454,7 +455,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 prompt_total += finished.prompt_tokens
             completion_total += finished.completion_tokens
         usage = _usage(prompt_total, completion_total)
-        return web.json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
+        return json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
 
 
 async def _stream_completion(

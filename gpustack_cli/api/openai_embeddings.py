@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Embedder
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
 
@@ -113,7 +114,7 @@ async def embeddings(request: web.Request) -> web.Response:
     data = [
         {"object": "embedding", "index": i, "embedding": encode(v, body.encoding_format)} for i, v in enumerate(vectors)
     ]
-    return web.json_response(
+    return json_response(
         {
             "object": "list",
             "data": data,

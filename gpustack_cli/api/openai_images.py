@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
+from gpustack_cli.api.responses import json_response
 from gpustack_cli.store import Category
 from gpustack_cli.threads import iterate_in_thread
 
@@ -160,7 +161,7 @@ def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.R
             data.append({"url": f"{request.scheme}://{request.host}/v1/images/files/{key}"})
         else:
             data.append({"b64_json": base64.b64encode(encoded).decode()})
-    return web.json_response({"created": int(time.time()), "data": data, "output_format": body.output_format})
+    return json_response({"created": int(time.time()), "data": data, "output_format": body.output_format})
 
 
 async def generations(request: web.Request) -> web.Response:

@@ -19,19 +19,24 @@ from gpustack_cli.api.context import context, engine_for, principal, resolve_mod
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.native_apis import ROUTES
 from gpustack_cli.api.remote import ENGINE, forward
-from gpustack_cli.store import ModelNotFound, StoreError
+from gpustack_cli.store import Manifest, ModelNotFound, StoreError
 
 PREFIX = "/model/proxy"
 MODEL_HEADER = "X-GPUStack-Model"
 
 
-def _enabled(request: web.Request, name: str) -> bool:
-    ctx = context(request)
+def _enabled(request: web.Request, manifest: Manifest) -> bool:
+    return manifest.generic_proxy or manifest.name in context(request).settings.generic_proxy
+
+
+def _names_proxied_model(request: web.Request, segment: str) -> bool:
+    """Whether a path's first segment names a model the caller may reach through the proxy."""
+    if not principal(request).may_use(segment):
+        return False
     try:
-        manifest = ctx.store.get(name)
+        return _enabled(request, context(request).store.get(segment))
     except (ModelNotFound, StoreError, ValueError):
         return False
-    return manifest.generic_proxy or name in ctx.settings.generic_proxy
 
 
 def _segments(request: web.Request) -> list[str]:
@@ -62,14 +67,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 if not name:
                     raise bad_request("Name the model in the X-GPUStack-Model header: the body is not JSON.") from None
         name = name or (body.get("model") if isinstance(body, dict) else None)
-    if not name and segments and principal(request).may_use(segments[0]) and _enabled(request, segments[0]):
+    if not name and segments and _names_proxied_model(request, segments[0]):
         name, segments = segments[0], segments[1:]
     if not isinstance(name, str) or not name:
         raise bad_request(
             f"Name the model: the {MODEL_HEADER} header, a 'model' field, or /model/proxy/MODEL/...", param="model"
         )
     manifest = resolve_model(request, name)
-    if not _enabled(request, name):
+    if not _enabled(request, manifest):
         raise APIError(
             403,
             f"The generic proxy is off for model '{name}': turn it on with "

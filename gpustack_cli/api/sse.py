@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ from aiohttp import web
 from engines.base import InvalidTokens
 from gpustack_cli.api.context import REQUEST_ID
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.responses import dumps
 from gpustack_cli.textgen import GenerationError
 
 log = logging.getLogger("gpustack.server")
@@ -45,9 +45,9 @@ class EventStream:
         await self.response.prepare(self.request)
 
     async def send(self, data: dict[str, Any] | str, event: str | None = None) -> None:
-        text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-        prefix = f"event: {event}\n" if event else ""
-        await self.response.write(f"{prefix}data: {text}\n\n".encode())
+        payload = data.encode() if isinstance(data, str) else dumps(data)
+        prefix = f"event: {event}\ndata: ".encode() if event else b"data: "
+        await self.response.write(prefix + payload + b"\n\n")
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
