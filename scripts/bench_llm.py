@@ -1,11 +1,16 @@
-"""Decode speed and time to first token of one stream: our HTTP API against llama.cpp called directly.
+"""Decode speed and time to first token of one stream: our HTTP API against llama.cpp called
+directly, and against a peer server (llama-cpp-python's own OpenAI server), in one run.
 
-Both sides run the same GGUF with the same context, batch and thread settings, greedy, with the
-end-of-generation token banned so every run decodes exactly --tokens tokens. Runs alternate
-between the two sides (so neither gets a warmer machine) and each run's prompt differs (so
-neither reuses the other's KV cache); the table shows medians.
+All sides run the same GGUF with the same context, batch and thread settings, greedy, with the
+end-of-generation token banned so every run decodes exactly --tokens tokens. Each round runs every
+side once, in a rotating order (so none gets a warmer machine), and each round's prompt differs (so
+none reuses another's KV cache). The table shows medians, and each server's ratio to direct as
+the median of per-round ratios (the machine's speed drifts less within a round than across).
 
-    python scripts/bench_llm.py [--model smollm2] [--tokens 128] [--runs 5]
+The peer runs when llama-cpp-python's server extra is installed
+(`pip install 'llama-cpp-python[server]'`); otherwise its row says so.
+
+    python scripts/bench_llm.py [--model smollm2] [--tokens 128] [--runs 9]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import start_server  # noqa: E402
+from benchlib import free_port, start_server, wait_ready  # noqa: E402
 
 from engines.base import Sampling  # noqa: E402
 from engines.llama import _threads  # noqa: E402
@@ -58,6 +64,7 @@ def direct_run(llm, eos: int, prompt_tokens: list[int], tokens: int) -> tuple[fl
 
 
 def api_run(http: httpx.Client, url: str, model: str, eos: int, i: int, tokens: int) -> tuple[float, float]:
+    """(first token s, decode tok/s) of one streamed chat through an OpenAI-compatible server."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT.format(i=i)}],
@@ -65,31 +72,53 @@ def api_run(http: httpx.Client, url: str, model: str, eos: int, i: int, tokens: 
         "temperature": 0,
         "stream": True,
         "logit_bias": {str(eos): -100},
-        "stream_options": {"include_usage": True},
     }
     started = time.perf_counter()
     first = end = None
-    count = 0
+    finish = None
     with http.stream("POST", url + "/v1/chat/completions", json=body, timeout=300) as response:
+        response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                count = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            choice = json.loads(line[6:])["choices"][0]
+            if choice["delta"].get("content"):
                 if first is None:
                     first = time.perf_counter()
                 end = time.perf_counter()
-    assert count == tokens, f"expected {tokens} tokens, got {count}"
-    return first - started, (count - 1) / (end - first)
+            finish = choice.get("finish_reason") or finish
+    # EOS is banned, so every reply runs to max_tokens: `tokens` tokens, whatever the chunking.
+    assert finish == "length" and first is not None and end is not None, f"a short reply ({finish})"
+    return first - started, (tokens - 1) / (end - first)
+
+
+def start_peer(model_path: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str] | None:
+    """llama-cpp-python's own OpenAI server on the same file and settings, or None if not installed."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        return None
+    port = free_port()
+    # fmt: off
+    args = [
+        "--model", str(model_path), "--n_ctx", str(n_ctx), "--n_batch", "512", "--n_ubatch", "512",
+        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_gpu_layers", "-1",
+        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
+    ]
+    # fmt: on
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/v1/models", 300)
+    return process, url
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--home", default=os.environ.get("GPUSTACK_HOME", str(Path.home() / ".gpustack")))
     args = parser.parse_args()
 
@@ -104,9 +133,11 @@ def main() -> None:
 
     options = manifest.options
     threads = _threads()
+    n_ctx = int(options.get("n_ctx", 4096))
+    model_path = store.model_dir(args.model) / options["model_file"]
     llm = Llama(
-        str(store.model_dir(args.model) / options["model_file"]),
-        n_ctx=int(options.get("n_ctx", 4096)),
+        str(model_path),
+        n_ctx=n_ctx,
         n_batch=512,
         n_ubatch=512,
         n_threads=threads,
@@ -121,30 +152,49 @@ def main() -> None:
         bos_text = llm.detokenize([llm.token_bos()], special=True).decode()
         eos_text = llm.detokenize([llm.token_eos()], special=True).decode()
 
+    def direct(i: int) -> tuple[float, float]:
+        prompt = render_chat(View(), ChatRequest([ChatMessage("user", PROMPT.format(i=i))], Sampling(max_tokens=1)))
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        return direct_run(llm, eos, tokens, args.tokens)
+
     eos = llm.token_eos()
     server, url = start_server(settings.home, "--preload", args.model)
+    peer = start_peer(model_path, n_ctx, threads)
+    # One client for every run, as an application keeps one: creating a client costs tens of
+    # milliseconds (it loads the CA bundle), which is no part of a server's time.
+    http = httpx.Client()
+    sides = {
+        "llama.cpp direct": direct,
+        "gpustack HTTP API": lambda i: api_run(http, url, args.model, eos, i, args.tokens),
+    }
+    if peer is not None:
+        sides["llama-cpp-python server"] = lambda i: api_run(http, peer[1], args.model, eos, i, args.tokens)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     try:
-        # One client for every run, as an application keeps one: creating a client costs tens of
-        # milliseconds (it loads the CA bundle), which is no part of the server's time.
-        http = httpx.Client()
-        api_run(http, url, args.model, eos, -1, 8)
-        direct: list[tuple[float, float]] = []
-        ours: list[tuple[float, float]] = []
+        for run in sides.values():
+            run(-1)  # warm up: first requests pay for lazy imports and allocations
+        names = list(sides)
         for i in range(args.runs):
-            prompt = render_chat(View(), ChatRequest([ChatMessage("user", PROMPT.format(i=i))], Sampling(max_tokens=1)))
-            tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-            direct.append(direct_run(llm, eos, tokens, args.tokens))
-            ours.append(api_run(http, url, args.model, eos, i, args.tokens))
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                results[name].append(sides[name](i))
     finally:
-        server.terminate()
-        server.wait(20)
-    d_ttft, d_tps = (statistics.median(x) for x in zip(*direct, strict=True))
-    o_ttft, o_tps = (statistics.median(x) for x in zip(*ours, strict=True))
-    print(f"model {args.model}, {args.tokens} tokens per run, {args.runs} runs, {threads} threads, medians")
-    print(f"{'':24}{'decode tok/s':>14}{'first token ms':>16}")
-    print(f"{'llama.cpp direct':24}{d_tps:14.1f}{d_ttft * 1000:16.1f}")
-    print(f"{'gpustack HTTP API':24}{o_tps:14.1f}{o_ttft * 1000:16.1f}")
-    print(f"{'ours / direct':24}{o_tps / d_tps:14.3f}{(o_ttft - d_ttft) * 1000:+15.1f}ms")
+        for process in [server] + ([peer[0]] if peer else []):
+            process.terminate()
+            process.wait(20)
+    base = results["llama.cpp direct"]
+    print(f"model {args.model}, {args.tokens} tokens per run, {args.runs} rounds, {threads} threads, medians")
+    print(f"{'':26}{'decode tok/s':>13}{'first token ms':>16}{'decode / direct':>17}{'first token +ms':>17}")
+    for name, runs in results.items():
+        ttft, tps = (statistics.median(x) for x in zip(*runs, strict=True))
+        line = f"{name:26}{tps:13.1f}{ttft * 1000:16.1f}"
+        if runs is not base:
+            ratio = statistics.median(r[1] / b[1] for r, b in zip(runs, base, strict=True))
+            delay = statistics.median((r[0] - b[0]) * 1000 for r, b in zip(runs, base, strict=True))
+            line += f"{ratio:17.3f}{delay:+17.1f}"
+        print(line)
+    if peer is None:
+        print("llama-cpp-python server: not installed (pip install 'llama-cpp-python[server]')")
+    print("targets: decode at least 0.95x direct, first token within 10 ms of direct")
 
 
 if __name__ == "__main__":

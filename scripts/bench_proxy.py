@@ -1,8 +1,11 @@
 """What the Generic Proxy adds: latency per request and streaming throughput through
-`/model/proxy` of a remote model, against calling its upstream directly, in one run.
+`/model/proxy` of a remote model, against calling its upstream directly and against a peer
+reverse proxy (nginx, one worker, keep-alive to the upstream, unbuffered with 256 KiB reads),
+in one run.
 
 The upstream is a small aiohttp server on loopback in a process of its own (an instant JSON answer,
-and a 64 MiB stream), so the figures are the proxy's own cost, not a model's.
+and a 64 MiB stream), so the figures are the proxy's own cost, not a model's. The nginx row runs
+when `nginx` is on the PATH (Debian: `apt-get install nginx`).
 
     python scripts/bench_proxy.py [--requests 500] [--mb 64]
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,9 +65,54 @@ def throughput(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
     return size / (time.perf_counter() - started) / 1e6
 
 
+NGINX_CONF = """
+worker_processes 1;
+{user}
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    upstream up {{ server 127.0.0.1:{up_port}; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_buffer_size 256k;
+            proxy_buffers 4 256k;
+            proxy_busy_buffers_size 256k;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(up_port: int) -> tuple[subprocess.Popen, str] | None:
+    """nginx proxying to the upstream, as a peer; None when nginx is not installed."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if binary is None:
+        return None
+    tmp, port = Path(tempfile.mkdtemp()), free_port()
+    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would drop to nobody
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(user=user, tmp=tmp, up_port=up_port, port=port))
+    check = subprocess.run([binary, "-t", "-p", str(tmp), "-c", str(conf)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx refused the benchmark's configuration: {check.stderr}")
+    process = subprocess.Popen([binary, "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"])
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/ping")
+    return process, url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--mb", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
@@ -96,29 +145,37 @@ def main() -> None:
     )
     wait_ready(upstream + "/ping")
     server, url = start_server(home)
-    ours = url + "/model/proxy"
-    model = {"X-GPUStack-Model": "up"}
+    nginx = None
     try:
+        nginx = start_nginx(up_port)
+        # name: (base URL, headers)
+        sides = {"direct": (upstream, {}), "gpustack proxy": (url + "/model/proxy", {"X-GPUStack-Model": "up"})}
+        if nginx is not None:
+            sides["nginx"] = (nginx[1], {})
+        latency: dict[str, list[float]] = {name: [] for name in sides}
+        speed: dict[str, list[float]] = {name: [] for name in sides}
         http = httpx.Client(timeout=120)
-        timed_requests(http, upstream + "/ping", {}, 50)
-        timed_requests(http, ours + "/ping", model, 50)
-        direct, proxied, direct_mb, proxied_mb = [], [], [], []
+        for base, headers in sides.values():
+            timed_requests(http, base + "/ping", headers, 50)
         for _ in range(args.rounds):
-            direct += timed_requests(http, upstream + "/ping", {}, args.requests // args.rounds)
-            proxied += timed_requests(http, ours + "/ping", model, args.requests // args.rounds)
-            direct_mb.append(throughput(http, f"{upstream}/stream?mb={args.mb}", {}))
-            proxied_mb.append(throughput(http, f"{ours}/stream?mb={args.mb}", model))
+            for name, (base, headers) in sides.items():
+                latency[name] += timed_requests(http, base + "/ping", headers, args.requests // args.rounds)
+            for name, (base, headers) in sides.items():
+                speed[name].append(throughput(http, f"{base}/stream?mb={args.mb}", headers))
     finally:
-        server.terminate()
-        upstream_proc.terminate()
-        server.wait(20)
-        upstream_proc.wait(20)
-    d, p = statistics.median(direct) * 1000, statistics.median(proxied) * 1000
-    dt, pt = statistics.median(direct_mb), statistics.median(proxied_mb)
+        for process in [server, upstream_proc] + ([nginx[0]] if nginx else []):
+            process.terminate()
+            process.wait(20)
+    d, dt = statistics.median(latency["direct"]) * 1000, statistics.median(speed["direct"])
     print(f"{args.requests} small requests, {args.mb} MiB streams x {args.rounds}, medians")
-    print(f"{'':28}{'direct':>10}{'proxy':>10}{'added/ratio':>14}")
-    print(f"{'latency per request, ms':28}{d:10.3f}{p:10.3f}{p - d:+14.3f}")
-    print(f"{'streaming, MB/s':28}{dt:10.1f}{pt:10.1f}{pt / dt:14.3f}")
+    print(f"{'':16}{'ms per request':>16}{'added ms':>10}{'stream MB/s':>13}{'ratio':>8}")
+    for name in sides:
+        ms, mb = statistics.median(latency[name]) * 1000, statistics.median(speed[name])
+        added = f"{ms - d:+10.3f}" if name != "direct" else " " * 10
+        ratio = f"{mb / dt:8.3f}" if name != "direct" else ""
+        print(f"{name:16}{ms:16.3f}{added}{mb:13.1f}{ratio}")
+    if nginx is None:
+        print("nginx: not installed (apt-get install nginx)")
     print("targets: under 1 ms added at the median, at least 0.95x the direct throughput")
 
 
