@@ -1,6 +1,7 @@
 """A model served by other servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
 llama-server, another `gpustack serve`). Nothing is loaded here; the engine picks the upstream for
-each request, round robin over its URLs, skipping one for a while after it fails to answer."""
+each request, round robin over its URLs, skipping one for a while after it fails to answer a
+request or a health check (the server's active checks: `gpustack_cli/api/health.py`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ from engines.base import LoadSpec
 
 # How long an upstream that failed stays out of the rotation before it is tried again.
 COOL_DOWN = 15.0
+# What a health check asks for: every OpenAI-compatible server answers it (any answer below 500
+# means the server is up; a 401 or 404 still proves it listens).
+HEALTH_PATH = "/v1/models"
 
 
 @dataclass
 class Upstream:
     url: str
     down_until: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.down_until <= time.monotonic()
 
 
 @dataclass
@@ -26,6 +34,7 @@ class RemoteEngine:
     api_key: str | None = None
     # The model's name on the upstream, when it differs from ours.
     upstream_model: str | None = None
+    health_path: str = HEALTH_PATH
     max_concurrency: int = 256
     # Requests are admitted up to max_concurrency: the upstream does the batching.
     batching: bool = True
@@ -38,11 +47,13 @@ class RemoteEngine:
             start = self._next
             self._next = (self._next + 1) % len(self.upstreams)
         rotated = self.upstreams[start:] + self.upstreams[:start]
-        now = time.monotonic()
-        return [u for u in rotated if u.down_until <= now] + [u for u in rotated if u.down_until > now]
+        return [u for u in rotated if u.up] + [u for u in rotated if not u.up]
 
     def failed(self, upstream: Upstream) -> None:
         upstream.down_until = time.monotonic() + COOL_DOWN
+
+    def recovered(self, upstream: Upstream) -> None:
+        upstream.down_until = 0.0
 
     def close(self) -> None:
         """Nothing to free: the model lives on its servers."""
@@ -56,4 +67,5 @@ def load(spec: LoadSpec) -> RemoteEngine:
         upstreams=[Upstream(url.rstrip("/")) for url in urls],
         api_key=spec.options.get("api_key"),
         upstream_model=spec.options.get("upstream_model"),
+        health_path=spec.options.get("health_path") or HEALTH_PATH,
     )

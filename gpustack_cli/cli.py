@@ -133,6 +133,9 @@ def add_remote(
     proxy_prefix: Annotated[
         str, typer.Option(help="Path of the upstream's native routes (/model/proxy for gpustack).")
     ] = "",
+    health_path: Annotated[
+        str, typer.Option(help="What health checks GET on each upstream (default /v1/models).")
+    ] = "",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
 ) -> None:
     """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
@@ -149,6 +152,7 @@ def add_remote(
             categories=kinds,
             generic_proxy=generic_proxy,
             proxy_prefix=proxy_prefix,
+            health_path=health_path,
             force=force,
         )
     except (ValueError, PullError, StoreError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from engines.remote import RemoteEngine
 from gpustack_cli.scheduler import Scheduler
 
 
@@ -36,13 +37,24 @@ class Metrics:
         self.model_waiting = Gauge(
             "gpustack_model_requests_waiting", "Requests queued for a model", ["model"], registry=self.registry
         )
+        self.upstream_up = Gauge(
+            "gpustack_upstream_up",
+            "Whether a loaded remote model's upstream is in the rotation (1) or left out after a failure (0)",
+            ["model", "url"],
+            registry=self.registry,
+        )
 
     def render(self, scheduler: Scheduler) -> bytes:
         loaded = scheduler.loaded()
         self.loaded.set(len(loaded))
         self.model_active.clear()
         self.model_waiting.clear()
+        self.upstream_up.clear()
         for model in loaded:
             self.model_active.labels(model.name).set(model.active)
             self.model_waiting.labels(model.name).set(model.waiting)
+        for name, engine in scheduler.engines():
+            if isinstance(engine, RemoteEngine):
+                for upstream in engine.upstreams:
+                    self.upstream_up.labels(name, upstream.url).set(int(upstream.up))
         return generate_latest(self.registry)

@@ -152,6 +152,10 @@ class Scheduler:
             if r.engine is not None
         ]
 
+    def engines(self) -> list[tuple[str, Engine]]:
+        """The loaded engines by model name."""
+        return [(r.name, r.engine) for r in self._runners.values() if r.engine is not None]
+
     def is_loaded(self, name: str) -> bool:
         runner = self._runners.get(name)
         return runner is not None and runner.engine is not None

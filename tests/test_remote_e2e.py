@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +12,12 @@ import httpx
 import openai
 import pytest
 
+from gpustack_cli.store import ModelStore
 from tests.conftest import ServerProcess, clean_env, gpustack, seeds_proxy_example
-from tests.upstream import TestUpstream
+from tests.upstream import TestUpstream, closed_port_url
 
 UP_KEY, DOWN_KEY = "upstream-secret", "downstream-secret"
 DOWN = {"Authorization": f"Bearer {DOWN_KEY}"}
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once the socket closes
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +74,12 @@ def downstream(
     # By host name: a cookie jar would keep cookies of a named host (not those of an IP address).
     named = test_upstream.url.replace("127.0.0.1", "localhost")
     add("edge-named", named, "--categories", "embedding", "--generic-proxy")
+    add("watched", test_upstream.url, "--categories", "embedding", "--generic-proxy", "--health-path", "echo/health")
     result = gpustack("keys", "create", "--name", "only-chat", "--models", "chat", env=env)
     assert result.returncode == 0
     (home / "only-chat.key").write_text(result.stdout.strip())
-    with ServerProcess(home, "--no-pull", env={"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_UPSTREAM_TIMEOUT": "5"}) as srv:
+    env = {"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_UPSTREAM_TIMEOUT": "5", "GPUSTACK_HEALTH_INTERVAL": "0.5"}
+    with ServerProcess(home, "--no-pull", env=env) as srv:
         yield srv
 
 
@@ -185,12 +181,38 @@ def test_round_robin_skips_a_dead_upstream(client: openai.OpenAI) -> None:
         assert reply.choices[0].message.content
 
 
+def test_health_checks_show_which_upstream_is_up(downstream: ServerProcess, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="balanced", messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    dead, live = ModelStore(Path(downstream.env["GPUSTACK_HOME"])).get("balanced").options["urls"]
+    wanted = {
+        f'gpustack_upstream_up{{model="balanced",url="{dead}"}} 0.0',
+        f'gpustack_upstream_up{{model="balanced",url="{live}"}} 1.0',
+    }
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = set(httpx.get(downstream.url + "/metrics", headers=DOWN).text.splitlines())
+        if wanted <= metrics:
+            break
+        time.sleep(0.2)
+    assert wanted <= metrics
+
+
+def test_health_checks_run_on_their_own(downstream: ServerProcess, test_upstream: TestUpstream) -> None:
+    headers = {**DOWN, "X-GPUStack-Model": "watched"}
+    httpx.get(downstream.url + "/model/proxy/echo/load", headers=headers).raise_for_status()  # loads the model
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(s["path"] == "/echo/health" for s in test_upstream.seen):
+        time.sleep(0.1)
+    check = test_upstream.last("/echo/health")
+    assert check["method"] == "GET" and "Authorization" not in check["headers"]  # no key set: none sent
+
+
 def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: TestUpstream) -> None:
     headers = {**DOWN, "X-GPUStack-Model": "edge", "X-Custom": "kept"}
     got = httpx.get(downstream.url + "/model/proxy/echo/path?x=1&y=two", headers=headers)
     assert got.status_code == 200 and got.json() == {"path": "/echo/path?x=1&y=two", "method": "GET", "length": 0}
     assert got.headers.get_list("set-cookie") == ["a=1", "b=2"] and got.headers["x-upstream"] == "test"
-    seen = test_upstream.seen[-1]["headers"]
+    seen = test_upstream.last("/echo/path?x=1&y=two")["headers"]
     assert seen["X-Custom"] == "kept" and "Authorization" not in seen  # our key never leaves
     put = httpx.put(downstream.url + "/model/proxy/echo/raw", headers=headers, content=b"\x00\x01binary")
     assert put.json() == {"path": "/echo/raw", "method": "PUT", "length": 8}
@@ -204,8 +226,7 @@ def test_upstream_cookies_are_not_kept_for_other_users(downstream: ServerProcess
     first = httpx.get(downstream.url + "/model/proxy/echo/first", headers=headers)
     assert first.status_code == 200 and first.headers.get_list("set-cookie") == ["a=1", "b=2"]
     httpx.get(downstream.url + "/model/proxy/echo/second", headers=headers).raise_for_status()
-    assert test_upstream.seen[-1]["path"] == "/echo/second"
-    assert "Cookie" not in test_upstream.seen[-1]["headers"]  # the Set-Cookie went to its user only
+    assert "Cookie" not in test_upstream.last("/echo/second")["headers"]  # the Set-Cookie went to its user only
 
 
 def test_upstream_failures(downstream: ServerProcess, test_upstream: TestUpstream) -> None:

@@ -5,11 +5,19 @@ a real upstream that lacks a route (as servers without Anthropic's /v1/messages 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+
+
+def closed_port_url() -> str:
+    """The URL of a loopback port nothing listens on (once the socket that found it closes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @dataclass
@@ -21,6 +29,10 @@ class TestUpstream:
     seen: list[dict] = field(default_factory=list)
     disconnected: threading.Event = field(default_factory=threading.Event)
     url: str = ""
+
+    def last(self, path: str) -> dict:
+        """The last request /echo saw for `path` (with its query); health checks may come between."""
+        return next(seen for seen in reversed(self.seen) if seen["path"] == path)
 
     async def echo(self, request: web.Request) -> web.Response:
         self.hits += 1

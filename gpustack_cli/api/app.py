@@ -27,6 +27,7 @@ from gpustack_cli.api import (
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.health import health_checks
 from gpustack_cli.api.remote import close_session, open_session, remote_middleware
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.config import Settings
@@ -223,6 +224,7 @@ def create_app(ctx: ServerContext) -> web.Application:
 
     app.on_startup.append(open_session)
     app.on_startup.append(preload)
+    app.cleanup_ctx.append(health_checks)
     app.on_cleanup.append(shutdown)
     app.on_cleanup.append(close_session)
     return app

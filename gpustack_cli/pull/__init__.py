@@ -95,6 +95,7 @@ class Puller:
         categories: list[Category] | None = None,
         generic_proxy: bool = False,
         proxy_prefix: str = "",
+        health_path: str = "",
         force: bool = False,
     ) -> Manifest:
         """A model served by other servers: a manifest with their URLs and no files."""
@@ -109,6 +110,8 @@ class Puller:
         if proxy_prefix:
             # Where the upstream's native routes live, e.g. /model/proxy for another gpustack.
             options["proxy_prefix"] = "/" + proxy_prefix.strip("/")
+        if health_path:
+            options["health_path"] = "/" + health_path.lstrip("/")
         manifest = Manifest(
             name=check_name(name),
             source="remote:" + ",".join(urls),
