@@ -249,8 +249,11 @@ def load_engine(engine: str, spec: LoadSpec) -> Engine:
     try:
         module = importlib.import_module(info.module)
     except ModuleNotFoundError as exc:
-        if exc.name == info.module:
-            raise EngineUnavailable(f"the {engine} engine is not part of this gpustack build yet") from exc
+        if exc.name == info.module:  # only a binary built without the engine lacks our own module
+            raise EngineUnavailable(
+                f"the {engine} engine is not part of this gpustack binary: build one with it "
+                f"(scripts/build_binary.py --engines {info.extra}) or pip install 'gpustack[{info.extra}]'"
+            ) from exc
         raise EngineUnavailable(
             f"the {engine} engine needs '{exc.name}', which is not installed: pip install 'gpustack[{info.extra}]'"
         ) from exc

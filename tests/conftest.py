@@ -52,9 +52,18 @@ def gpustack(*args: str, env: dict[str, str], timeout: float = 600, **kwargs) ->
 
 
 class ServerProcess:
-    """`gpustack serve` in a subprocess on a free port, stopped (SIGTERM) when the block ends."""
+    """`gpustack serve` in a subprocess on a free port, stopped (SIGTERM) when the block ends;
+    `command` runs another gpustack than this source tree's (a built binary)."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        command: list[str] | None = None,
+    ):
+        self.command = command or [sys.executable, "-m", "gpustack_cli"]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["serve", "--port", str(self.port), *args]
@@ -66,7 +75,7 @@ class ServerProcess:
         home.mkdir(parents=True, exist_ok=True)
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpustack_cli", *self.args],
+            [*self.command, *self.args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
