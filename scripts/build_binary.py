@@ -27,17 +27,39 @@ ROOT = Path(__file__).resolve().parents[1]
 class Group:
     """One `gpustack[EXTRA]` engine group: its engine modules and what PyInstaller must collect."""
 
-    def __init__(self, modules: list[str], needs: list[str], collect_all: list[str], binaries: list[str]):
+    def __init__(
+        self,
+        modules: list[str],
+        needs: list[str],
+        collect_all: list[str],
+        binaries: list[str],
+        metadata: list[str] | None = None,
+    ):
         self.modules = modules  # our engine modules, imported by name at run time
         self.needs = needs  # the libraries that must be importable for the group to be bundled
         self.collect_all = collect_all  # packages with data files or lazy imports PyInstaller cannot see
         self.binaries = binaries  # packages whose shared libraries are loaded by path (ctypes)
+        # Distributions whose metadata (and their dependencies') is read at run time: transformers
+        # checks the installed versions of requests, tqdm, tokenizers and more on import.
+        self.metadata = metadata or []
 
 
 GROUPS = {
     "llm": Group(["engines.llama"], ["llama_cpp"], [], ["llama_cpp"]),
-    "embeddings": Group(["engines.sentence"], ["sentence_transformers", "torch"], ["sentence_transformers"], []),
-    "images": Group(["engines.diffusion"], ["diffusers", "transformers", "torch"], ["diffusers"], []),
+    "embeddings": Group(
+        ["engines.sentence"],
+        ["sentence_transformers", "torch"],
+        ["sentence_transformers"],
+        [],
+        ["sentence-transformers", "transformers"],
+    ),
+    "images": Group(
+        ["engines.diffusion"],
+        ["diffusers", "transformers", "torch"],
+        ["diffusers"],
+        [],
+        ["diffusers", "transformers", "accelerate"],
+    ),
     "audio": Group(
         ["engines.whisper", "engines.piper", "av"],
         ["faster_whisper", "piper", "av"],
@@ -99,6 +121,8 @@ def pyinstaller_args(engines: list[str], onedir: bool, dist: Path, work: Path) -
             args += ["--collect-all", package]
         for package in group.binaries:
             args += ["--collect-binaries", package]
+        for distribution in group.metadata:
+            args += ["--recursive-copy-metadata", distribution]
     for package, users in HEAVY.items():
         if not users & set(engines):
             args += ["--exclude-module", package]

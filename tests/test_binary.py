@@ -38,7 +38,7 @@ def served(binary: Path, models_home: Path) -> Iterator[ServerProcess]:
 
 
 def run(binary: Path, *args: str, home: Path) -> subprocess.CompletedProcess:
-    # From an empty folder, with no PYTHONPATH: nothing may come from this source tree.
+    # From the binary's own folder, with no PYTHONPATH: nothing may come from this source tree.
     return subprocess.run(
         [str(binary), *args],
         env=clean_env(GPUSTACK_HOME=str(home)),
