@@ -91,9 +91,28 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
 _BATCHERS: weakref.WeakKeyDictionary[Any, Batcher] = weakref.WeakKeyDictionary()
 
 
-def batcher_for(engine: Embedder, wait: float) -> Batcher:
-    """The one batcher of a loaded engine (it goes when the engine is unloaded)."""
+def _batcher(engine: Any, wait: float) -> Batcher | None:
+    """The one batcher of a loaded engine that batches (it goes when the engine is unloaded);
+    None for other engines, or when batching is off (`wait` < 0)."""
+    if not getattr(engine, "batching", False) or wait < 0:
+        return None
     found = _BATCHERS.get(engine)
     if found is None:
         found = _BATCHERS[engine] = Batcher(engine, wait=wait)
     return found
+
+
+async def embed(engine: Embedder, texts: list[str], wait: float) -> list[list[float]]:
+    """Vectors for `texts`: merged with other requests' into one engine call when the engine batches.
+
+    Every route that runs a batching engine goes through here or `call`: the scheduler admits
+    many requests at once on such an engine because its batcher hands the engine one call at a time."""
+    batcher = _batcher(engine, wait)
+    return await (batcher.embed(texts) if batcher else asyncio.to_thread(engine.embed, texts))
+
+
+async def call(engine: Any, work: Callable[[], Any], wait: float) -> Any:
+    """Blocking engine `work` (a rerank, say): in turn with the batches when the engine batches,
+    else in a thread."""
+    batcher = _batcher(engine, wait)
+    return await (batcher.run(work) if batcher else asyncio.to_thread(work))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Reranker
+from gpustack_cli import batching
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
 
 MAX_DOCUMENTS = 1024
@@ -39,12 +38,9 @@ async def rerank(request: web.Request) -> web.Response:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     if any(not t for t in texts):
         raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
-    settings = context(request).settings
+    wait = context(request).settings.batch_wait
     async with engine_for(request, manifest, Reranker, keep_alive_of(request, body.keep_alive)) as engine:
-        if getattr(engine, "batching", False) and settings.batch_wait >= 0:
-            ranking = await batcher_for(engine, settings.batch_wait).run(lambda: engine.rerank(body.query, texts))
-        else:
-            ranking = await asyncio.to_thread(engine.rerank, body.query, texts)
+        ranking = await batching.call(engine, lambda: engine.rerank(body.query, texts), wait)
     order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)[: body.top_n]
     results = []
     for index in order:

@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from engines.base import Embedder, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
+from gpustack_cli import batching
+from gpustack_cli.api.context import context
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
@@ -125,7 +127,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
 
 async def llama_embedding(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
     texts = _list(body.get("content"), "content")
-    vectors = await asyncio.to_thread(engine.embed, texts)
+    vectors = await batching.embed(engine, texts, context(request).settings.batch_wait)
     return json_response([{"index": i, "embedding": [v]} for i, v in enumerate(vectors)])
 
 
@@ -137,7 +139,7 @@ async def tei_embed(request: web.Request, engine: Embedder, body: dict, model: s
     counts = await asyncio.to_thread(engine.token_counts, texts)
     if max(counts) > engine.max_input_tokens and not body.get("truncate"):
         raise APIError(413, f"Input validation error: inputs must have at most {engine.max_input_tokens} tokens.")
-    return json_response(await asyncio.to_thread(engine.embed, texts))
+    return json_response(await batching.embed(engine, texts, context(request).settings.batch_wait))
 
 
 async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: str) -> web.Response:
@@ -145,7 +147,7 @@ async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: 
     if not isinstance(query, str) or not query:
         raise bad_request("'query' must be a non-empty string.", param="query")
     texts = _list(body.get("texts"), "texts")
-    ranking = await asyncio.to_thread(engine.rerank, query, texts)
+    ranking = await batching.call(engine, lambda: engine.rerank(query, texts), context(request).settings.batch_wait)
     order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)
     results = [{"index": i, "score": ranking.scores[i]} for i in order]
     if body.get("return_text"):

@@ -16,10 +16,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Embedder
+from gpustack_cli import batching
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.batching import batcher_for
 from gpustack_cli.store import Category
 
 MAX_INPUTS = 2048
@@ -84,13 +84,6 @@ def encode(vector: list[float], encoding: str) -> list[float] | str:
     return vector
 
 
-async def embed_texts(engine: Embedder, texts: list[str], batch_wait: float) -> list[list[float]]:
-    """Vectors for `texts`, through the engine's batcher when it batches (and batching is on)."""
-    if getattr(engine, "batching", False) and batch_wait >= 0:
-        return await batcher_for(engine, batch_wait).embed(texts)
-    return await asyncio.to_thread(engine.embed, texts)
-
-
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request, EmbeddingsBody)
     manifest = resolve_model(request, body.model, Category.embedding, "embeddings")
@@ -108,7 +101,7 @@ async def embeddings(request: web.Request) -> web.Response:
             tokens = _check_lengths(texts, engine)  # a thread hop would cost more than the work
         else:
             tokens = await asyncio.to_thread(_check_lengths, texts, engine)
-        vectors = await embed_texts(engine, texts, context(request).settings.batch_wait)
+        vectors = await batching.embed(engine, texts, context(request).settings.batch_wait)
     if body.dimensions is not None and body.dimensions != engine.dimensions:
         vectors = [_shorten(v, body.dimensions) for v in vectors]
     data = [
