@@ -200,6 +200,8 @@ class ImageRequest:
 @runtime_checkable
 class ImageGenerator(Protocol):
     default_size: int
+    # Denoising steps when a request names none.
+    default_steps: int
     # Width and height must be multiples of this.
     multiple: int
     samplers: list[str]

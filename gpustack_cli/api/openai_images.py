@@ -6,6 +6,7 @@ API keys as every other route, unguessable, and gone after `FILE_LIFETIME`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -107,7 +108,7 @@ def _request(body: ImageFields, engine: ImageGenerator, style: str | None, stren
     width, height = _size(body.size, engine)
     steps = body.num_inference_steps
     if steps is None and body.quality not in ("auto", "medium", "standard"):
-        steps = max(1, round(getattr(engine, "default_steps", 25) * QUALITY_STEPS[body.quality]))
+        steps = max(1, round(engine.default_steps * QUALITY_STEPS[body.quality]))
     guidance = body.guidance_scale if body.guidance_scale is not None else STYLE_GUIDANCE.get(style or "")
     return ImageRequest(
         prompt=body.prompt,
@@ -152,15 +153,18 @@ async def _run(
     raise APIError(500, "The image pipeline returned nothing.")
 
 
-def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.Response:
+async def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.Response:
+    # Encoding a large PNG takes a while: in a thread, so the server keeps answering meanwhile.
+    encoded = await asyncio.to_thread(
+        lambda: [_encode(image, body.output_format, body.output_compression) for image in images]
+    )
     data = []
-    for image in images:
-        encoded = _encode(image, body.output_format, body.output_compression)
+    for image in encoded:
         if body.response_format == "url":
-            key = request.app[FILES].add(encoded, body.output_format)
+            key = request.app[FILES].add(image, body.output_format)
             data.append({"url": f"{request.scheme}://{request.host}/v1/images/files/{key}"})
         else:
-            data.append({"b64_json": base64.b64encode(encoded).decode()})
+            data.append({"b64_json": base64.b64encode(image).decode()})
     return json_response({"created": int(time.time()), "data": data, "output_format": body.output_format})
 
 
@@ -169,7 +173,7 @@ async def generations(request: web.Request) -> web.Response:
     manifest = resolve_model(request, body.model, Category.image, "image generation")
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         images = await _run(request, manifest.name, engine, _request(body, engine, body.style))
-    return _answer(request, images, body)
+    return await _answer(request, images, body)
 
 
 def _open_image(data: bytes, param: str) -> Any:
@@ -221,7 +225,7 @@ async def edits(request: web.Request) -> web.Response:
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         job = _request(body, engine, None, body.strength)
         images = await _run(request, manifest.name, engine, job, image, mask)
-    return _answer(request, images, body)
+    return await _answer(request, images, body)
 
 
 async def image_file(request: web.Request) -> web.Response:
