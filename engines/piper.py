@@ -6,12 +6,12 @@ audio can leave the server while later sentences are still being made.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 
 from piper import PiperVoice, SynthesisConfig
 
+from engines import piper_voice
 from engines.base import LoadSpec
 
 log = logging.getLogger("gpustack.engines.piper")
@@ -22,14 +22,11 @@ class PiperEngine:
 
     def __init__(self, spec: LoadSpec):
         model_file = spec.path / spec.options["model_file"]
-        config = json.loads(model_file.with_name(model_file.name + ".json").read_text())
         self.voice = PiperVoice.load(model_file)
         self.sample_rate = int(self.voice.config.sample_rate)
-        self.name = model_file.name.removesuffix(".onnx")
-        # Multi-speaker voices name their speakers; a single-speaker voice is known by its own name.
-        self.speakers: dict[str, int] = dict(config.get("speaker_id_map") or {})
-        self.voices = list(self.speakers) or [self.name]
-        log.info("loaded voice %s (%d Hz, %d speaker(s))", self.name, self.sample_rate, len(self.voices))
+        self.speakers = piper_voice.speakers(model_file)
+        self.voices = piper_voice.voice_names(model_file)
+        log.info("loaded voice %s (%d Hz, %d speaker(s))", model_file.name, self.sample_rate, len(self.voices))
 
     def speak(self, text: str, voice: str | None, speed: float) -> Iterator[bytes]:
         config = SynthesisConfig(speaker_id=self.speakers.get(voice or ""), length_scale=1.0 / speed)

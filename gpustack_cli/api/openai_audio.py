@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import json
 from dataclasses import asdict
 from typing import Annotated, Literal
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines import piper_voice
 from engines.base import AudioError, Segment, Speaker, Transcriber, Transcription
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, principal, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request
@@ -255,15 +255,14 @@ async def voices(request: web.Request) -> web.Response:
     ctx, who = context(request), principal(request)
     data = []
     for manifest in ctx.store.list():
-        if Category.text_to_speech not in manifest.categories or not who.may_use(manifest.name):
+        model_file = manifest.options.get("model_file")
+        # Remote voices live on their upstream, which lists them itself.
+        if Category.text_to_speech not in manifest.categories or not model_file or not who.may_use(manifest.name):
             continue
-        model_file = manifest.options.get("model_file", "")
-        config_path = ctx.store.model_dir(manifest.name) / f"{model_file}.json"
         try:
-            speakers = list(json.loads(config_path.read_text()).get("speaker_id_map") or {})
+            names = piper_voice.voice_names(ctx.store.model_dir(manifest.name) / model_file)
         except (OSError, ValueError):
-            speakers = []
-        names = speakers or [model_file.removesuffix(".onnx")]
+            continue  # a voice without its config cannot be loaded either
         data.append({"model": manifest.name, "voices": names, "default": names[0]})
     return json_response({"object": "list", "data": data})
 
