@@ -51,6 +51,33 @@ def make_wheel(dist: str, version: str, files: dict[str, bytes]) -> tuple[str, b
     return f"{package}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
+class BackgroundApp:
+    """An aiohttp app served on a free 127.0.0.1 port from a thread of its own, so that blocking
+    test code (and subprocesses) can call it; `stop` shuts it down."""
+
+    def __init__(self, app: web.Application, **runner_options: Any):
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app, **runner_options)
+        ready = threading.Event()
+
+        async def run() -> None:
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+            ready.set()
+
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(run(), self._loop)
+        if not ready.wait(10):
+            raise RuntimeError("test server did not start")
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
 @dataclass
 class LoopbackServer:
     files: dict[str, Served] = field(default_factory=dict)
@@ -197,26 +224,9 @@ class LoopbackServer:
         app.router.add_get("/{org}/{repo}/resolve/{rev}/{path:.+}", self.hf_file)
         app.router.add_get("/v2/{ns}/{model}/manifests/{tag}", self.ollama_manifest)
         app.router.add_get("/v2/{ns}/{model}/blobs/{digest}", self.ollama_blob)
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def run() -> None:
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            port = self._runner.addresses[0][1]
-            self.url = f"http://127.0.0.1:{port}"
-            ready.set()
-
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(run(), self._loop)
-        if not ready.wait(10):
-            raise RuntimeError("loopback server did not start")
+        self._server = BackgroundApp(app)
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()

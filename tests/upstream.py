@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from tests.loopback import BackgroundApp
+
 
 def closed_port_url() -> str:
     """The URL of a loopback port nothing listens on (once the socket that found it closes)."""
@@ -105,25 +107,9 @@ class TestUpstream:
         app.router.add_get("/big", self.big)
         app.router.add_post("/v1/messages", self.missing)
         app.router.add_route("*", "/v1/{tail:.*}", self.relay)
-        self._loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def run() -> None:
-            self._runner = web.AppRunner(app, handler_cancellation=True)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            await site.start()
-            self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-            ready.set()
-
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(run(), self._loop)
-        if not ready.wait(10):
-            raise RuntimeError("test upstream did not start")
+        self._server = BackgroundApp(app, handler_cancellation=True)
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._server.stop()
