@@ -48,17 +48,19 @@ class Runner:
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float | None = None
     timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0
     unload_when_idle: bool = False
 
     @property
     def idle(self) -> bool:
         return self.active == 0 and self.waiting == 0
 
-    def cancel_timer(self) -> None:
+    def cancel_timer(self, keep_expiry: bool = False) -> None:
         if self.timer:
             self.timer.cancel()
         self.timer = None
-        self.expires_at = None
+        if not keep_expiry:
+            self.expires_at = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Scheduler:
         self.keep_alive = keep_alive
         self._runners: dict[str, Runner] = {}
         self._changed = asyncio.Condition()
+        self._expiring: set[asyncio.Task[None]] = set()
+        self._waiting_for_room = 0  # loads waiting on `_changed` for a model to become idle
 
     # -- what the API calls ------------------------------------------------------------------
 
@@ -101,7 +105,7 @@ class Scheduler:
         if runner.slots is not None and runner.active >= runner.concurrency and runner.waiting >= self.max_queue:
             raise QueueFull(name, self.max_queue)
         runner.waiting += 1
-        runner.cancel_timer()
+        runner.expires_at = None  # busy; its timer, if one is set, finds that and lets it be
         runner.unload_when_idle = False
         try:
             engine = await self._ensure_loaded(runner)
@@ -212,7 +216,11 @@ class Scheduler:
                     log.info("unloading %s to make room for %s", victim.name, runner.name)
                     await self._unload(victim, notify=False)
                     continue
-                await self._changed.wait()
+                self._waiting_for_room += 1
+                try:
+                    await self._changed.wait()
+                finally:
+                    self._waiting_for_room -= 1
 
     async def _after_use(self, runner: Runner, keep_alive: float | None) -> None:
         if not runner.idle or runner.engine is None:
@@ -223,12 +231,32 @@ class Scheduler:
         if runner.unload_when_idle or keep == 0:
             await self._unload(runner)
             return
-        async with self._changed:
-            self._changed.notify_all()
+        if self._waiting_for_room:
+            async with self._changed:
+                self._changed.notify_all()
         if keep > 0:
+            # One timer per idle stretch, not one per request: a timer that fires early (the model
+            # was used since) sets itself again for the new expiry.
             runner.expires_at = time.monotonic() + keep
-            loop = asyncio.get_running_loop()
-            runner.timer = loop.call_later(keep, lambda: asyncio.ensure_future(self._expire(runner)))
+            if runner.timer is None or runner.expires_at < runner.timer_at:  # a shorter keep_alive
+                self._set_timer(runner, keep)
+
+    def _set_timer(self, runner: Runner, delay: float) -> None:
+        runner.cancel_timer(keep_expiry=True)
+        runner.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, runner)
+        runner.timer_at = time.monotonic() + delay
+
+    def _on_timer(self, runner: Runner) -> None:
+        runner.timer = None
+        if runner.expires_at is None or not runner.idle or self._runners.get(runner.name) is not runner:
+            return
+        left = runner.expires_at - time.monotonic()
+        if left > 0:
+            self._set_timer(runner, left)
+        else:
+            task = asyncio.create_task(self._expire(runner))
+            self._expiring.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._expiring.discard)
 
     async def _expire(self, runner: Runner) -> None:
         if runner.idle and self._runners.get(runner.name) is runner:

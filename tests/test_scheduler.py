@@ -126,6 +126,26 @@ async def test_keep_alive_zero_and_expiry() -> None:
     await s.close()
 
 
+async def test_expiry_follows_the_last_use() -> None:
+    s = scheduler(FakeLoader(), keep_alive=0.3)
+    async with s.use("a"):
+        pass
+    await asyncio.sleep(0.2)
+    async with s.use("a"):  # the first timer fires at 0.3 s and must wait on until 0.5 s
+        pass
+    await asyncio.sleep(0.2)
+    assert s.is_loaded("a")
+    await asyncio.sleep(0.3)
+    assert not s.is_loaded("a")
+    async with s.use("b", keep_alive=60):
+        pass
+    async with s.use("b", keep_alive=0.1):  # a shorter keep_alive than the timer set
+        pass
+    await asyncio.sleep(0.3)
+    assert not s.is_loaded("b")
+    await s.close()
+
+
 async def test_cancelled_request_frees_its_slot() -> None:
     s = scheduler(FakeLoader(max_concurrency=1))
     started = asyncio.Event()
