@@ -81,7 +81,8 @@ def split_key(token: str) -> tuple[str, str] | None:
 class KeyStore:
     def __init__(self, path: Path):
         self.path = path
-        self._lock = FileLock(str(path) + ".lock")
+        self._file = str(path)
+        self._lock = FileLock(self._file + ".lock")
 
     def load(self) -> list[ApiKey]:
         try:
@@ -126,7 +127,7 @@ class KeyStore:
     def mtime(self) -> float | None:
         """When the key file last changed; None while no key was ever created."""
         try:
-            return self.path.stat().st_mtime
+            return os.stat(self._file).st_mtime  # a plain string: checked on every request
         except FileNotFoundError:
             return None
 

@@ -8,6 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from engines.remote import RemoteEngine
 from gpustack_cli.scheduler import Scheduler
 
+# Methods counted by name; any other is counted as "other", so clients cannot grow the label set.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
@@ -43,6 +46,21 @@ class Metrics:
             ["model", "url"],
             registry=self.registry,
         )
+        # Labelled children by label values: looking them up is most of what counting costs.
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            known = method if method in METHODS else "other"
+            counter = self._counted[key] = self.requests.labels(known, route, str(status))
+        counter.inc()
+        histogram = self._timed.get(route)
+        if histogram is None:
+            histogram = self._timed[route] = self.latency.labels(route)
+        histogram.observe(seconds)
 
     def render(self, scheduler: Scheduler) -> bytes:
         loaded = scheduler.loaded()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.api.health import probe
+from gpustack_cli.api.upstream_http import UpstreamClient
 from tests.upstream import closed_port_url
 
 
@@ -33,26 +33,27 @@ class Upstreams:
 async def test_probe_takes_out_and_puts_back() -> None:
     live = Upstreams()
     await live.server.start_server()
+    client = UpstreamClient(read_timeout=5)
     try:
         up, dead = Upstream(live.url), Upstream(closed_port_url())
         engine = RemoteEngine([dead, up], api_key="up-key")
-        async with aiohttp.ClientSession() as session:
-            assert await probe(session, engine, up, 2) and up.up
-            assert live.seen[-1] == ("/v1/models", "Bearer up-key")  # the upstream's own key
-            assert not await probe(session, engine, dead, 2) and not dead.up
-            assert [u.url for u in engine.order()] == [up.url, dead.url]  # the dead one goes last
+        assert await probe(client, engine, up, 2) and up.up
+        assert live.seen[-1] == ("/v1/models", "Bearer up-key")  # the upstream's own key
+        assert not await probe(client, engine, dead, 2) and not dead.up
+        assert [u.url for u in engine.order()] == [up.url, dead.url]  # the dead one goes last
 
-            live.status = 503
-            assert not await probe(session, engine, up, 2) and not up.up
-            live.status = 401  # refusing our key still proves the server is up
-            assert await probe(session, engine, up, 2) and up.up
+        live.status = 503
+        assert not await probe(client, engine, up, 2) and not up.up
+        live.status = 401  # refusing our key still proves the server is up
+        assert await probe(client, engine, up, 2) and up.up
 
-            live.status = 200
-            engine.health_path = "/health"
-            back = Upstream(live.url)
-            engine.failed(back)
-            assert not back.up
-            assert await probe(session, engine, back, 2) and back.up  # back without waiting out the cool-down
-            assert live.seen[-1][0] == "/health"
+        live.status = 200
+        engine.health_path = "/health"
+        back = Upstream(live.url)
+        engine.failed(back)
+        assert not back.up
+        assert await probe(client, engine, back, 2) and back.up  # back without waiting out the cool-down
+        assert live.seen[-1][0] == "/health"
     finally:
+        client.close()
         await live.server.close()

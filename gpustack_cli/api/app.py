@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
@@ -28,7 +29,7 @@ from gpustack_cli.api import (
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.api.health import health_checks
-from gpustack_cli.api.remote import close_session, open_session, remote_middleware
+from gpustack_cli.api.remote import close_client, open_client, remote_middleware
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
@@ -44,6 +45,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Routes anyone may call, keys or not: a liveness probe says nothing about models.
 PUBLIC_ROUTES = frozenset({"/healthz"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+# Request ids: a random prefix per process and a counter, unique without a random draw per request.
+_ID_PREFIX = secrets.token_hex(8)
+_ids = itertools.count(1)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
@@ -59,7 +63,7 @@ def _route_name(request: web.Request) -> str:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{secrets.token_hex(16)}"
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{_ID_PREFIX}{next(_ids):016x}"
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -87,8 +91,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         metrics.in_flight.dec()
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.request_done(request.method, route, status, time.perf_counter() - started)
 
 
 def _error_response(request: web.Request, error: APIError) -> web.Response:
@@ -222,9 +225,9 @@ def create_app(ctx: ServerContext) -> web.Application:
     async def shutdown(app: web.Application) -> None:
         await ctx.scheduler.close()
 
-    app.on_startup.append(open_session)
+    app.on_startup.append(open_client)
     app.on_startup.append(preload)
     app.cleanup_ctx.append(health_checks)
     app.on_cleanup.append(shutdown)
-    app.on_cleanup.append(close_session)
+    app.on_cleanup.append(close_client)
     return app

@@ -15,25 +15,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.api.context import CONTEXT
-from gpustack_cli.api.remote import SESSION
+from gpustack_cli.api.remote import CLIENT
+from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError
 
 log = logging.getLogger("gpustack.health")
 
 
-async def probe(session: aiohttp.ClientSession, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
+async def probe(client: UpstreamClient, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
     """Check one upstream now and record the outcome; whether it is up."""
-    headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
+    headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
     try:
-        async with session.get(
-            upstream.url + engine.health_path, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as answer:
+        async with (
+            asyncio.timeout(timeout),
+            client.request("GET", upstream.url, engine.health_path, headers) as answer,
+        ):
             healthy = answer.status < 500
-    except (aiohttp.ClientError, TimeoutError):
+    except (UpstreamError, TimeoutError):
         healthy = False
     if healthy and not upstream.up:
         log.info("upstream %s is back", upstream.url)
@@ -49,7 +50,7 @@ async def check_all(app: web.Application) -> None:
     """One round: every upstream of every loaded remote model, all at once."""
     interval = app[CONTEXT].settings.health_interval
     engines = [e for _, e in app[CONTEXT].scheduler.engines() if isinstance(e, RemoteEngine)]
-    checks = [probe(app[SESSION], e, u, min(interval, 5.0)) for e in engines for u in e.upstreams]
+    checks = [probe(app[CLIENT], e, u, min(interval, 5.0)) for e in engines for u in e.upstreams]
     await asyncio.gather(*checks)
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from engines.remote import RemoteEngine
 from gpustack_cli.api.context import CONTEXT, resolve_model
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError, UpstreamTimeout
 from gpustack_cli.store import Category, ModelNotFound, StoreError
 from gpustack_cli.textgen import ChatRequest, Event, Finished, TextDelta, ToolCall, ToolCallEvent
 
@@ -54,26 +57,27 @@ ROUTE_CATEGORIES = {
     "/v1/images/edits": (Category.image, "image edits"),
 }
 FORWARDED_ROUTES = set(ROUTE_CATEGORIES)
-SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
+CLIENT = web.AppKey("upstream_client", UpstreamClient)
 SMALL_ANSWER = 1024 * 1024
+# Characters kept as they are when a decoded proxy path is encoded again for the upstream.
+PATH_SAFE = "/!$&'()*+,;=:@"
 
 
 class UpstreamMissing(Exception):
     """The upstream has no such route (a 404 or 405 before any byte was sent on)."""
 
 
-def _headers(request: web.Request, engine: RemoteEngine, drop_content_type: bool = False) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in request.headers.items():
-        if key.lower() not in HOP_BY_HOP and not (drop_content_type and key.lower() == "content-type"):
-            headers.add(key, value)
+def _headers(request: web.Request, engine: RemoteEngine, content_type: str | None) -> list[tuple[str, str]]:
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+    if content_type is not None:  # a form encoded anew has a boundary of its own
+        headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("Content-Type", content_type)]
     if engine.api_key:
-        headers["Authorization"] = f"Bearer {engine.api_key}"
+        headers.append(("Authorization", f"Bearer {engine.api_key}"))
     return headers
 
 
-async def _body(request: web.Request, engine: RemoteEngine) -> tuple[Any, bool]:
-    """The body to send on, with the model renamed for the upstream; and whether it is a form."""
+async def _body(request: web.Request, engine: RemoteEngine) -> tuple[bytes, str | None]:
+    """The body to send on, with the model renamed for the upstream; and a form's new Content-Type."""
     if request.content_type.startswith("multipart/form-data"):
         form = await request.post()
         data = aiohttp.FormData()
@@ -82,60 +86,64 @@ async def _body(request: web.Request, engine: RemoteEngine) -> tuple[Any, bool]:
                 data.add_field(key, engine.upstream_model if key == "model" and engine.upstream_model else value)
             else:
                 data.add_field(key, value.file.read(), filename=value.filename, content_type=value.content_type)
-        return data, True
+        payload = data()
+        return await payload.as_bytes(), payload.content_type
     raw = await request.read()
     if engine.upstream_model and raw:
         try:
             body = json.loads(raw)
         except ValueError:
-            return raw, False
+            return raw, None
         if isinstance(body, dict) and "model" in body:
             body["model"] = engine.upstream_model
-            return json.dumps(body).encode(), False
-    return raw, False
+            return json.dumps(body).encode(), None
+    return raw, None
+
+
+def upstream_target(path: str, request: web.Request) -> str:
+    """`path` (decoded) percent-encoded again, with the request's query as the client sent it."""
+    query = request.raw_path.partition("?")[2]
+    return quote(path, safe=PATH_SAFE) + (f"?{query}" if query else "")
 
 
 async def forward(
     request: web.Request, engine: RemoteEngine, path: str, missing_ok: bool = False
 ) -> web.StreamResponse:
     """Send the request to the first upstream that answers and stream its answer back."""
-    session = request.app[SESSION]
-    body, is_form = await _body(request, engine)
-    headers = _headers(request, engine, drop_content_type=is_form)
-    query = f"?{request.query_string}" if request.query_string else ""
+    client = request.app[CLIENT]
+    body, content_type = await _body(request, engine)
+    headers = _headers(request, engine, content_type)
+    target = upstream_target(path, request)
     failure: Exception | None = None
     for upstream in engine.order():
         response: web.StreamResponse | None = None
         try:
-            async with session.request(
-                request.method, upstream.url + path + query, data=body, headers=headers, allow_redirects=False
-            ) as answer:
-                if missing_ok and await _route_missing(answer):
-                    raise UpstreamMissing()
-                headers = CIMultiDict(
-                    (k, v)
-                    for k, v in answer.headers.items()
-                    if k.lower() not in HOP_BY_HOP or k.lower() == "content-length"
-                )
-                if answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
+            async with client.request(request.method, upstream.url, target, headers, body) as answer:
+                kept = None
+                if missing_ok and answer.status in (404, 405):
+                    kept = await answer.read()
+                    if _route_missing(answer.status, kept):
+                        raise UpstreamMissing()
+                back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
+                if kept is not None or (answer.content_length is not None and answer.content_length <= SMALL_ANSWER):
                     # A small answer of known length goes back in one write: less per-request overhead.
-                    headers.popall("Content-Length", None)
-                    return web.Response(
-                        status=answer.status, reason=answer.reason, body=await answer.read(), headers=headers
-                    )
-                response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+                    body = kept if kept is not None else await answer.read()
+                    return web.Response(status=answer.status, reason=answer.reason, body=body, headers=back)
+                if answer.content_length is not None:
+                    back["Content-Length"] = str(answer.content_length)
+                response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
                 await response.prepare(request)
-                async for chunk in answer.content.iter_any():
+                async for chunk in answer.iter_chunks():
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except TimeoutError as exc:  # before ClientConnectionError: aiohttp's read timeout is both
+        except UpstreamTimeout as exc:
             if response is not None:
                 return response
             raise APIError(
                 504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
             ) from exc
-        except aiohttp.ClientConnectionError as exc:
+        except UpstreamError as exc:
             if response is not None:  # the answer had begun: end it where the upstream did
                 return response
             engine.failed(upstream)
@@ -143,13 +151,10 @@ async def forward(
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
 
 
-async def _route_missing(answer: aiohttp.ClientResponse) -> bool:
+def _route_missing(status: int, body: bytes) -> bool:
     """Whether the upstream lacks the route (not: lacks the model, or refused the request)."""
-    if answer.status == 405:
+    if status == 405:
         return True
-    if answer.status != 404:
-        return False
-    body = await answer.read()  # kept by aiohttp, so it can still be passed on
     return b"model_not_found" not in body and b"not_found_error" not in body
 
 
@@ -237,18 +242,20 @@ async def upstream_chat(
     request: web.Request, engine: RemoteEngine, chat: ChatRequest, model: str
 ) -> AsyncIterator[Event]:
     """The events of a chat answered by the upstream's `/v1/chat/completions` (streamed)."""
-    session = request.app[SESSION]
-    headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
-    body = openai_body(chat, model)
+    client = request.app[CLIENT]
+    headers = [("Content-Type", "application/json")]
+    if engine.api_key:
+        headers.append(("Authorization", f"Bearer {engine.api_key}"))
+    body = orjson.dumps(openai_body(chat, model))
     calls: dict[int, list[str]] = {}
     reason, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0}
     for upstream in engine.order():
         try:
-            async with session.post(upstream.url + "/v1/chat/completions", json=body, headers=headers) as answer:
+            async with client.request("POST", upstream.url, "/v1/chat/completions", headers, body) as answer:
                 if answer.status >= 400:
-                    text = await answer.text()
+                    text = (await answer.read()).decode(errors="replace")
                     raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")
-                async for line in answer.content:
+                async for line in answer.lines():
                     if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
@@ -264,7 +271,11 @@ async def upstream_chat(
                             entry[2] += (call.get("function") or {}).get("arguments") or ""
                         reason = choice.get("finish_reason") or reason
             break
-        except aiohttp.ClientConnectionError:
+        except UpstreamTimeout as exc:
+            raise APIError(
+                504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
+            ) from exc
+        except UpstreamError:
             engine.failed(upstream)
     else:
         raise APIError(502, "No upstream of this model answers.", code="upstream_unavailable")
@@ -274,11 +285,10 @@ async def upstream_chat(
     yield Finished(finish, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
 
-async def open_session(app: web.Application) -> None:
-    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=app[CONTEXT].settings.upstream_timeout)
-    # No cookie jar: cookies one user's answer sets must never ride along on another user's request.
-    app[SESSION] = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+async def open_client(app: web.Application) -> None:
+    # No cookie jar, by design: cookies one user's answer sets must never ride along on another's request.
+    app[CLIENT] = UpstreamClient(read_timeout=app[CONTEXT].settings.upstream_timeout)
 
 
-async def close_session(app: web.Application) -> None:
-    await app[SESSION].close()
+async def close_client(app: web.Application) -> None:
+    app[CLIENT].close()

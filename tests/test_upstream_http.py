@@ -1,0 +1,203 @@
+"""The upstream HTTP client against real loopback servers: a TCP server that sends exactly the bytes
+a test scripts (for what a well-behaved server will not do on demand), and aiohttp over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trustme
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gpustack_cli.api.upstream_http import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class ScriptedServer:
+    """Answers every connection with `script`; counts connections and keeps each request head."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.heads: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.script(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    async def head(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.heads.append(head)
+        return head
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[ScriptedServer, str]]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> tuple[ScriptedServer, str]:
+        scripted = ScriptedServer(script)
+        server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
+        servers.append(server)
+        return scripted, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def test_keep_alive_and_request_head(scripted) -> None:
+    async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            head = await server.head(reader)
+            if b"Content-Length: 4" in head:
+                await reader.readexactly(4)
+            writer.write(OK)
+
+    server, url = await scripted(answer_twice)
+    client = UpstreamClient(read_timeout=5)
+    async with client.request("GET", url + "/base", "/a%20b?q=1", [("X-Custom", "kept")]) as answer:
+        assert (answer.status, answer.reason, await answer.read()) == (200, "OK", b"ok")
+    async with client.request("POST", url + "/base", "/c", [], b"body") as answer:
+        assert await answer.read() == b"ok"
+    assert server.connections == 1  # the second request rode the first one's connection
+    first, second = server.heads
+    assert first.startswith(b"GET /base/a%20b?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"X-Custom: kept\r\n" in first and b"Content-Length" not in first  # a bodyless GET has none
+    assert second.startswith(b"POST /base/c HTTP/1.1\r\n") and b"Content-Length: 4\r\n" in second
+    client.close()
+
+
+async def test_a_closed_idle_connection_is_replaced(scripted) -> None:
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.head(reader)
+        writer.write(OK)
+        await server.head(reader)  # then closed unanswered, as when a keep-alive timeout ends it
+
+    server, url = await scripted(answer_once)
+    client = UpstreamClient(read_timeout=5)
+    for _ in range(3):
+        async with client.request("POST", url, "/", [], b"{}") as answer:
+            assert await answer.read() == b"ok"
+    assert server.connections == 3 and len(server.heads) == 5  # twice sent again on a new connection
+    client.close()
+
+
+async def test_bodies_without_length_informational_answers_and_head(scripted) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await server.head(reader)
+            if head.startswith(b"HEAD"):  # a length, and no body, as HEAD answers have none
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            elif b"/hints" in head:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + OK)
+            else:  # the body ends where the connection does
+                writer.write(b"HTTP/1.0 200 OK\r\nX-Repeated: 1\r\nX-Repeated: 2\r\n\r\nuntil the end")
+                await writer.drain()
+                return
+
+    server, url = await scripted(answer)
+    client = UpstreamClient(read_timeout=5)
+    async with client.request("GET", url, "/") as answer:
+        assert answer.content_length is None and await answer.read() == b"until the end"
+        assert [v for k, v in answer.headers if k == "X-Repeated"] == ["1", "2"]
+    async with client.request("GET", url, "/hints") as answer:
+        assert (answer.status, await answer.read()) == (200, b"ok")
+    async with asyncio.timeout(5), client.request("HEAD", url, "/") as answer:
+        assert answer.content_length == 1000 and await answer.read() == b""
+    client.close()
+
+
+async def test_failures(scripted) -> None:
+    async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await server.head(reader)
+        if b"/garbage" in head:
+            writer.write(b"SPEAKING NONSENSE\r\n\r\n")
+        elif b"/cut" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        elif b"/silent" in head:
+            await asyncio.sleep(10)
+        await writer.drain()
+
+    server, url = await scripted(misbehave)
+    client = UpstreamClient(read_timeout=0.5)
+    with pytest.raises(UpstreamError, match="not valid HTTP"):
+        async with client.request("GET", url, "/garbage"):
+            pass
+    received = []
+    with pytest.raises(UpstreamError, match="closed the connection"):
+        async with client.request("GET", url, "/cut") as answer:
+            async for chunk in answer.iter_chunks():
+                received.append(chunk)
+    assert b"".join(received) == b"only this"  # what came is passed on before the error
+    with pytest.raises(UpstreamTimeout):
+        async with client.request("GET", url, "/silent"):
+            pass
+    with pytest.raises(UpstreamError, match="line break"):
+        async with client.request("GET", url, "/", [("X-Injected", "a\r\nEvil: 1")]):
+            pass
+    with pytest.raises(UpstreamError, match="cannot connect"):
+        async with client.request("GET", "http://127.0.0.1:1", "/"):
+            pass
+    client.close()
+
+
+async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
+    size = 16 * HIGH_WATER
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.head(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        for _ in range(size // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+
+    server, url = await scripted(flood)
+    client = UpstreamClient(read_timeout=5)
+    received = 0
+    async with client.request("GET", url, "/") as answer:
+        await asyncio.sleep(0.5)  # the upstream sends as fast as it can meanwhile
+        assert answer._buffered <= HIGH_WATER + 256 * 1024  # one read past the mark at most
+        async for chunk in answer.iter_chunks():
+            received += len(chunk)
+    assert received == size
+    client.close()
+
+
+async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the system trust store's override
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"scheme": request.scheme, "path": request.path_qs})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    server = TestServer(app, scheme="https")
+    await server.start_server(ssl=context)
+    client = UpstreamClient(read_timeout=5)
+    try:
+        async with client.request("GET", f"https://127.0.0.1:{server.port}", "/x?y=1") as answer:
+            assert await answer.read() == b'{"scheme": "https", "path": "/x?y=1"}'
+        untrusted = UpstreamClient(read_timeout=5)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+            async with untrusted.request("GET", f"https://127.0.0.1:{server.port}", "/"):
+                pass
+    finally:
+        client.close()
+        await server.close()
