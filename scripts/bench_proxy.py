@@ -4,10 +4,15 @@ reverse proxy (nginx, one worker, keep-alive to the upstream, unbuffered with 25
 in one run.
 
 The upstream is a small aiohttp server on loopback in a process of its own (an instant JSON answer,
-and a 64 MiB stream), so the figures are the proxy's own cost, not a model's. The nginx row runs
-when `nginx` is on the PATH (Debian: `apt-get install nginx`).
+a chunked stream, and a download of known length), so the figures are the proxy's own cost, not a
+model's. Transfers are read by httpx (a Python client, as the openai package uses) and, when
+`curl` is on the PATH, by curl: a client in C shows what the proxy itself can carry, where a Python
+client is the slowest part. The nginx row runs when `nginx` is on the PATH (Debian: `apt-get
+install nginx`). Each round times a block of requests and each transfer on every side in a
+rotating order; the figures are medians over rounds of each side's difference from (or ratio to)
+direct in the same round.
 
-    python scripts/bench_proxy.py [--requests 500] [--mb 64]
+    python scripts/bench_proxy.py [--rounds 7] [--requests 200] [--mb 32]
 """
 
 from __future__ import annotations
@@ -42,19 +47,36 @@ def serve_upstream(port: int) -> None:
         await response.write_eof()
         return response
 
+    async def download(request: web.Request) -> web.StreamResponse:
+        size = int(request.query["mb"]) * 1024 * 1024
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        chunk = b"x" * 65536
+        for _ in range(size // len(chunk)):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
     app = web.Application()
     app.router.add_get("/ping", ping)
     app.router.add_get("/stream", stream)
+    app.router.add_get("/download", download)
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
-def timed_requests(http: httpx.Client, url: str, headers: dict[str, str], count: int) -> list[float]:
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        http.get(url, headers=headers).raise_for_status()
-        times.append(time.perf_counter() - started)
-    return times
+def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
+    started = time.perf_counter()
+    http.get(url, headers=headers).raise_for_status()
+    return time.perf_counter() - started
+
+
+def curl_throughput(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
+    """MB/s as curl reports it: a client in C, so the figure is the servers' and not the client's."""
+    command = ["curl", "-sf", "-o", os.devnull, "-w", "%{speed_download}", url]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout) / 1e6
 
 
 def throughput(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
@@ -112,9 +134,9 @@ def start_nginx(up_port: int) -> tuple[subprocess.Popen, str] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--mb", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--mb", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -152,28 +174,47 @@ def main() -> None:
         sides = {"direct": (upstream, {}), "gpustack proxy": (url + "/model/proxy", {"X-GPUStack-Model": "up"})}
         if nginx is not None:
             sides["nginx"] = (nginx[1], {})
+        names = list(sides)
+        transfers = {"httpx stream": ("stream", throughput)}
+        if shutil.which("curl"):
+            transfers |= {"curl stream": ("stream", curl_throughput), "curl download": ("download", curl_throughput)}
         latency: dict[str, list[float]] = {name: [] for name in sides}
-        speed: dict[str, list[float]] = {name: [] for name in sides}
+        added: dict[str, list[float]] = {name: [] for name in sides}
+        ratio: dict[tuple[str, str], list[float]] = {(n, t): [] for n in sides for t in transfers}
         http = httpx.Client(timeout=120)
         for base, headers in sides.values():
-            timed_requests(http, base + "/ping", headers, 50)
-        for _ in range(args.rounds):
-            for name, (base, headers) in sides.items():
-                latency[name] += timed_requests(http, base + "/ping", headers, args.requests // args.rounds)
-            for name, (base, headers) in sides.items():
-                speed[name].append(throughput(http, f"{base}/stream?mb={args.mb}", headers))
+            for _ in range(50):
+                timed(http, base + "/ping", headers)
+        # Each round times a block of requests and then each transfer on every side, in a rotating
+        # order, and compares the sides within the round: the machine's speed drifts less within
+        # a round than across rounds.
+        for i in range(args.rounds):
+            order = names[i % len(names) :] + names[: i % len(names)]
+            block = {}
+            for name in order:
+                base, headers = sides[name]
+                block[name] = statistics.median(timed(http, base + "/ping", headers) for _ in range(args.requests))
+                latency[name].append(block[name])
+            for name in names:
+                added[name].append(block[name] - block["direct"])
+            for transfer, (route, measure) in transfers.items():
+                speed = {}
+                for name in order:
+                    base, headers = sides[name]
+                    speed[name] = measure(http, f"{base}/{route}?mb={args.mb}", headers)
+                for name in names:
+                    ratio[name, transfer].append(speed[name] / speed["direct"])
     finally:
         for process in [server, upstream_proc] + ([nginx[0]] if nginx else []):
             process.terminate()
             process.wait(20)
-    d, dt = statistics.median(latency["direct"]) * 1000, statistics.median(speed["direct"])
-    print(f"{args.requests} small requests, {args.mb} MiB streams x {args.rounds}, medians")
-    print(f"{'':16}{'ms per request':>16}{'added ms':>10}{'stream MB/s':>13}{'ratio':>8}")
+    print(f"{args.rounds} rounds of {args.requests} small requests and {args.mb} MiB transfers per side; medians")
+    print(f"{'':16}{'ms per request':>16}{'added ms':>10}" + "".join(f"{t:>15}" for t in transfers))
     for name in sides:
-        ms, mb = statistics.median(latency[name]) * 1000, statistics.median(speed[name])
-        added = f"{ms - d:+10.3f}" if name != "direct" else " " * 10
-        ratio = f"{mb / dt:8.3f}" if name != "direct" else ""
-        print(f"{name:16}{ms:16.3f}{added}{mb:13.1f}{ratio}")
+        ms = statistics.median(latency[name]) * 1000
+        more = f"{statistics.median(added[name]) * 1000:+10.3f}" if name != "direct" else " " * 10
+        shown = "".join(f"{statistics.median(ratio[name, t]):15.3f}" for t in transfers) if name != "direct" else ""
+        print(f"{name:16}{ms:16.3f}{more}{shown}")
     if nginx is None:
         print("nginx: not installed (apt-get install nginx)")
     print("targets: under 1 ms added at the median, at least 0.95x the direct throughput")

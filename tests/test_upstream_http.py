@@ -152,6 +152,24 @@ async def test_failures(scripted) -> None:
     client.close()
 
 
+async def test_a_body_longer_than_declared_is_cut_and_its_connection_dropped(scripted) -> None:
+    async def overflow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the body in a later packet than the head
+            writer.write(b"helloEXTRA")
+
+    server, url = await scripted(overflow)
+    client = UpstreamClient(read_timeout=5)
+    for _ in range(2):
+        async with client.request("GET", url, "/") as answer:
+            assert await answer.read() == b"hello"
+    assert server.connections == 2
+    client.close()
+
+
 async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
     size = 16 * HIGH_WATER
 

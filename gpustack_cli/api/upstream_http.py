@@ -24,6 +24,7 @@ import httptools
 
 CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 1 << 20  # stop reading from the upstream while this much waits for a slow client
+COALESCE = 256 * 1024  # buffered pieces up to this size in all are passed on joined
 MAX_IDLE = 32  # idle keep-alive connections kept per upstream
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
@@ -74,6 +75,8 @@ class Response:
         self.reason = ""
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
+        self._raw_left = 0  # body bytes still to come of a known length, taken without the parser
+        self._raw_keep_alive = False
         self.started = False  # any byte of the answer arrived
         self.head_done = False
         self.done = False
@@ -97,20 +100,44 @@ class Response:
         self.status = status
         self.reason = b"".join(self._reason).decode("latin-1")
         self.headers = [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self._raw_headers]
+        chunked = False
         for name, value in self.headers:
-            if name.lower() == "content-length" and value.isdigit():
+            lowered = name.lower()
+            if lowered == "content-length" and value.isdigit():
                 self.content_length = int(value)
+            chunked = chunked or lowered == "transfer-encoding"
         self.head_done = True
         if self._head_only:  # llhttp would wait for a HEAD answer's Content-Length bytes
             self._finish(keep_alive=False)
+        elif self.content_length and not chunked and status not in (204, 304):
+            # A body of known length: after this packet it is passed on as it comes, unparsed.
+            self._raw_left = self.content_length
+            self._raw_keep_alive = parser.should_keep_alive()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._raw_left:
+            self._raw_left -= len(body)
+        self._append(body)
+
+    def _append(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER:
             self._connection.pause()
         self._wake()
+
+    def _take_raw(self, data: bytes) -> bool:
+        """A later packet of a body of known length, kept as it came: the bulk of a large answer
+        is neither parsed nor copied here. False when the upstream sent more than it declared."""
+        fits = len(data) <= self._raw_left
+        if not fits:
+            data = data[: self._raw_left]
+        self._raw_left -= len(data)
+        self._append(data)
+        if not self._raw_left:
+            self._finish(keep_alive=self._raw_keep_alive and fits)
+        return fits
 
     def on_message_complete(self) -> None:
         if self.head_done and not self.done:
@@ -163,11 +190,15 @@ class Response:
         """The body's chunks as they arrive; raises `UpstreamError` where the upstream broke off."""
         while True:
             if self._chunks:
-                # All that is buffered in one piece: one write on for several reads from the upstream.
-                chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                self._connection.resume()
+                if len(self._chunks) == 1 or self._buffered <= COALESCE:
+                    # Small pieces in one: one write on for several reads from the upstream.
+                    chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+                    self._chunks.clear()
+                else:  # large ones as they came, not copied
+                    chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < HIGH_WATER // 2:
+                    self._connection.resume()
                 yield chunk
                 continue
             if self.done:
@@ -231,6 +262,10 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         response.started = True
+        if response._raw_left:
+            if not response._take_raw(data):
+                self.close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
