@@ -60,40 +60,6 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get("X-Request-Id", "")
-    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{_ID_PREFIX}{next(_ids):016x}"
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers["x-request-id"] = request[REQUEST_ID]
-        raise
-    if not response.prepared:
-        response.headers["x-request-id"] = request[REQUEST_ID]
-    return response
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[CONTEXT].metrics
-    route, started, status = _route_name(request), time.perf_counter(), 500
-    metrics.in_flight.inc()
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # The client went away (nginx's number for it).
-        raise
-    finally:
-        metrics.in_flight.dec()
-        metrics.request_done(request.method, route, status, time.perf_counter() - started)
-
-
 def _error_response(request: web.Request, error: APIError) -> web.Response:
     body = error.anthropic() if _uses_anthropic_errors(request) else error.openai()
     if _uses_anthropic_errors(request):
@@ -101,23 +67,21 @@ def _error_response(request: web.Request, error: APIError) -> web.Response:
     return json_response(body, status=error.status, headers=error.headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except APIError as exc:
-        return _error_response(request, exc)
-    except QueueFull as exc:
-        return _error_response(request, APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"}))
-    except GenerationError as exc:
-        return _error_response(request, APIError(400, str(exc), param=exc.param, code=exc.code))
-    except InvalidTokens as exc:
-        return _error_response(request, APIError(400, str(exc), code="invalid_tokens"))
-    except EngineUnavailable as exc:
-        return _error_response(request, APIError(503, str(exc), code="engine_unavailable"))
-    except web.HTTPException as exc:
+def _as_api_error(request: web.Request, exc: Exception) -> APIError | None:
+    """What an exception from a handler means on the wire; None for an HTTP redirect."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"})
+    if isinstance(exc, GenerationError):
+        return APIError(400, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, InvalidTokens):
+        return APIError(400, str(exc), code="invalid_tokens")
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, str(exc), code="engine_unavailable")
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         if exc.status == 404:
             message = f"Invalid URL ({request.method} {request.path})"
         elif exc.status == 413:
@@ -126,15 +90,42 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"Request body too large: the limit is {limit} bytes."
         else:
             message = exc.reason
-        return _error_response(request, APIError(exc.status, message, code=_HTTP_CODES.get(exc.status)))
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        rid = request.get(REQUEST_ID)
-        log.exception("internal error in %s %s (request id %s)", request.method, request.path, rid)
-        return _error_response(
-            request, APIError(500, f"The server had an error processing your request (request id {rid}).")
-        )
+        return APIError(exc.status, message, code=_HTTP_CODES.get(exc.status))
+    rid = request.get(REQUEST_ID)
+    log.exception("internal error in %s %s (request id %s)", request.method, request.path, rid)
+    return APIError(500, f"The server had an error processing your request (request id {rid}).")
+
+
+@web.middleware
+async def outer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's id, its errors in the API's own format, and its metrics: one middleware,
+    as each layer costs every request a little."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{_ID_PREFIX}{next(_ids):016x}"
+    metrics = request.app[CONTEXT].metrics
+    started, status = time.perf_counter(), 500
+    metrics.in_flight.inc()
+    try:
+        try:
+            response = await handler(request)
+        except asyncio.CancelledError:
+            status = 499  # The client went away (nginx's number for it).
+            raise
+        except Exception as exc:
+            error = _as_api_error(request, exc)
+            if error is None:  # a redirect: aiohttp sends it
+                assert isinstance(exc, web.HTTPException)
+                status = exc.status
+                exc.headers["x-request-id"] = rid
+                raise
+            response = _error_response(request, error)
+        status = response.status
+        if not response.prepared:
+            response.headers["x-request-id"] = rid
+        return response
+    finally:
+        metrics.in_flight.dec()
+        metrics.request_done(request.method, _route_name(request), status, time.perf_counter() - started)
 
 
 def _required_scope(path: str) -> Scope | None:
@@ -201,7 +192,7 @@ def build_context(settings: Settings) -> ServerContext:
 
 def create_app(ctx: ServerContext) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware, auth_middleware, remote_middleware],
+        middlewares=[outer_middleware, auth_middleware, remote_middleware],
         client_max_size=max(ctx.settings.max_json_bytes, ctx.settings.max_upload_bytes),
     )
     app[CONTEXT] = ctx
