@@ -231,11 +231,15 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self._paused = False
 
-    def send(self, data: bytes, head_only: bool, timeout: float) -> Response:
+    def send(self, head: bytes, body: bytes, head_only: bool, timeout: float) -> Response:
         assert self.transport is not None
         self.response = Response(self, head_only, timeout)
         self.parser = httptools.HttpResponseParser(self.response)
-        self.transport.write(data)
+        if len(body) <= COALESCE:
+            self.transport.write(head + body)  # one packet
+        else:  # an upload: not copied only to join it to its head
+            self.transport.write(head)
+            self.transport.write(body)
         return self.response
 
     def pause(self) -> None:
@@ -336,18 +340,18 @@ class UpstreamClient:
         """Send `method target` to the upstream at `url` (its base path goes before `target`, which
         must be percent-encoded); yields the answer once its head arrived."""
         origin = Origin.parse(url)
-        head = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
+        lines = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
         for name, value in headers:
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
                 raise UpstreamError(f"header {name!r} has a line break")
-            head.append(f"{name}: {value}\r\n")
+            lines.append(f"{name}: {value}\r\n")
         if body or method not in _BODYLESS:
-            head.append(f"Content-Length: {len(body)}\r\n")
-        data = "".join(head).encode("utf-8", "surrogateescape") + b"\r\n" + body
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape") + b"\r\n"
         wait = self.read_timeout if timeout is None else timeout
         while True:
             connection = self._reuse(origin) or await self._connect(origin)
-            response = connection.send(data, method == "HEAD", wait)
+            response = connection.send(head, body, method == "HEAD", wait)
             try:
                 await response._head()
                 break
