@@ -38,19 +38,12 @@ def serve_upstream(port: int) -> None:
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        chunk = b"x" * 65536
-        for _ in range(int(request.query["mb"]) * 16):
-            await response.write(chunk)
-        await response.write_eof()
-        return response
-
-    async def download(request: web.Request) -> web.StreamResponse:
+    async def transfer(request: web.Request) -> web.StreamResponse:
+        """`mb` MiB in 64 KiB writes: chunked on /stream, of declared length on /download."""
         size = int(request.query["mb"]) * 1024 * 1024
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        response.content_length = size
+        if request.path == "/download":
+            response.content_length = size
         await response.prepare(request)
         chunk = b"x" * 65536
         for _ in range(size // len(chunk)):
@@ -60,8 +53,8 @@ def serve_upstream(port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/ping", ping)
-    app.router.add_get("/stream", stream)
-    app.router.add_get("/download", download)
+    app.router.add_get("/stream", transfer)
+    app.router.add_get("/download", transfer)
     web.run_app(app, host="127.0.0.1", port=port, print=None)
 
 
