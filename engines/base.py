@@ -195,6 +195,9 @@ class ImageRequest:
     sampler: str | None = None
     # Edits without a mask: how far from the input image to go (0 to 1).
     strength: float = 0.8
+    # Partial images to hand to `on_preview` while denoising (spread over the steps; fewer when
+    # there are too few steps).
+    previews: int = 0
 
 
 @runtime_checkable
@@ -213,8 +216,13 @@ class ImageGenerator(Protocol):
         on_step: Any = None,
         image: Any = None,
         mask: Any = None,
+        on_preview: Any = None,
     ) -> list[Any]:
-        """PIL images: from text, or edits of `image` (inpainting where `mask` is white)."""
+        """PIL images: from text, or edits of `image` (inpainting where `mask` is white).
+        `on_preview(index, images)` gets the partial images `request.previews` asks for."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of a prompt in the pipeline's text encoder."""
 
 
 class InvalidTokens(ValueError):

@@ -39,6 +39,13 @@ SAMPLERS = {
 }
 
 
+def preview_steps(steps: int, previews: int) -> list[int]:
+    """The step indices after which to show partial images: `previews` of them spread evenly
+    before the last step (which gives the final image), fewer when there are too few steps."""
+    chosen = {round(steps * (i + 1) / (previews + 1)) - 1 for i in range(previews)}
+    return sorted(s for s in chosen if 0 <= s < steps - 1)
+
+
 def _device() -> tuple[str, torch.dtype]:
     if torch.cuda.is_available():
         return "cuda", torch.float16
@@ -84,15 +91,19 @@ class DiffusionEngine:
         on_step: Callable[[int, int], None] | None = None,
         image: Any = None,
         mask: Any = None,
+        on_preview: Callable[[int, list[Any]], None] | None = None,
     ) -> list[Any]:
         pipe = self._pipeline(image, mask)
         if request.sampler:
             pipe.scheduler = SAMPLERS[request.sampler].from_config(pipe.scheduler.config)
         steps = request.steps or self.default_steps
+        preview_at = preview_steps(steps, request.previews) if on_preview else []
 
         def step_end(pipeline: Any, step: int, _timestep: Any, tensors: dict) -> dict:
             if on_step:
                 on_step(step + 1, steps)
+            if step in preview_at:
+                on_preview(preview_at.index(step), self._decode(pipeline, tensors["latents"]))
             if cancel.is_set():
                 pipeline._interrupt = True  # diffusers stops at the end of this step
             return tensors
@@ -117,6 +128,16 @@ class DiffusionEngine:
                 arguments["mask_image"] = mask.resize((request.width, request.height))
         with torch.inference_mode():
             return list(pipe(**arguments).images)
+
+    @staticmethod
+    def _decode(pipeline: Any, latents: torch.Tensor) -> list[Any]:
+        """The images the latents of an unfinished run show (the VAE decode the pipeline ends with)."""
+        scale = pipeline.vae.config.scaling_factor
+        decoded = pipeline.vae.decode(latents.to(pipeline.vae.dtype) / scale, return_dict=False)[0]
+        return pipeline.image_processor.postprocess(decoded, output_type="pil")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.text2img.tokenizer(text, truncation=False).input_ids)
 
     def close(self) -> None:
         del self.text2img, self._img2img, self._inpaint

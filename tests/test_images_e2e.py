@@ -116,6 +116,55 @@ def test_edits_with_and_without_mask(client: openai.OpenAI, tiny_sd: str) -> Non
     assert [decode(d.b64_json).size for d in masked.data] == [(64, 64), (64, 64)]
 
 
+def test_streamed_generation_with_partial_images(client: openai.OpenAI, tiny_sd: str, models_home: Path) -> None:
+    from transformers import AutoTokenizer
+
+    stream = client.images.generate(
+        model=tiny_sd,
+        prompt="a red cat",
+        size="64x48",
+        stream=True,
+        partial_images=2,
+        extra_body={"num_inference_steps": 4, "seed": 3},
+    )
+    events = [json.loads(event.model_dump_json(exclude_unset=True)) for event in stream]
+    assert [e["type"] for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [e["partial_image_index"] for e in events[:2]] == [0, 1]
+    validate(events[0], "ImageGenPartialImageEvent")
+    validate(events[-1], "ImageGenCompletedEvent")
+    assert all(decode(e["b64_json"]).size == (64, 48) for e in events)
+    tokenizer = AutoTokenizer.from_pretrained(models_home / "models" / tiny_sd / "tokenizer")
+    usage = events[-1]["usage"]
+    prompt_tokens = len(tokenizer("a red cat").input_ids)
+    assert usage["input_tokens_details"]["text_tokens"] == usage["input_tokens"] == prompt_tokens
+    assert events[-1]["size"] == "auto"  # 64x48 is not among the sizes OpenAI's events allow
+    assert events[0]["b64_json"] != events[1]["b64_json"] != events[2]["b64_json"]  # denoising goes on
+    # The last event is the image the same request gives unstreamed.
+    plain = client.images.generate(
+        model=tiny_sd, prompt="a red cat", size="64x48", extra_body={"num_inference_steps": 4, "seed": 3}
+    )
+    assert events[-1]["b64_json"] == plain.data[0].b64_json
+
+
+def test_streamed_edit(client: openai.OpenAI, tiny_sd: str) -> None:
+    source = Image.new("RGB", (64, 64), (200, 30, 30))
+    stream = client.images.edit(
+        model=tiny_sd,
+        image=("in.png", png(source)),
+        prompt="make it blue",
+        size="64x64",
+        n=2,
+        stream=True,
+        partial_images=1,
+        extra_body={"num_inference_steps": 4, "strength": 1.0},
+    )
+    events = [json.loads(event.model_dump_json(exclude_unset=True)) for event in stream]
+    assert [e["type"] for e in events] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"] * 2
+    validate(events[0], "ImageEditPartialImageEvent")
+    validate(events[-1], "ImageEditCompletedEvent")
+    assert all(decode(e["b64_json"]).size == (64, 64) for e in events)
+
+
 def test_image_errors(client: openai.OpenAI, server: ServerProcess, tiny_sd: str) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
 
@@ -137,6 +186,9 @@ def test_image_errors(client: openai.OpenAI, server: ServerProcess, tiny_sd: str
     assert error({"prompt": ""})["param"] == "prompt"
     assert error({"sampler": "magic"})["param"] == "sampler"
     assert error({"model": "smollm2"})["code"] == "model_not_supported"
+    assert error({"background": "transparent"})["param"] == "background"
+    assert error({"stream": True, "response_format": "url"})["param"] == "response_format"
+    assert error({"stream": True, "partial_images": 4})["param"] == "partial_images"
 
     def edit_error(files: dict, **data) -> dict:
         response = httpx.post(
@@ -187,18 +239,27 @@ def test_run_generates_and_edits(models_home: Path, tiny_sd: str, tmp_path: Path
     assert Image.open(edited).size == (64, 32)
 
 
-def test_disconnect_cancels_the_generation(server: ServerProcess, tiny_sd: str) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_cancels_the_generation(server: ServerProcess, tiny_sd: str, stream: bool) -> None:
     body = {"model": tiny_sd, "prompt": "a very slow picture", "size": "64x64", "num_inference_steps": 150}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            server.url + "/v1/images/generations", json=body, timeout=1.5, headers={"Authorization": f"Bearer {KEY}"}
-        )
-    started = time.monotonic()
-    quick = httpx.post(
-        server.url + "/v1/images/generations",
-        timeout=60,
-        headers={"Authorization": f"Bearer {KEY}"},
-        json={"model": tiny_sd, "prompt": "quick", "size": "64x64", "num_inference_steps": 1},
-    )
+    url, auth = server.url + "/v1/images/generations", {"Authorization": f"Bearer {KEY}"}
+    counter = f'gpustack_image_steps_total{{model="{tiny_sd}"}}'
+
+    def steps_run() -> float:
+        lines = httpx.get(server.url + "/metrics", headers=auth).text.splitlines()
+        return next((float(x.split()[-1]) for x in lines if x.startswith(counter)), 0.0)
+
+    before = steps_run()
+    if stream:  # the events' headers come at once; the client leaves in the middle of the steps
+        with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60, headers=auth) as response:
+            assert response.status_code == 200
+            time.sleep(1.5)
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=body, timeout=1.5, headers=auth)
+    time.sleep(1.0)
+    stopped = steps_run()
+    time.sleep(1.0)
+    assert steps_run() == stopped and stopped - before < 150  # the generation stopped instead of running on
+    quick = httpx.post(url, timeout=60, headers=auth, json={**body, "num_inference_steps": 1})
     assert quick.status_code == 200
-    assert time.monotonic() - started < 8  # the 150-step generation stopped instead of running on

@@ -1,7 +1,9 @@
 """OpenAI's `POST /v1/images/generations` and `/v1/images/edits` over diffusers pipelines.
 
 `response_format: url` links point at `GET /v1/images/files/{id}` on this server: behind the same
-API keys as every other route, unguessable, and gone after `FILE_LIFETIME`.
+API keys as every other route, unguessable, and gone after `FILE_LIFETIME`. `stream: true` sends
+OpenAI's image events: up to `partial_images` previews decoded from the latents while denoising,
+then the images.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import io
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -22,6 +25,7 @@ from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
+from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
 from gpustack_cli.threads import iterate_in_thread
 
@@ -31,6 +35,9 @@ MAX_SIDE = 2048
 QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "standard": 1.0, "auto": 1.0, "high": 1.5, "hd": 1.5}
 STYLE_GUIDANCE = {"vivid": 9.0, "natural": 5.0}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The values OpenAI's stream events allow for `size` and `quality`.
+EVENT_SIZES = {"1024x1024", "1024x1536", "1536x1024"}
+EVENT_QUALITY = {"standard": "medium", "hd": "high"}
 
 
 class ImageFields(BaseModel):
@@ -50,6 +57,9 @@ class ImageFields(BaseModel):
     sampler: str | None = None
     user: str | None = None
     keep_alive: str | int | float | None = None
+    stream: bool = False
+    partial_images: Annotated[int, Field(ge=0, le=3)] = 0
+    background: Literal["auto", "opaque", "transparent"] = "auto"
 
 
 class GenerationBody(ImageFields):
@@ -103,6 +113,10 @@ def _size(value: str, engine: ImageGenerator) -> tuple[int, int]:
 
 
 def _request(body: ImageFields, engine: ImageGenerator, style: str | None, strength: float = 0.8) -> ImageRequest:
+    if body.background == "transparent":
+        raise bad_request("Invalid 'background': this model draws opaque images only.", param="background")
+    if body.stream and body.response_format == "url":
+        raise bad_request("Streamed images come as b64_json: leave 'response_format' out.", param="response_format")
     if body.sampler is not None and body.sampler not in engine.samplers:
         raise bad_request(f"Invalid 'sampler': use one of {', '.join(engine.samplers)}.", param="sampler")
     width, height = _size(body.size, engine)
@@ -121,6 +135,7 @@ def _request(body: ImageFields, engine: ImageGenerator, style: str | None, stren
         seed=body.seed,
         sampler=body.sampler,
         strength=strength,
+        previews=body.partial_images if body.stream else 0,
     )
 
 
@@ -140,12 +155,14 @@ async def _run(
     job: ImageRequest,
     image: Any = None,
     mask: Any = None,
+    on_preview: Callable[[int, list[Any]], None] | None = None,
 ) -> list[Any]:
     metrics = context(request).metrics
 
     def work(cancel: Any) -> Any:
         # One item: the images. A cancelled request (client gone) stops at the next step.
-        yield engine.generate(job, cancel, lambda _s, _t: metrics.image_steps.labels(manifest_name).inc(), image, mask)
+        counted = metrics.image_steps.labels(manifest_name)
+        yield engine.generate(job, cancel, lambda _s, _t: counted.inc(), image, mask, on_preview)
 
     async with contextlib.aclosing(iterate_in_thread(work)) as results:
         async for images in results:
@@ -168,11 +185,93 @@ async def _answer(request: web.Request, images: list[Any], body: ImageFields) ->
     return json_response({"created": int(time.time()), "data": data, "output_format": body.output_format})
 
 
-async def generations(request: web.Request) -> web.Response:
+def _event_fields(body: ImageFields, job: ImageRequest) -> dict[str, Any]:
+    """What every streamed event repeats of the request, in the words OpenAI's schema allows:
+    its sizes and qualities are those of its own models, so others are reported as `auto`."""
+    size = f"{job.width}x{job.height}"
+    return {
+        "size": size if size in EVENT_SIZES else "auto",
+        "quality": EVENT_QUALITY.get(body.quality, body.quality),
+        "background": "opaque",
+        "output_format": body.output_format,
+    }
+
+
+async def _stream(
+    request: web.Request,
+    kind: str,
+    manifest_name: str,
+    engine: ImageGenerator,
+    job: ImageRequest,
+    body: ImageFields,
+    image: Any = None,
+    mask: Any = None,
+) -> web.StreamResponse:
+    """OpenAI's image stream: `{kind}.partial_image` events while denoising, then one
+    `{kind}.completed` event per image (kind: image_generation or image_edit)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def on_preview(index: int, images: list[Any]) -> None:  # in the engine's thread
+        loop.call_soon_threadsafe(events.put_nowait, ("partial", (index, images)))
+
+    async def produce() -> None:
+        try:
+            events.put_nowait(("done", await _run(request, manifest_name, engine, job, image, mask, on_preview)))
+        except Exception as exc:
+            events.put_nowait(("error", exc))
+
+    fields = _event_fields(body, job)
+    prompt_tokens = engine.count_tokens(job.prompt)
+    stream = EventStream(request)
+    await stream.open()
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            what, value = await events.get()
+            if what == "error":
+                await stream.send(stream_error(value).openai(), event="error")
+                break
+            images = value[1] if what == "partial" else value
+            encoded = await asyncio.to_thread(
+                lambda images=images: [_encode(i, body.output_format, body.output_compression) for i in images]
+            )
+            for data in encoded:
+                event: dict[str, Any] = {
+                    "type": f"{kind}.{'partial_image' if what == 'partial' else 'completed'}",
+                    "b64_json": base64.b64encode(data).decode(),
+                    "created_at": int(time.time()),
+                    **fields,
+                }
+                if what == "partial":
+                    event["partial_image_index"] = value[0]
+                else:  # a diffusion model reads text tokens only and writes no image tokens
+                    details = {"text_tokens": prompt_tokens, "image_tokens": 0}
+                    event["usage"] = {
+                        "total_tokens": prompt_tokens,
+                        "input_tokens": prompt_tokens,
+                        "output_tokens": 0,
+                        "input_tokens_details": details,
+                    }
+                await stream.send(event, event=event["type"])
+            if what == "done":
+                break
+    finally:
+        if not task.done():  # the client went away: stop the pipeline at its next step
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return await stream.close()
+
+
+async def generations(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GenerationBody)
     manifest = resolve_model(request, body.model, Category.image, "image generation")
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        images = await _run(request, manifest.name, engine, _request(body, engine, body.style))
+        job = _request(body, engine, body.style)
+        if body.stream:
+            return await _stream(request, "image_generation", manifest.name, engine, job, body)
+        images = await _run(request, manifest.name, engine, job)
     return await _answer(request, images, body)
 
 
@@ -192,7 +291,7 @@ def _open_image(data: bytes, param: str) -> Any:
     return image
 
 
-async def edits(request: web.Request) -> web.Response:
+async def edits(request: web.Request) -> web.StreamResponse:
     if not request.content_type.startswith("multipart/form-data"):
         raise bad_request("Send edits as multipart/form-data with an 'image' file.", param="image")
     form = await request.post()
@@ -224,6 +323,8 @@ async def edits(request: web.Request) -> web.Response:
     manifest = resolve_model(request, body.model, Category.image, "image edits")
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         job = _request(body, engine, None, body.strength)
+        if body.stream:
+            return await _stream(request, "image_edit", manifest.name, engine, job, body, image, mask)
         images = await _run(request, manifest.name, engine, job, image, mask)
     return await _answer(request, images, body)
 
