@@ -127,8 +127,8 @@ async def forward(
                 back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
                 if kept is not None or (answer.content_length is not None and answer.content_length <= SMALL_ANSWER):
                     # A small answer of known length goes back in one write: less per-request overhead.
-                    body = kept if kept is not None else await answer.read()
-                    return web.Response(status=answer.status, reason=answer.reason, body=body, headers=back)
+                    whole = kept if kept is not None else await answer.read()
+                    return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
                 if answer.content_length is not None:
                     back["Content-Length"] = str(answer.content_length)
                 response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
