@@ -12,6 +12,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gpustack_cli.api import upstream_http
 from gpustack_cli.api.upstream_http import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -75,6 +76,23 @@ async def test_keep_alive_and_request_head(scripted) -> None:
     assert first.startswith(b"GET /base/a%20b?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"X-Custom: kept\r\n" in first and b"Content-Length" not in first  # a bodyless GET has none
     assert second.startswith(b"POST /base/c HTTP/1.1\r\n") and b"Content-Length: 4\r\n" in second
+    client.close()
+
+
+async def test_a_long_idle_connection_is_not_used_again(scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.head(reader)
+            writer.write(OK)
+
+    monkeypatch.setattr(upstream_http, "IDLE_SECONDS", 0.2)
+    server, url = await scripted(answer)
+    client = UpstreamClient(read_timeout=5)
+    for pause in (0, 0.5):
+        await asyncio.sleep(pause)
+        async with client.request("GET", url, "/") as answer:
+            assert await answer.read() == b"ok"
+    assert server.connections == 2  # a load balancer may have dropped the idle one silently
     client.close()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -26,6 +27,10 @@ CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 1 << 20  # stop reading from the upstream while this much waits for a slow client
 COALESCE = 256 * 1024  # buffered pieces up to this size in all are passed on joined
 MAX_IDLE = 32  # idle keep-alive connections kept per upstream
+# Idle connections older than this are not used again: a load balancer between us and the
+# upstream may have dropped them without a word, and a request sent on one would wait for the
+# whole read timeout (aiohttp's client keeps them 15 s too).
+IDLE_SECONDS = 15.0
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
@@ -229,6 +234,7 @@ class _Connection(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None  # a new one per answer, in `send`
         self.closed = False
         self.reused = False
+        self.idle_since = 0.0
         self._paused = False
 
     def send(self, head: bytes, body: bytes, head_only: bool, timeout: float) -> Response:
@@ -310,11 +316,16 @@ class UpstreamClient:
 
     def _reuse(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
+        now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if not connection.closed:
-                connection.reused = True
-                return connection
+            if connection.closed:
+                continue
+            if now - connection.idle_since > IDLE_SECONDS:
+                connection.close()
+                continue
+            connection.reused = True
+            return connection
         return None
 
     def _release(self, origin: Origin, connection: _Connection) -> None:
@@ -323,6 +334,7 @@ class UpstreamClient:
         idle = self._idle.setdefault(origin, [])
         if reusable and not connection.closed and len(idle) < MAX_IDLE:
             connection.response = None
+            connection.idle_since = time.monotonic()
             idle.append(connection)
         else:
             connection.close()
