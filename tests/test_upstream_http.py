@@ -136,6 +136,24 @@ async def test_bodies_without_length_informational_answers_and_head(scripted) ->
     client.close()
 
 
+async def test_lines_across_chunks(scripted) -> None:
+    async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (b"data: one\r\n", b"\r\ndata: t", b"w", b"o\n\ndata: ", b"x" * 100_000, b"\nlast"):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # each piece in a read of its own
+        writer.write(b"0\r\n\r\n")
+
+    server, url = await scripted(sse)
+    client = UpstreamClient(read_timeout=5)
+    async with client.request("GET", url, "/") as answer:
+        lines = [line async for line in answer.lines()]
+    assert lines == [b"data: one", b"", b"data: two", b"", b"data: " + b"x" * 100_000, b"last"]
+    client.close()
+
+
 async def test_failures(scripted) -> None:
     async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await server.head(reader)

@@ -216,15 +216,19 @@ class Response:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
     async def lines(self) -> AsyncIterator[bytes]:
-        """The body split at line ends (for server-sent events), without the line ends."""
-        pending = b""
+        """The body split at line ends (for server-sent events), without the line ends. Each byte
+        is looked at once, however long a line runs across chunks."""
+        parts: list[bytes] = []
         async for chunk in self.iter_chunks():
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                yield line.rstrip(b"\r")
-        if pending:
-            yield pending
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                parts.append(chunk[start:end])
+                yield b"".join(parts).rstrip(b"\r")
+                parts.clear()
+                start = end + 1
+            parts.append(chunk[start:])
+        if any(parts):
+            yield b"".join(parts)
 
 
 class _Connection(asyncio.Protocol):
