@@ -1,5 +1,6 @@
 """Decode speed and time to first token of one stream: our HTTP API against llama.cpp called
-directly, and against a peer server (llama-cpp-python's own OpenAI server), in one run.
+directly, and against a peer server (llama-cpp-python's own OpenAI server), in one run. A row for
+our engine and text core called in-process (no HTTP) tells the engine's share from the server's.
 
 All sides run the same GGUF with the same context, batch and thread settings, greedy, with the
 end-of-generation token banned so every run decodes exactly --tokens tokens. Each round runs every
@@ -21,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from benchlib import free_port, start_server, wait_ready  # noqa: E402
 from engines.base import Sampling  # noqa: E402
 from engines.llama import _threads  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
+from gpustack_cli.loading import load_model  # noqa: E402
 from gpustack_cli.pull import Puller  # noqa: E402
 from gpustack_cli.store import ModelStore  # noqa: E402
 
@@ -129,7 +132,7 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from gpustack_cli.textgen import ChatMessage, ChatRequest, render_chat
+    from gpustack_cli.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, render_chat, stream_chat
 
     options = manifest.options
     threads = _threads()
@@ -158,6 +161,21 @@ def main() -> None:
         return direct_run(llm, eos, tokens, args.tokens)
 
     eos = llm.token_eos()
+    engine = load_model(store, args.model, settings)
+
+    def in_process(i: int) -> tuple[float, float]:
+        """Our engine and text core called in-process: what the HTTP layer adds is the rest."""
+        sampling = Sampling(max_tokens=args.tokens, temperature=0, logit_bias={eos: -100})
+        chat = ChatRequest([ChatMessage("user", PROMPT.format(i=i))], sampling, max_tokens=args.tokens)
+        prepared = prepare_chat(engine, chat)
+        started, first, end = time.perf_counter(), None, None
+        for event in stream_chat(engine, prepared, threading.Event()):
+            if isinstance(event, TextDelta):
+                end = time.perf_counter()
+                first = first or end
+        assert first is not None and end is not None
+        return first - started, (args.tokens - 1) / (end - first)
+
     server, url = start_server(settings.home, "--preload", args.model)
     peer = start_peer(model_path, n_ctx, threads)
     # One client for every run, as an application keeps one: creating a client costs tens of
@@ -165,6 +183,7 @@ def main() -> None:
     http = httpx.Client()
     sides = {
         "llama.cpp direct": direct,
+        "gpustack in-process": in_process,
         "gpustack HTTP API": lambda i: api_run(http, url, args.model, eos, i, args.tokens),
     }
     if peer is not None:
@@ -178,6 +197,7 @@ def main() -> None:
             for name in names[i % len(names) :] + names[: i % len(names)]:
                 results[name].append(sides[name](i))
     finally:
+        engine.close()
         for process in [server] + ([peer[0]] if peer else []):
             process.terminate()
             process.wait(20)
