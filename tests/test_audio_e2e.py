@@ -84,8 +84,11 @@ def test_content_types(server: ServerProcess) -> None:
 
 
 def test_speed_changes_length(client: openai.OpenAI) -> None:
-    normal, fast = speak(client, SENTENCE, "pcm"), speak(client, SENTENCE, "pcm", speed=2.0)
-    assert 0.35 < len(fast) / len(normal) < 0.65
+    normal = len(speak(client, SENTENCE, "pcm"))
+    fast, slow = len(speak(client, SENTENCE, "pcm", speed=2.0)), len(speak(client, SENTENCE, "pcm", speed=0.5))
+    # Not exactly 1/2 and 2: the silence around a sentence keeps its length, and Piper draws each
+    # phoneme's duration with noise (ratios of 0.50 to 0.65 seen for double speed).
+    assert 0.35 < fast / normal < 0.75 and 1.4 < slow / normal < 2.6, (fast / normal, slow / normal)
 
 
 def test_speech_streams_before_synthesis_ends(server: ServerProcess) -> None:
