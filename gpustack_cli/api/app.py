@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from engines.base import Engine, EngineUnavailable, InvalidTokens
+from engines.base import Engine
 from gpustack_cli import __version__
 from gpustack_cli.api import (
     admin,
@@ -27,7 +27,7 @@ from gpustack_cli.api import (
     proxy,
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
-from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.errors import APIError, engine_error
 from gpustack_cli.api.health import health_checks
 from gpustack_cli.api.remote import close_client, open_client, remote_middleware
 from gpustack_cli.api.responses import json_response
@@ -35,9 +35,8 @@ from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.loading import load_model
 from gpustack_cli.metrics import Metrics
-from gpustack_cli.scheduler import QueueFull, Scheduler
+from gpustack_cli.scheduler import Scheduler
 from gpustack_cli.store import ModelStore
-from gpustack_cli.textgen import GenerationError
 
 log = logging.getLogger("gpustack.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,16 +68,9 @@ def _error_response(request: web.Request, error: APIError) -> web.Response:
 
 def _as_api_error(request: web.Request, exc: Exception) -> APIError | None:
     """What an exception from a handler means on the wire; None for an HTTP redirect."""
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, QueueFull):
-        return APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"})
-    if isinstance(exc, GenerationError):
-        return APIError(400, str(exc), param=exc.param, code=exc.code)
-    if isinstance(exc, InvalidTokens):
-        return APIError(400, str(exc), code="invalid_tokens")
-    if isinstance(exc, EngineUnavailable):
-        return APIError(503, str(exc), code="engine_unavailable")
+    known = engine_error(exc)
+    if known is not None:
+        return known
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None

@@ -11,6 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engines.base import EngineUnavailable, InvalidTokens
+from gpustack_cli.scheduler import QueueFull
+from gpustack_cli.textgen import GenerationError
+
 # OpenAI's `type` and Anthropic's error `type` for each status.
 _OPENAI_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "rate_limit_exceeded", 500: "server_error"}
 _ANTHROPIC_TYPES = {
@@ -96,3 +100,19 @@ def from_validation(exc: ValidationError) -> APIError:
     if kind == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {param}", param=param)
     return APIError(400, f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
+
+
+def engine_error(exc: Exception) -> APIError | None:
+    """What an exception raised by an engine or the scheduler means on the wire; None for any
+    other (a bug: the caller answers 500). One mapping for answers and for streams' error events."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, QueueFull):
+        return APIError(503, str(exc), code="model_busy", headers={"Retry-After": "1"})
+    if isinstance(exc, GenerationError):
+        return APIError(400, str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, InvalidTokens):
+        return APIError(400, str(exc), code="invalid_tokens")
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, str(exc), code="engine_unavailable")
+    return None

@@ -7,23 +7,18 @@ from typing import Any
 
 from aiohttp import web
 
-from engines.base import InvalidTokens
 from gpustack_cli.api.context import REQUEST_ID
-from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.errors import APIError, engine_error
 from gpustack_cli.api.responses import dumps
-from gpustack_cli.textgen import GenerationError
 
 log = logging.getLogger("gpustack.server")
 
 
 def stream_error(exc: Exception) -> APIError:
     """An error raised after a stream began, as the error event that ends the stream."""
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, GenerationError):
-        return APIError(400, str(exc), param=exc.param, code=exc.code)
-    if isinstance(exc, InvalidTokens):
-        return APIError(400, str(exc), code="invalid_tokens")
+    known = engine_error(exc)
+    if known is not None:
+        return known
     log.exception("error while streaming")
     return APIError(500, "The server had an error while generating the response.")
 
