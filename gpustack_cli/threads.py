@@ -15,7 +15,22 @@ FIRST_ITEM_WAIT = 0.02
 
 
 async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
-    """Items of `make(cancel)`, produced in a worker thread.
+    """Items of `make(cancel)`, produced in a worker thread (see `emit_in_thread`)."""
+
+    def run(cancel: threading.Event, emit: Callable[[T], None]) -> None:
+        for item in make(cancel):
+            emit(item)
+            if cancel.is_set():
+                break
+
+    async with contextlib.aclosing(emit_in_thread(run)) as items:
+        async for item in items:
+            yield item
+
+
+async def emit_in_thread(run: Callable[[threading.Event, Callable[[T], None]], None]) -> AsyncIterator[T]:
+    """Items a blocking `run(cancel, emit)` hands to `emit` in a worker thread, as they come: for
+    work that reports through callbacks (a diffusion pipeline's previews) as well as iterators.
 
     The worker wakes the event loop only when no wake-up is already on its way: on a machine
     whose cores are all busy decoding, each cross-thread wake-up preempts a llama.cpp thread and
@@ -31,7 +46,7 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
     cancel = threading.Event()
     lock = threading.Lock()
     taken = threading.Event()
-    state: dict[str, object] = {"pending": False, "finished": False, "error": None}
+    state: dict[str, object] = {"pending": False, "finished": False, "error": None, "emitted": False}
 
     def wake() -> None:
         with lock:
@@ -46,17 +61,18 @@ async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> A
         with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
             loop.call_soon_threadsafe(wake)
 
+    def emit(item: T) -> None:
+        items.append(item)
+        notify()
+        if not state["emitted"]:
+            state["emitted"] = True
+            # Let the loop deliver the first item before the next step takes every core: time
+            # to first token is what a streaming client feels most.
+            taken.wait(FIRST_ITEM_WAIT)
+
     def worker() -> None:
         try:
-            for index, item in enumerate(make(cancel)):
-                items.append(item)
-                notify()
-                if index == 0:
-                    # Let the loop deliver the first item before the next decode takes every
-                    # core: time to first token is what a streaming client feels most.
-                    taken.wait(FIRST_ITEM_WAIT)
-                if cancel.is_set():
-                    break
+            run(cancel, emit)
         except BaseException as exc:
             state["error"] = exc
         finally:

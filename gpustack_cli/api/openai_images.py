@@ -14,7 +14,7 @@ import contextlib
 import io
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -27,7 +27,7 @@ from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream, stream_error
 from gpustack_cli.store import Category
-from gpustack_cli.threads import iterate_in_thread
+from gpustack_cli.threads import emit_in_thread
 
 FILE_LIFETIME = 3600.0
 MAX_SIDE = 2048
@@ -148,25 +148,29 @@ def _encode(image: Any, fmt: str, compression: int | None) -> bytes:
     return buffer.getvalue()
 
 
+def _generation(
+    request: web.Request, manifest_name: str, engine: ImageGenerator, job: ImageRequest, image: Any, mask: Any
+) -> AsyncIterator[tuple[int | None, list[Any]]]:
+    """(index, images) of the partial images `job.previews` asks for, then (None, the images).
+    A cancelled request (client gone) stops at the next step."""
+    counted = context(request).metrics.image_steps.labels(manifest_name)
+
+    def work(cancel: Any, emit: Callable[[tuple[int | None, list[Any]]], None]) -> None:
+        def preview(index: int, images: list[Any]) -> None:
+            emit((index, images))
+
+        emit((None, engine.generate(job, cancel, lambda _s, _t: counted.inc(), image, mask, preview)))
+
+    return emit_in_thread(work)
+
+
 async def _run(
-    request: web.Request,
-    manifest_name: str,
-    engine: ImageGenerator,
-    job: ImageRequest,
-    image: Any = None,
-    mask: Any = None,
-    on_preview: Callable[[int, list[Any]], None] | None = None,
+    request: web.Request, manifest_name: str, engine: ImageGenerator, job: ImageRequest, image: Any, mask: Any
 ) -> list[Any]:
-    metrics = context(request).metrics
-
-    def work(cancel: Any) -> Any:
-        # One item: the images. A cancelled request (client gone) stops at the next step.
-        counted = metrics.image_steps.labels(manifest_name)
-        yield engine.generate(job, cancel, lambda _s, _t: counted.inc(), image, mask, on_preview)
-
-    async with contextlib.aclosing(iterate_in_thread(work)) as results:
-        async for images in results:
-            return images
+    async with contextlib.aclosing(_generation(request, manifest_name, engine, job, image, mask)) as results:
+        async for index, images in results:
+            if index is None:
+                return images
     raise APIError(500, "The image pipeline returned nothing.")
 
 
@@ -209,58 +213,36 @@ async def _stream(
 ) -> web.StreamResponse:
     """OpenAI's image stream: `{kind}.partial_image` events while denoising, then one
     `{kind}.completed` event per image (kind: image_generation or image_edit)."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def on_preview(index: int, images: list[Any]) -> None:  # in the engine's thread
-        loop.call_soon_threadsafe(events.put_nowait, ("partial", (index, images)))
-
-    async def produce() -> None:
-        try:
-            events.put_nowait(("done", await _run(request, manifest_name, engine, job, image, mask, on_preview)))
-        except Exception as exc:
-            events.put_nowait(("error", exc))
-
     fields = _event_fields(body, job)
     prompt_tokens = engine.count_tokens(job.prompt)
     stream = EventStream(request)
     await stream.open()
-    task = asyncio.create_task(produce())
     try:
-        while True:
-            what, value = await events.get()
-            if what == "error":
-                await stream.send(stream_error(value).openai(), event="error")
-                break
-            images = value[1] if what == "partial" else value
-            encoded = await asyncio.to_thread(
-                lambda images=images: [_encode(i, body.output_format, body.output_compression) for i in images]
-            )
-            for data in encoded:
-                event: dict[str, Any] = {
-                    "type": f"{kind}.{'partial_image' if what == 'partial' else 'completed'}",
-                    "b64_json": base64.b64encode(data).decode(),
-                    "created_at": int(time.time()),
-                    **fields,
-                }
-                if what == "partial":
-                    event["partial_image_index"] = value[0]
-                else:  # a diffusion model reads text tokens only and writes no image tokens
-                    details = {"text_tokens": prompt_tokens, "image_tokens": 0}
-                    event["usage"] = {
-                        "total_tokens": prompt_tokens,
-                        "input_tokens": prompt_tokens,
-                        "output_tokens": 0,
-                        "input_tokens_details": details,
+        async with contextlib.aclosing(_generation(request, manifest_name, engine, job, image, mask)) as results:
+            async for index, images in results:
+                encoded = await asyncio.to_thread(
+                    lambda images=images: [_encode(i, body.output_format, body.output_compression) for i in images]
+                )
+                for data in encoded:
+                    event: dict[str, Any] = {
+                        "type": f"{kind}.{'completed' if index is None else 'partial_image'}",
+                        "b64_json": base64.b64encode(data).decode(),
+                        "created_at": int(time.time()),
+                        **fields,
                     }
-                await stream.send(event, event=event["type"])
-            if what == "done":
-                break
-    finally:
-        if not task.done():  # the client went away: stop the pipeline at its next step
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+                    if index is not None:
+                        event["partial_image_index"] = index
+                    else:  # a diffusion model reads text tokens only and writes no image tokens
+                        details = {"text_tokens": prompt_tokens, "image_tokens": 0}
+                        event["usage"] = {
+                            "total_tokens": prompt_tokens,
+                            "input_tokens": prompt_tokens,
+                            "output_tokens": 0,
+                            "input_tokens_details": details,
+                        }
+                    await stream.send(event, event=event["type"])
+    except Exception as exc:  # headers are gone: the error is the stream's last event
+        await stream.send(stream_error(exc).openai(), event="error")
     return await stream.close()
 
 
@@ -271,7 +253,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
         job = _request(body, engine, body.style)
         if body.stream:
             return await _stream(request, "image_generation", manifest.name, engine, job, body)
-        images = await _run(request, manifest.name, engine, job)
+        images = await _run(request, manifest.name, engine, job, None, None)
     return await _answer(request, images, body)
 
 
