@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,15 @@ def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: Test
     assert put.json() == {"path": "/echo/raw", "method": "PUT", "length": 8}
     big = httpx.get(downstream.url + "/model/proxy/big?mb=20", headers=headers, timeout=120)
     assert big.status_code == 200 and len(big.content) == 20 * 1024 * 1024
+    assert big.headers["transfer-encoding"] == "chunked"
+    # An HTTP/1.0 client takes no chunks: the body comes unframed, and ends where the connection does.
+    host, port = downstream.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        sock.sendall(f"GET /model/proxy/big?mb=1 HTTP/1.0\r\n{fields}\r\n".encode())
+        answer = b"".join(iter(lambda: sock.recv(1 << 16), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower() and body == b"x" * 1024 * 1024
     assert httpx.get(downstream.url + "/model/proxy/%2e%2e/v1/models", headers=headers).status_code == 400
 
 
@@ -233,6 +243,9 @@ def test_upstream_failures(downstream: ServerProcess, test_upstream: TestUpstrea
     headers = {**DOWN, "X-GPUStack-Model": "edge"}
     dropped = httpx.get(downstream.url + "/model/proxy/drop", headers=headers)
     assert dropped.status_code == 502 and "upstream" in dropped.json()["error"]["message"].lower()
+    for query in ("", "?length=1"):  # cut off mid-answer: the client sees it cut, not complete
+        with pytest.raises(httpx.RemoteProtocolError, match=r"without sending complete message body"):
+            httpx.get(downstream.url + "/model/proxy/cut" + query, headers=headers)
     started = time.monotonic()
     slow = httpx.get(downstream.url + "/model/proxy/slow", headers=headers, timeout=60)
     assert slow.status_code == 504 and time.monotonic() - started < 20  # GPUSTACK_UPSTREAM_TIMEOUT=5

@@ -206,6 +206,78 @@ async def test_a_body_longer_than_declared_is_cut_and_its_connection_dropped(scr
     client.close()
 
 
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+FRAMED = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
+
+
+async def test_a_chunked_body_passed_on_framed(scripted) -> None:
+    """With keep_framing, the body comes as the upstream framed it, however its packets fall (the
+    head's end split across two, after an informational answer), and the connection is kept."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    # (bytes before the head, where the answer is cut in two packets, counted from the head)
+    cases = [(before, cut) for before in (b"", hints) for cut in (-2, -1, 0, 7)]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for before, cut in cases:
+            await server.head(reader)
+            data, at = before + CHUNKED_HEAD + FRAMED, len(before) + len(CHUNKED_HEAD) + cut
+            for piece in (data[:at], data[at:]):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.02)  # in packets of their own
+
+    server, url = await scripted(answer)
+    client = UpstreamClient(read_timeout=5)
+    for _ in cases:
+        async with client.request("GET", url, "/", keep_framing=True) as answer:
+            assert answer.framed and await answer.read() == FRAMED
+    assert server.connections == 1
+    client.close()
+
+
+async def test_a_chunked_body_with_another_coding_is_decoded(scripted) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.head(reader)
+        # A coding besides chunked: the client did not ask for it, so the body is decoded here.
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\n\r\n" + FRAMED)
+
+    server, url = await scripted(answer)
+    client = UpstreamClient(read_timeout=5)
+    async with client.request("GET", url, "/", keep_framing=True) as answer:
+        assert not answer.framed and await answer.read() == b"hello world"
+    client.close()
+
+
+async def test_a_framed_body_that_breaks_its_framing(scripted) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await server.head(reader)
+            writer.write(CHUNKED_HEAD)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            if b"/bad" in head:
+                writer.write(b"5\r\nhello\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                writer.write(b"not a size\r\n")
+            else:  # more than the body: the connection cannot be trusted with another answer
+                writer.write(FRAMED + b"EXTRA")
+
+    server, url = await scripted(answer)
+    client = UpstreamClient(read_timeout=5)
+    received = []
+    with pytest.raises(UpstreamError, match="chunked answer is not valid"):
+        async with client.request("GET", url, "/bad", keep_framing=True) as answer:
+            async for chunk in answer.iter_chunks():
+                received.append(chunk)
+    assert b"".join(received) == b"5\r\nhello\r\n"  # not the bad line
+    for _ in range(2):
+        async with client.request("GET", url, "/extra", keep_framing=True) as answer:
+            assert await answer.read() == FRAMED
+    assert server.connections == 3
+    client.close()
+
+
 async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
     size = 16 * HIGH_WATER
 

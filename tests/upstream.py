@@ -66,6 +66,18 @@ class TestUpstream:
         request.transport.close()
         return web.Response()
 
+    async def cut(self, request: web.Request) -> web.StreamResponse:
+        """1 MiB of an answer, chunked or of a declared 10 MiB, then the connection breaks."""
+        response = web.StreamResponse()
+        if request.query.get("length"):
+            response.content_length = 10 * 1024 * 1024
+        await response.prepare(request)
+        await response.write(b"x" * 1024 * 1024)
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
     async def big(self, request: web.Request) -> web.StreamResponse:
         size = int(request.query.get("mb", "20")) * 1024 * 1024
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -105,6 +117,7 @@ class TestUpstream:
         app.router.add_post("/v1/embeddings", self.slow)
         app.router.add_get("/drop", self.drop)
         app.router.add_get("/big", self.big)
+        app.router.add_get("/cut", self.cut)
         app.router.add_post("/v1/messages", self.missing)
         app.router.add_route("*", "/v1/{tail:.*}", self.relay)
         self._server = BackgroundApp(app, handler_cancellation=True)

@@ -106,6 +106,18 @@ def upstream_target(path: str, request: web.Request) -> str:
     return quote(path, safe=PATH_SAFE) + (f"?{query}" if query else "")
 
 
+class FramedResponse(web.StreamResponse):
+    """An answer whose body is written already framed: an upstream's chunked body passed on as
+    it came, so that aiohttp neither frames it again nor counts its length (the switch is the one
+    aiohttp's WebSocketResponse and its own tests of raw chunked bodies use)."""
+
+    _length_check = False
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self.headers["Transfer-Encoding"] = "chunked"
+
+
 async def forward(
     request: web.Request, engine: RemoteEngine, path: str, missing_ok: bool = False
 ) -> web.StreamResponse:
@@ -114,11 +126,15 @@ async def forward(
     body, content_type = await _body(request, engine)
     headers = _headers(request, engine, content_type)
     target = upstream_target(path, request)
+    # An HTTP/1.1 client takes a chunked answer as the upstream framed it (no copies here).
+    framing = not missing_ok and request.version == aiohttp.HttpVersion11 and request.method != "HEAD"
     failure: Exception | None = None
     for upstream in engine.order():
         response: web.StreamResponse | None = None
         try:
-            async with client.request(request.method, upstream.url, target, headers, body) as answer:
+            async with client.request(
+                request.method, upstream.url, target, headers, body, keep_framing=framing
+            ) as answer:
                 kept = None
                 if missing_ok and answer.status in (404, 405):
                     kept = await answer.read()
@@ -129,23 +145,31 @@ async def forward(
                     # A small answer of known length goes back in one write: less per-request overhead.
                     whole = kept if kept is not None else await answer.read()
                     return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
-                if answer.content_length is not None:
-                    back["Content-Length"] = str(answer.content_length)
-                response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
+                if answer.framed:
+                    response = FramedResponse(answer.status, answer.reason, back)
+                else:
+                    if answer.content_length is not None:
+                        back["Content-Length"] = str(answer.content_length)
+                    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
                 await response.prepare(request)
                 async for chunk in answer.iter_chunks():
                     await response.write(chunk)
                 await response.write_eof()
                 return response
-        except UpstreamTimeout as exc:
-            if response is not None:
-                return response
-            raise APIError(
-                504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
-            ) from exc
         except UpstreamError as exc:
-            if response is not None:  # the answer had begun: end it where the upstream did
+            if response is not None:
+                # The answer had begun: break the client's connection where the upstream broke
+                # off, so that it sees an answer cut short and not a shorter complete one.
+                response.force_close()
+                if request.transport is not None:
+                    request.transport.close()
                 return response
+            if isinstance(exc, UpstreamTimeout):
+                raise APIError(
+                    504,
+                    f"The upstream of this model did not answer in time ({upstream.url}).",
+                    code="upstream_timeout",
+                ) from exc
             engine.failed(upstream)
             failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")

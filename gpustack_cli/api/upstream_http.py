@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gpustack_cli.api.chunked import BadChunking, ChunkedEnd
+
 CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 1 << 20  # stop reading from the upstream while this much waits for a slow client
 COALESCE = 256 * 1024  # buffered pieces up to this size in all are passed on joined
@@ -66,9 +68,10 @@ class Origin:
 class Response:
     """An upstream's answer: status and headers once `request` yields it, the body as it arrives."""
 
-    def __init__(self, connection: _Connection, head_only: bool, timeout: float) -> None:
+    def __init__(self, connection: _Connection, head_only: bool, timeout: float, keep_framing: bool) -> None:
         self._connection = connection
         self._head_only = head_only
+        self._keep_framing = keep_framing
         self._timeout = timeout
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -81,7 +84,10 @@ class Response:
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
         self._raw_left = 0  # body bytes still to come of a known length, taken without the parser
-        self._raw_keep_alive = False
+        self._framing: ChunkedEnd | None = None  # where a chunked body passed on as it came ends
+        self._keep_alive_after = False  # for a body taken without the parser
+        self._head_tail = b""  # the last bytes fed while looking for the end of the head
+        self.framed = False  # the body comes with its chunked framing, as the upstream sent it
         self.started = False  # any byte of the answer arrived
         self.head_done = False
         self.done = False
@@ -105,19 +111,26 @@ class Response:
         self.status = status
         self.reason = b"".join(self._reason).decode("latin-1")
         self.headers = [(n.decode("latin-1"), v.decode("utf-8", "surrogateescape")) for n, v in self._raw_headers]
-        chunked = False
+        codings = []
         for name, value in self.headers:
             lowered = name.lower()
             if lowered == "content-length" and value.isdigit():
                 self.content_length = int(value)
-            chunked = chunked or lowered == "transfer-encoding"
+            elif lowered == "transfer-encoding":
+                codings += [c.strip().lower() for c in value.split(",")]
         self.head_done = True
+        self._keep_alive_after = parser.should_keep_alive()
         if self._head_only:  # llhttp would wait for a HEAD answer's Content-Length bytes
             self._finish(keep_alive=False)
-        elif self.content_length and not chunked and status not in (204, 304):
+        elif status in (204, 304):
+            pass
+        elif self.content_length and not codings:
             # A body of known length: after this packet it is passed on as it comes, unparsed.
             self._raw_left = self.content_length
-            self._raw_keep_alive = parser.should_keep_alive()
+        elif codings == ["chunked"] and self._keep_framing:
+            # The parser was fed up to the end of the head (`_feed_head`): the body is passed on
+            # framed, as it comes.
+            self.framed, self._framing = True, ChunkedEnd()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -141,8 +154,24 @@ class Response:
         self._raw_left -= len(data)
         self._append(data)
         if not self._raw_left:
-            self._finish(keep_alive=self._raw_keep_alive and fits)
+            self._finish(keep_alive=self._keep_alive_after and fits)
         return fits
+
+    def _take_framed(self, data: bytes) -> bool:
+        """A piece of a chunked body passed on framed; False when the upstream sent more than the
+        body or broke its framing."""
+        assert self._framing is not None
+        try:
+            end = self._framing.feed(data)
+        except BadChunking as exc:
+            self._fail(UpstreamError(f"the upstream's chunked answer is not valid: {exc}"))
+            return False
+        if end == -1:
+            self._append(data)
+            return True
+        self._append(data if end == len(data) else data[:end])
+        self._finish(keep_alive=self._keep_alive_after and end == len(data))
+        return end == len(data)
 
     def on_message_complete(self) -> None:
         if self.head_done and not self.done:
@@ -241,9 +270,9 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._paused = False
 
-    def send(self, head: bytes, body: bytes, head_only: bool, timeout: float) -> Response:
+    def send(self, head: bytes, body: bytes, head_only: bool, timeout: float, keep_framing: bool) -> Response:
         assert self.transport is not None
-        self.response = Response(self, head_only, timeout)
+        self.response = Response(self, head_only, timeout, keep_framing)
         self.parser = httptools.HttpResponseParser(self.response)
         if len(body) <= COALESCE:
             self.transport.write(head + body)  # one packet
@@ -279,17 +308,57 @@ class _Connection(asyncio.Protocol):
         if response._raw_left:
             if not response._take_raw(data):
                 self.close()
-            return
+        elif response.framed:
+            if not response._take_framed(data):
+                self.close()
+        elif response._keep_framing and not response.head_done:
+            self._feed_head(response, data)
+        else:
+            self._feed(response, data)
+
+    def _feed(self, response: Response, data: bytes) -> bool:
+        assert self.parser is not None
         try:
             self.parser.feed_data(data)
+            return True
         except httptools.HttpParserError as exc:
             response._fail(UpstreamError(f"the upstream's answer is not valid HTTP: {exc}"))
             self.close()
+            return False
+
+    def _feed_head(self, response: Response, data: bytes) -> None:
+        """Give the parser the bytes up to the end of the head and no further, so that a chunked
+        body can be passed on framed from its first byte. llhttp takes only CRLF line ends in a
+        head, so the first CRLFCRLF ends it."""
+        start = 0
+        while not response.head_done:
+            end = _head_end(response._head_tail, data, start)
+            if end == -1:
+                response._head_tail = (response._head_tail + data[max(start, len(data) - 3) :])[-3:]
+                self._feed(response, data[start:] if start else data)
+                return
+            response._head_tail = b""
+            if not self._feed(response, data[start:end]):
+                return
+            start = end  # an informational answer (103) ended there: the next head follows
+        if start < len(data):
+            self.data_received(data[start:])  # the body's first bytes, taken as the head decided
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.response is not None:
             self.response._closed()
+
+
+def _head_end(tail: bytes, data: bytes, start: int) -> int:
+    """Offset just past the first CRLFCRLF in `data[start:]`, which may begin in `tail` (the last
+    bytes before `data`); -1 if there is none."""
+    if tail:
+        across = (tail + data[start : start + 3]).find(b"\r\n\r\n")
+        if across != -1:
+            return start + across + 4 - len(tail)
+    at = data.find(b"\r\n\r\n", start)
+    return -1 if at == -1 else at + 4
 
 
 class UpstreamClient:
@@ -352,9 +421,12 @@ class UpstreamClient:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
         timeout: float | None = None,
+        keep_framing: bool = False,
     ) -> AsyncIterator[Response]:
         """Send `method target` to the upstream at `url` (its base path goes before `target`, which
-        must be percent-encoded); yields the answer once its head arrived."""
+        must be percent-encoded); yields the answer once its head arrived. With `keep_framing`, a
+        chunked body comes with its framing as the upstream sent it (`Response.framed` says so):
+        for a proxy that passes it on to an HTTP/1.1 client."""
         origin = Origin.parse(url)
         lines = [f"{method} {origin.base_path}{target} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
         for name, value in headers:
@@ -367,7 +439,7 @@ class UpstreamClient:
         wait = self.read_timeout if timeout is None else timeout
         while True:
             connection = self._reuse(origin) or await self._connect(origin)
-            response = connection.send(head, body, method == "HEAD", wait)
+            response = connection.send(head, body, method == "HEAD", wait, keep_framing)
             try:
                 await response._head()
                 break
