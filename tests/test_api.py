@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -180,6 +181,24 @@ async def test_internal_errors_are_500_without_details(aiohttp_client, ctx: Serv
     assert "secret detail" not in error["message"] and response.headers["x-request-id"] in error["message"]
     assert error["type"] == "server_error"
     assert "secret detail" in caplog.text  # logged for the operator, with the request id
+    assert (await client.get("/v1/models")).status == 200
+
+
+async def test_an_error_after_the_answer_began_cuts_it_short(aiohttp_client, ctx: ServerContext, caplog) -> None:
+    app = create_app(ctx)
+
+    async def broken_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"the first part")
+        raise ZeroDivisionError("secret detail")
+
+    app.router.add_get("/v1/broken", broken_stream)
+    client = await aiohttp_client(app)
+    response = await client.get("/v1/broken")
+    with pytest.raises(aiohttp.ClientPayloadError):  # cut short: no error answer written into it
+        await response.read()
+    assert "secret detail" in caplog.text
     assert (await client.get("/v1/models")).status == 200
 
 

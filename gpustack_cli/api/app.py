@@ -110,6 +110,11 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
                 status = exc.status
                 exc.headers["x-request-id"] = rid
                 raise
+            if request.writer.output_size and request.transport is not None:
+                # The answer had begun (a stream of audio, say): no error can follow it. Break
+                # the connection, so that the client sees the answer cut short (an error answer
+                # written into it would read as garbage), and aiohttp sends nothing more.
+                request.transport.close()
             response = _error_response(request, error)
         status = response.status
         if not response.prepared:

@@ -157,13 +157,8 @@ async def forward(
                 await response.write_eof()
                 return response
         except UpstreamError as exc:
-            if response is not None:
-                # The answer had begun: break the client's connection where the upstream broke
-                # off, so that it sees an answer cut short and not a shorter complete one.
-                response.force_close()
-                if request.transport is not None:
-                    request.transport.close()
-                return response
+            if response is not None:  # the answer had begun: it is cut short for the client too
+                raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
             if isinstance(exc, UpstreamTimeout):
                 raise APIError(
                     504,
