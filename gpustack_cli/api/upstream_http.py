@@ -122,15 +122,14 @@ class Response:
         self._keep_alive_after = parser.should_keep_alive()
         if self._head_only:  # llhttp would wait for a HEAD answer's Content-Length bytes
             self._finish(keep_alive=False)
-        elif status in (204, 304):
-            pass
-        elif self.content_length and not codings:
-            # A body of known length: after this packet it is passed on as it comes, unparsed.
-            self._raw_left = self.content_length
-        elif codings == ["chunked"] and self._keep_framing:
-            # The parser was fed up to the end of the head (`_feed_head`): the body is passed on
-            # framed, as it comes.
-            self.framed, self._framing = True, ChunkedEnd()
+        elif status not in (204, 304):  # these have no body, whatever their heads say
+            if self.content_length and not codings:
+                # A body of known length: after this packet it is passed on as it comes, unparsed.
+                self._raw_left = self.content_length
+            elif codings == ["chunked"] and self._keep_framing:
+                # The parser was fed up to the end of the head (`_feed_head`): the body is passed
+                # on framed, as it comes.
+                self.framed, self._framing = True, ChunkedEnd()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
