@@ -5,7 +5,8 @@ Why not aiohttp's client: on loopback one small request through `aiohttp.ClientS
 about 0.40 ms of CPU and this client about 0.08 ms, and that difference was most of what the
 Generic Proxy added to a request (issue 7's target is under 1 ms). Parsing is httptools (llhttp,
 the parser of Node.js and of uvicorn); what is written here is the connection pool, the request
-head and flow control.
+head and flow control. Bodies the proxy passes on are not parsed past their head: one of known
+length is counted, a chunked one keeps its framing (`chunked.py` finds its end).
 """
 
 from __future__ import annotations
