@@ -27,6 +27,8 @@ class LoadSpec:
     options: dict[str, Any] = field(default_factory=dict)
     # -1 offloads every layer to the GPU when one is present; 0 keeps the model on the CPU.
     gpu_layers: int = -1
+    # CPU threads for engines that choose their own (llama.cpp); None: every core available.
+    threads: int | None = None
 
 
 @runtime_checkable

@@ -67,6 +67,9 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Requests waiting per model before 503.")] = None,
     preload: Annotated[list[str] | None, typer.Option(help="Load this model at start (repeatable).")] = None,
     gpu_layers: Annotated[int | None, typer.Option(help="Layers offloaded to the GPU (-1: all).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads llama.cpp models decode with (default: all cores).")
+    ] = None,
     generic_proxy: Annotated[
         list[str] | None, typer.Option("--generic-proxy", help="Serve this model's native API (repeatable).")
     ] = None,
@@ -87,6 +90,7 @@ def serve(
         max_queue=max_queue,
         preload=preload or None,
         gpu_layers=gpu_layers,
+        threads=threads,
         generic_proxy=generic_proxy or None,
         pull_defaults=False if no_pull else None,
     )

@@ -66,6 +66,9 @@ class Settings(BaseModel):
     # Models whose native API the Generic Proxy serves, besides those whose manifest says so.
     generic_proxy: list[str] = Field(default_factory=list)
     gpu_layers: int = -1
+    # CPU threads llama.cpp decodes with (a model's own `n_threads` option comes first); unset:
+    # every core this process may use. Physical cores only is often faster on machines with SMT.
+    threads: int | None = Field(None, ge=1)
     # Seconds an embedding request waits for others to share its batch; negative: no batching.
     batch_wait: float = Field(0.005, le=1.0)
 

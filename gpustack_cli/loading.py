@@ -15,5 +15,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         categories=tuple(c.value for c in manifest.categories),
         options=manifest.options,
         gpu_layers=settings.gpu_layers,
+        threads=settings.threads,
     )
     return load_engine(manifest.engine, spec)

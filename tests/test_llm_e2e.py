@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,9 @@ import jsonschema
 import openai
 import pytest
 
+from gpustack_cli.config import Settings
+from gpustack_cli.loading import load_model
+from gpustack_cli.store import ModelStore
 from tests.conftest import ServerProcess
 from tests.openapi import validate
 
@@ -544,3 +548,20 @@ def test_empty_prompt(client: openai.OpenAI) -> None:
         client.completions.create(model=MODEL, prompt="", max_tokens=2)
     assert caught.value.body["param"] == "prompt"
     assert client.completions.create(model=MODEL, prompt="Hello", max_tokens=2).choices
+
+
+@pytest.mark.parametrize("threads", [None, "1"])
+def test_threads_setting(models_home: Path, monkeypatch: pytest.MonkeyPatch, threads: str | None) -> None:
+    """GPUSTACK_THREADS (or `serve --threads`) reaches llama.cpp; unset, one thread per core this
+    process may use."""
+    if threads is None:
+        monkeypatch.delenv("GPUSTACK_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("GPUSTACK_THREADS", threads)
+    engine = load_model(ModelStore(models_home), MODEL, Settings.load(home=models_home))
+    try:
+        expected = int(threads) if threads else len(os.sched_getaffinity(0))
+        assert engine.llm.context_params.n_threads == expected
+        assert engine.llm.context_params.n_threads_batch == expected
+    finally:
+        engine.close()
