@@ -46,7 +46,7 @@ class LlamaEngine:
         if not model_file:
             raise ValueError(f"model '{spec.name}' names no GGUF file (options.model_file)")
         self.embedding_mode = "llm" not in spec.categories
-        threads = int(options.get("n_threads") or spec.threads or _threads())
+        self.threads = threads = int(options.get("n_threads") or spec.threads or _threads())
         n_ctx = int(options.get("n_ctx") or 4096)
         # An embedding model reads each input in one batch: the batch must hold the longest input.
         n_batch = n_ctx if self.embedding_mode else int(options.get("n_batch") or 512)

@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 from benchlib import free_port, start_server, wait_ready  # noqa: E402
 
 from engines.base import Sampling  # noqa: E402
-from engines.llama import _threads  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.loading import load_model  # noqa: E402
 from gpustack_cli.pull import Puller  # noqa: E402
@@ -134,10 +133,10 @@ def main() -> None:
 
     from gpustack_cli.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, render_chat, stream_chat
 
-    options = manifest.options
-    threads = _threads()
-    n_ctx = int(options.get("n_ctx", 4096))
-    model_path = store.model_dir(args.model) / options["model_file"]
+    # Our engine first: the direct side and the peer take its context size and threads.
+    engine = load_model(store, args.model, settings)
+    threads, n_ctx = engine.threads, engine.n_ctx
+    model_path = store.model_dir(args.model) / manifest.options["model_file"]
     llm = Llama(
         str(model_path),
         n_ctx=n_ctx,
@@ -149,19 +148,12 @@ def main() -> None:
         verbose=False,
     )
 
-    class View:  # what render_chat needs of an engine, from the direct Llama
-        chat_template = llm.metadata.get("tokenizer.chat_template")
-        architecture = llm.metadata.get("general.architecture", "")
-        bos_text = llm.detokenize([llm.token_bos()], special=True).decode()
-        eos_text = llm.detokenize([llm.token_eos()], special=True).decode()
-
     def direct(i: int) -> tuple[float, float]:
-        prompt = render_chat(View(), ChatRequest([ChatMessage("user", PROMPT.format(i=i))], Sampling(max_tokens=1)))
+        prompt = render_chat(engine, ChatRequest([ChatMessage("user", PROMPT.format(i=i))], Sampling(max_tokens=1)))
         tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         return direct_run(llm, eos, tokens, args.tokens)
 
     eos = llm.token_eos()
-    engine = load_model(store, args.model, settings)
 
     def in_process(i: int) -> tuple[float, float]:
         """Our engine and text core called in-process: what the HTTP layer adds is the rest."""

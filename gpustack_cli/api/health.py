@@ -19,7 +19,7 @@ from aiohttp import web
 
 from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.api.context import CONTEXT
-from gpustack_cli.api.remote import CLIENT
+from gpustack_cli.api.remote import CLIENT, credentials
 from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError
 
 log = logging.getLogger("gpustack.health")
@@ -27,11 +27,10 @@ log = logging.getLogger("gpustack.health")
 
 async def probe(client: UpstreamClient, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
     """Check one upstream now and record the outcome; whether it is up."""
-    headers = [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
     try:
         async with (
             asyncio.timeout(timeout),
-            client.request("GET", upstream.url, engine.health_path, headers) as answer,
+            client.request("GET", upstream.url, engine.health_path, credentials(engine)) as answer,
         ):
             healthy = answer.status < 500
     except (UpstreamError, TimeoutError):

@@ -174,11 +174,13 @@ async def _run(
     raise APIError(500, "The image pipeline returned nothing.")
 
 
-async def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.Response:
+async def _encoded(images: list[Any], body: ImageFields) -> list[bytes]:
     # Encoding a large PNG takes a while: in a thread, so the server keeps answering meanwhile.
-    encoded = await asyncio.to_thread(
-        lambda: [_encode(image, body.output_format, body.output_compression) for image in images]
-    )
+    return await asyncio.to_thread(lambda: [_encode(i, body.output_format, body.output_compression) for i in images])
+
+
+async def _answer(request: web.Request, images: list[Any], body: ImageFields) -> web.Response:
+    encoded = await _encoded(images, body)
     data = []
     for image in encoded:
         if body.response_format == "url":
@@ -220,10 +222,7 @@ async def _stream(
     try:
         async with contextlib.aclosing(_generation(request, manifest_name, engine, job, image, mask)) as results:
             async for index, images in results:
-                encoded = await asyncio.to_thread(
-                    lambda images=images: [_encode(i, body.output_format, body.output_compression) for i in images]
-                )
-                for data in encoded:
+                for data in await _encoded(images, body):
                     event: dict[str, Any] = {
                         "type": f"{kind}.{'completed' if index is None else 'partial_image'}",
                         "b64_json": base64.b64encode(data).decode(),

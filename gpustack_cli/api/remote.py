@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from engines.remote import RemoteEngine
+from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.api.context import CONTEXT, resolve_model
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError, UpstreamTimeout
@@ -67,13 +67,21 @@ class UpstreamMissing(Exception):
     """The upstream has no such route (a 404 or 405 before any byte was sent on)."""
 
 
+def credentials(engine: RemoteEngine) -> list[tuple[str, str]]:
+    """The upstream's own key, sent in place of ours (which never leaves this server)."""
+    return [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
+
+
+def _timed_out(upstream: Upstream) -> APIError:
+    message = f"The upstream of this model did not answer in time ({upstream.url})."
+    return APIError(504, message, code="upstream_timeout")
+
+
 def _headers(request: web.Request, engine: RemoteEngine, content_type: str | None) -> list[tuple[str, str]]:
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
     if content_type is not None:  # a form encoded anew has a boundary of its own
         headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("Content-Type", content_type)]
-    if engine.api_key:
-        headers.append(("Authorization", f"Bearer {engine.api_key}"))
-    return headers
+    return headers + credentials(engine)
 
 
 async def _body(request: web.Request, engine: RemoteEngine) -> tuple[bytes, str | None]:
@@ -160,11 +168,7 @@ async def forward(
             if response is not None:  # the answer had begun: it is cut short for the client too
                 raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
             if isinstance(exc, UpstreamTimeout):
-                raise APIError(
-                    504,
-                    f"The upstream of this model did not answer in time ({upstream.url}).",
-                    code="upstream_timeout",
-                ) from exc
+                raise _timed_out(upstream) from exc
             engine.failed(upstream)
             failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
@@ -262,9 +266,7 @@ async def upstream_chat(
 ) -> AsyncIterator[Event]:
     """The events of a chat answered by the upstream's `/v1/chat/completions` (streamed)."""
     client = request.app[CLIENT]
-    headers = [("Content-Type", "application/json")]
-    if engine.api_key:
-        headers.append(("Authorization", f"Bearer {engine.api_key}"))
+    headers = [("Content-Type", "application/json"), *credentials(engine)]
     body = orjson.dumps(openai_body(chat, model))
     calls: dict[int, list[str]] = {}
     reason, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0}
@@ -291,9 +293,7 @@ async def upstream_chat(
                         reason = choice.get("finish_reason") or reason
             break
         except UpstreamTimeout as exc:
-            raise APIError(
-                504, f"The upstream of this model did not answer in time ({upstream.url}).", code="upstream_timeout"
-            ) from exc
+            raise _timed_out(upstream) from exc
         except UpstreamError:
             engine.failed(upstream)
     else:

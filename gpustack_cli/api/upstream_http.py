@@ -85,14 +85,18 @@ class Response:
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
         self._raw_left = 0  # body bytes still to come of a known length, taken without the parser
-        self._framing: ChunkedEnd | None = None  # where a chunked body passed on as it came ends
+        self._framing: ChunkedEnd | None = None  # set when a chunked body is passed on as it came
         self._keep_alive_after = False  # for a body taken without the parser
         self._head_tail = b""  # the last bytes fed while looking for the end of the head
-        self.framed = False  # the body comes with its chunked framing, as the upstream sent it
         self.started = False  # any byte of the answer arrived
         self.head_done = False
         self.done = False
         self.keep_alive = False
+
+    @property
+    def framed(self) -> bool:
+        """The body comes with its chunked framing, as the upstream sent it."""
+        return self._framing is not None
 
     # -- parser callbacks (httptools calls them by name) --
 
@@ -130,7 +134,7 @@ class Response:
             elif codings == ["chunked"] and self._keep_framing:
                 # The parser was fed up to the end of the head (`_feed_head`): the body is passed
                 # on framed, as it comes.
-                self.framed, self._framing = True, ChunkedEnd()
+                self._framing = ChunkedEnd()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -192,8 +196,8 @@ class Response:
         """The connection closed: that ends a body without length, and breaks any other answer."""
         if self.done:
             return
-        framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in self.headers)
-        if self.head_done and not framed:
+        delimited = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in self.headers)
+        if self.head_done and not delimited:
             self._finish(keep_alive=False)
         else:
             self._fail(UpstreamError("the upstream closed the connection before its answer was complete"))
