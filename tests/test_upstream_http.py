@@ -4,6 +4,7 @@ a test scripts (for what a well-behaved server will not do on demand), and aioht
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -278,17 +279,22 @@ async def test_a_framed_body_that_breaks_its_framing(scripted) -> None:
     client.close()
 
 
-async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
-    size = 16 * HIGH_WATER
+def flooding(size: int) -> Script:
+    """Answers every request on a connection with `size` bytes, sent as fast as they are taken."""
 
     async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.head(reader)
-        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
-        for _ in range(size // 65536):
-            writer.write(b"x" * 65536)
-            await writer.drain()
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            for _ in range(size // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
 
-    server, url = await scripted(flood)
+    return flood
+
+
+async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
+    size = 16 * HIGH_WATER
+    _, url = await scripted(flooding(size))
     client = UpstreamClient(read_timeout=5)
     received = 0
     async with client.request("GET", url, "/") as answer:
@@ -297,6 +303,73 @@ async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
         async for chunk in answer.iter_chunks():
             received += len(chunk)
     assert received == size
+    client.close()
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[tuple[asyncio.StreamWriter, asyncio.StreamReader]]:
+    """A loopback connection for `relay` to write into (its writer) and its far end, which reads
+    only when a test does (as a slow client)."""
+    near, far = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=near)
+    far_reader, far_writer = await asyncio.open_connection(sock=far)
+    yield writer, far_reader
+    writer.close()
+    far_writer.close()
+
+
+async def test_a_relay_to_a_slow_client_pauses_the_upstream(scripted, sink) -> None:
+    size = 16 * HIGH_WATER
+    server, url = await scripted(flooding(size))
+    writer, far_end = sink
+    client = UpstreamClient(read_timeout=5)
+    for _ in range(2):
+        async with client.request("GET", url, "/") as answer:
+            relay = asyncio.create_task(answer.relay(writer.transport, writer.drain))
+            await asyncio.sleep(0.5)  # the upstream sends as fast as it can; nobody reads
+            assert answer._connection.paused and not relay.done()
+            assert writer.transport.get_write_buffer_size() <= HIGH_WATER + 256 * 1024
+            assert await far_end.readexactly(size) == b"x" * size
+            assert await relay == size
+    assert server.connections == 1  # a body relayed to its end leaves the connection reusable
+    client.close()
+
+
+async def test_a_relay_times_out_only_when_the_upstream_stalls(scripted, sink) -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stall = b"/stall" in await server.head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        for i in range(8):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(30 if stall and i == 3 else 0.2)
+
+    server, url = await scripted(trickle)
+    writer, far_end = sink
+    client = UpstreamClient(read_timeout=0.6)
+    async with client.request("GET", url, "/") as answer:  # 1.6 s in all, longer than the timeout
+        assert await answer.relay(writer.transport, writer.drain) == 8
+    assert await far_end.readexactly(8) == b"x" * 8
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        async with client.request("GET", url, "/stall") as answer:
+            await answer.relay(writer.transport, writer.drain)
+    assert 0.6 + 0.6 <= loop.time() - started < 3  # four pieces 0.2 s apart, then the timeout
+    client.close()
+
+
+async def test_a_relay_stops_when_its_client_leaves(scripted, sink) -> None:
+    _, url = await scripted(flooding(16 * HIGH_WATER))
+    writer, far_end = sink
+    client = UpstreamClient(read_timeout=5)
+    with pytest.raises(ConnectionResetError):
+        async with client.request("GET", url, "/") as answer:
+            relay = asyncio.create_task(answer.relay(writer.transport, writer.drain))
+            await far_end.readexactly(65536)
+            writer.transport.abort()  # as aiohttp's transport is when its client goes away
+            await relay
+    assert answer._connection.closed  # the upstream sees us go
     client.close()
 
 

@@ -83,8 +83,12 @@ class TestUpstream:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
         chunk = b"x" * 65536
-        for _ in range(size // len(chunk)):
-            await response.write(chunk)
+        try:
+            for _ in range(size // len(chunk)):
+                await response.write(chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.set()  # the proxy closed its request when its client went away
+            raise
         await response.write_eof()
         return response
 

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.api.context import CONTEXT, resolve_model
 from gpustack_cli.api.errors import APIError
+from gpustack_cli.api.upstream_http import Response as UpstreamResponse
 from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError, UpstreamTimeout
 from gpustack_cli.store import Category, ModelNotFound, StoreError
 from gpustack_cli.textgen import ChatRequest, Event, Finished, TextDelta, ToolCall, ToolCallEvent
@@ -159,9 +160,12 @@ async def forward(
                     if answer.content_length is not None:
                         back["Content-Length"] = str(answer.content_length)
                     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
-                await response.prepare(request)
-                async for chunk in answer.iter_chunks():
-                    await response.write(chunk)
+                await response.prepare(request)  # a StreamResponse sends its head at once
+                if answer.framed or answer.content_length is not None:
+                    await _relay(request, answer)
+                else:  # aiohttp frames a body of unknown length (chunked, to HTTP/1.1 clients)
+                    async for chunk in answer.iter_chunks():
+                        await response.write(chunk)
                 await response.write_eof()
                 return response
         except UpstreamError as exc:
@@ -172,6 +176,15 @@ async def forward(
             engine.failed(upstream)
             failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
+
+
+async def _relay(request: web.Request, answer: UpstreamResponse) -> None:
+    """The body from the upstream's connection straight into the client's, as it arrives. It is
+    framed already, or of a declared length, so aiohttp's writer has nothing to add: it is only
+    told how much went by (for the access log)."""
+    if request.transport is None:
+        raise ConnectionResetError("the client closed the connection")
+    request.writer.output_size += await answer.relay(request.transport, request.writer.drain)
 
 
 def _route_missing(status: int, body: bytes) -> bool:

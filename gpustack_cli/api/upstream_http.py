@@ -6,7 +6,10 @@ about 0.40 ms of CPU and this client about 0.08 ms, and that difference was most
 Generic Proxy added to a request (issue 7's target is under 1 ms). Parsing is httptools (llhttp,
 the parser of Node.js and of uvicorn); what is written here is the connection pool, the request
 head and flow control. Bodies the proxy passes on are not parsed past their head: one of known
-length is counted, a chunked one keeps its framing (`chunked.py` finds its end).
+length is counted, a chunked one keeps its framing (`chunked.py` finds its end); and `relay` writes
+them into the client's connection from this connection's own callback, as each piece arrives, so
+that no task wakes up per piece (a third less CPU per streamed event than handing each piece to the
+handler's task).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import functools
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
@@ -71,6 +74,7 @@ class Response:
 
     def __init__(self, connection: _Connection, head_only: bool, timeout: float, keep_framing: bool) -> None:
         self._connection = connection
+        self._loop = asyncio.get_running_loop()
         self._head_only = head_only
         self._keep_framing = keep_framing
         self._timeout = timeout
@@ -88,6 +92,9 @@ class Response:
         self._framing: ChunkedEnd | None = None  # set when a chunked body is passed on as it came
         self._keep_alive_after = False  # for a body taken without the parser
         self._head_tail = b""  # the last bytes fed while looking for the end of the head
+        self._sink: asyncio.WriteTransport | None = None  # where `relay` passes the body on
+        self._sunk = 0  # bytes passed on to the sink
+        self._last_data = 0.0  # loop time of the last piece passed on, for the read timeout
         self.started = False  # any byte of the answer arrived
         self.head_done = False
         self.done = False
@@ -143,6 +150,20 @@ class Response:
         self._append(body)
 
     def _append(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            # Straight on to the client, from this callback: no task wakes up per piece.
+            self._last_data = self._loop.time()
+            if sink.is_closing():  # the client left: `relay` says so
+                self._connection.pause()
+                self._wake()
+                return
+            sink.write(body)
+            self._sunk += len(body)
+            if sink.get_write_buffer_size() > HIGH_WATER:
+                self._connection.pause()
+                self._wake()
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER:
@@ -206,15 +227,22 @@ class Response:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._waiter
-        except TimeoutError:
-            raise UpstreamTimeout(f"the upstream sent nothing for {self._timeout:g} s") from None
-        finally:
-            self._waiter = None
+    async def _wait(self, relaying: bool = False) -> None:
+        """Until woken. Raises `UpstreamTimeout` once nothing came for the read timeout, counted
+        from now; or, when relaying (which is not woken per piece), from the last piece passed on."""
+        since = self._last_data if relaying else self._loop.time()
+        while True:
+            self._waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(max(since + self._timeout - self._loop.time(), 0)):
+                    await self._waiter
+                return
+            except TimeoutError:
+                if not relaying or self._last_data == since:
+                    raise UpstreamTimeout(f"the upstream sent nothing for {self._timeout:g} s") from None
+                since = self._last_data
+            finally:
+                self._waiter = None
 
     async def _head(self) -> None:
         while not self.head_done:
@@ -245,6 +273,33 @@ class Response:
                 return
             await self._wait()
 
+    async def relay(self, sink: asyncio.WriteTransport, drain: Callable[[], Awaitable[None]]) -> int:
+        """Pass the body on to `sink` as it arrives, written from the connection's own callback,
+        until it ends; `drain` waits until the sink took what it was given. Returns the bytes
+        passed on; raises `UpstreamError` where the upstream broke off, `ConnectionResetError`
+        where the sink closed."""
+        for chunk in self._chunks:
+            sink.write(chunk)
+            self._sunk += len(chunk)
+        self._chunks.clear()
+        self._buffered = 0
+        self._sink, self._last_data = sink, self._loop.time()
+        try:
+            while not self.done:  # woken when the body ends or the sink is full
+                if sink.is_closing():
+                    raise ConnectionResetError("the client closed the connection")
+                if self._connection.paused:
+                    await drain()
+                    self._connection.resume()
+                    self._last_data = self._loop.time()  # the upstream waited for us meanwhile
+                else:
+                    await self._wait(relaying=True)
+        finally:
+            self._sink = None
+        if self._error is not None:
+            raise self._error
+        return self._sunk
+
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
@@ -272,7 +327,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
-        self._paused = False
+        self.paused = False
 
     def send(self, head: bytes, body: bytes, head_only: bool, timeout: float, keep_framing: bool) -> Response:
         assert self.transport is not None
@@ -286,13 +341,13 @@ class _Connection(asyncio.Protocol):
         return self.response
 
     def pause(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
+        if not self.paused and self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
-            self._paused = False
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
