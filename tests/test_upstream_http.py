@@ -335,6 +335,39 @@ async def test_a_relay_to_a_slow_client_pauses_the_upstream(scripted, sink) -> N
     client.close()
 
 
+class FullSink:
+    """A client's transport that always reports a full buffer, so that every piece relayed to it
+    pauses the upstream (the last one included), and that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return HIGH_WATER + 1
+
+
+async def drained() -> None:
+    """The client took all it was given."""
+
+
+async def test_a_connection_paused_when_its_body_ended_is_reused(scripted) -> None:
+    server, url = await scripted(flooding(4 * 65536))
+    client = UpstreamClient(read_timeout=2)
+    for _ in range(3):
+        sink = FullSink()
+        async with client.request("GET", url, "/") as answer:
+            assert await answer.relay(sink, drained) == len(sink.data) == 4 * 65536  # type: ignore[arg-type]
+            assert answer._connection.paused  # the last piece filled the sink too
+    assert server.connections == 1  # and each next answer was read on the same connection
+    client.close()
+
+
 async def test_a_relay_times_out_only_when_the_upstream_stalls(scripted, sink) -> None:
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stall = b"/stall" in await server.head(reader)

@@ -465,6 +465,7 @@ class UpstreamClient:
         reusable = response is not None and response.done and response.keep_alive and not response._chunks
         idle = self._idle.setdefault(origin, [])
         if reusable and not connection.closed and len(idle) < MAX_IDLE:
+            connection.resume()  # the last piece may have filled the client's buffer: read again
             connection.response = None
             connection.idle_since = time.monotonic()
             idle.append(connection)
