@@ -100,6 +100,7 @@ def test_speech_streams_before_synthesis_ends(server: ServerProcess) -> None:
     started = time.perf_counter()
     first = None
     with httpx.stream("POST", server.url + "/v1/audio/speech", json=body, timeout=120) as response:
+        assert response.headers["x-request-id"].startswith("req_")  # a stream carries its id too
         for _chunk in response.iter_raw():
             first = first or time.perf_counter()
     total = time.perf_counter() - started

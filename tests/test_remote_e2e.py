@@ -215,11 +215,13 @@ def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: Test
     assert got.headers.get_list("set-cookie") == ["a=1", "b=2"] and got.headers["x-upstream"] == "test"
     seen = test_upstream.last("/echo/path?x=1&y=two")["headers"]
     assert seen["X-Custom"] == "kept" and "Authorization" not in seen  # our key never leaves
+    sent_id = next(v for k, v in seen.items() if k.lower() == "x-request-id")
+    assert sent_id == got.headers["x-request-id"]  # one id in both servers' logs
     put = httpx.put(downstream.url + "/model/proxy/echo/raw", headers=headers, content=b"\x00\x01binary")
     assert put.json() == {"path": "/echo/raw", "method": "PUT", "length": 8}
     big = httpx.get(downstream.url + "/model/proxy/big?mb=20", headers=headers, timeout=120)
     assert big.status_code == 200 and len(big.content) == 20 * 1024 * 1024
-    assert big.headers["transfer-encoding"] == "chunked"
+    assert big.headers["transfer-encoding"] == "chunked" and big.headers["x-request-id"].startswith("req_")
     # An HTTP/1.0 client takes no chunks: the body comes unframed, and ends where the connection does.
     host, port = downstream.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:

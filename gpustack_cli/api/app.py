@@ -88,12 +88,20 @@ def _as_api_error(request: web.Request, exc: Exception) -> APIError | None:
     return APIError(500, f"The server had an error processing your request (request id {rid}).")
 
 
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer carries its request's id, streams and proxied answers too (aiohttp calls this
+    as any response is prepared, just before its head is sent)."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["x-request-id"] = rid
+
+
 @web.middleware
 async def outer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request's id, its errors in the API's own format, and its metrics: one middleware,
     as each layer costs every request a little."""
     given = request.headers.get("X-Request-Id", "")
-    rid = request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{_ID_PREFIX}{next(_ids):016x}"
+    request[REQUEST_ID] = given if _SAFE_ID.match(given) else f"req_{_ID_PREFIX}{next(_ids):016x}"
     metrics = request.app[CONTEXT].metrics
     started, status = time.perf_counter(), 500
     metrics.in_flight.inc()
@@ -108,7 +116,6 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
             if error is None:  # a redirect: aiohttp sends it
                 assert isinstance(exc, web.HTTPException)
                 status = exc.status
-                exc.headers["x-request-id"] = rid
                 raise
             if request.writer.output_size and request.transport is not None:
                 # The answer had begun (a stream of audio, say): no error can follow it. Break
@@ -117,8 +124,6 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
                 request.transport.close()
             response = _error_response(request, error)
         status = response.status
-        if not response.prepared:
-            response.headers["x-request-id"] = rid
         return response
     finally:
         metrics.in_flight.dec()
@@ -213,6 +218,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     async def shutdown(app: web.Application) -> None:
         await ctx.scheduler.close()
 
+    app.on_response_prepare.append(stamp_request_id)
     app.on_startup.append(open_client)
     app.on_startup.append(preload)
     app.cleanup_ctx.append(health_checks)

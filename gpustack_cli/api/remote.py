@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from engines.remote import RemoteEngine, Upstream
-from gpustack_cli.api.context import CONTEXT, resolve_model
+from gpustack_cli.api.context import CONTEXT, REQUEST_ID, resolve_model
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.api.upstream_http import Response as UpstreamResponse
 from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError, UpstreamTimeout
@@ -79,9 +79,13 @@ def _timed_out(upstream: Upstream) -> APIError:
 
 
 def _headers(request: web.Request, engine: RemoteEngine, content_type: str | None) -> list[tuple[str, str]]:
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+    """The client's headers for the upstream: hop-by-hop ones and our credentials left out, the
+    request's id as ours (so that both servers' logs name the request alike)."""
+    replaced = HOP_BY_HOP | {"x-request-id"} | ({"content-type"} if content_type is not None else set())
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in replaced]
+    headers.append(("X-Request-Id", request[REQUEST_ID]))
     if content_type is not None:  # a form encoded anew has a boundary of its own
-        headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("Content-Type", content_type)]
+        headers.append(("Content-Type", content_type))
     return headers + credentials(engine)
 
 

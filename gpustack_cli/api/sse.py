@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gpustack_cli.api.context import REQUEST_ID
 from gpustack_cli.api.errors import APIError, engine_error
 from gpustack_cli.api.responses import dumps
 
@@ -32,7 +31,6 @@ class EventStream:
                 "Cache-Control": "no-cache",
                 "Connection": "keep-alive",
                 "X-Accel-Buffering": "no",
-                "x-request-id": request[REQUEST_ID],
             }
         )
 
