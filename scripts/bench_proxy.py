@@ -4,20 +4,23 @@ reverse proxy (nginx, one worker, keep-alive to the upstream, unbuffered with 25
 in one run.
 
 The upstream is a small aiohttp server on loopback in a process of its own (an instant JSON answer,
-a chunked stream, and a download of known length), so the figures are the proxy's own cost, not a
-model's. Transfers are read by httpx (a Python client, as the openai package uses) and, when
-`curl` is on the PATH, by curl: a client in C shows what the proxy itself can carry, where a Python
-client is the slowest part. The nginx row runs when `nginx` is on the PATH (Debian: `apt-get
+a chunked stream, a download of known length, and a stream of small server-sent events, one per
+packet, as a chat's tokens come), so the figures are the proxy's own cost, not a model's.
+Transfers are read by httpx (a Python client, as the openai package uses) and, when `curl` is on
+the PATH, by curl: a client in C shows what the proxy itself can carry, where a Python client is
+the slowest part. For the events the table gives each proxy's CPU time per event (read from
+/proc, so on Linux only). The nginx row runs when `nginx` is on the PATH (Debian: `apt-get
 install nginx`). Each round times a block of requests and each transfer on every side in a
 rotating order; the figures are medians over rounds of each side's difference from (or ratio to)
-direct in the same round.
+direct in the same round, and of three event streams per proxy.
 
-    python scripts/bench_proxy.py [--rounds 7] [--requests 200] [--mb 32]
+    python scripts/bench_proxy.py [--rounds 7] [--requests 200] [--mb 32] [--events 5000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -51,11 +54,44 @@ def serve_upstream(port: int) -> None:
         await response.write_eof()
         return response
 
+    async def events(request: web.Request) -> web.StreamResponse:
+        """`n` server-sent events of one token each, a fraction of a millisecond apart."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(int(request.query["n"])):
+            await response.write(EVENT)
+            await asyncio.sleep(0.0002)
+        await response.write_eof()
+        return response
+
     app = web.Application()
     app.router.add_get("/ping", ping)
+    app.router.add_get("/events", events)
     app.router.add_get("/stream", transfer)
     app.router.add_get("/download", transfer)
     web.run_app(app, host="127.0.0.1", port=port, print=None)
+
+
+EVENT = b'data: {"choices":[{"index":0,"delta":{"content":" token"}}]}\n\n'
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process used so far (all its threads); None where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def event_cpu(http: httpx.Client, url: str, headers: dict[str, str], pid: int, count: int) -> float | None:
+    """Microseconds of `pid`'s CPU time per event of a stream of `count` read through it."""
+    before = cpu_seconds(pid)
+    with http.stream("GET", f"{url}/events?n={count}", headers=headers) as response:
+        received = sum(1 for line in response.iter_lines() if line.startswith("data: "))
+    after = cpu_seconds(pid)
+    assert received == count, f"{received} of {count} events"
+    return None if before is None or after is None else (after - before) / count * 1e6
 
 
 def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> float:
@@ -107,8 +143,9 @@ http {{
 """
 
 
-def start_nginx(up_port: int) -> tuple[subprocess.Popen, str] | None:
-    """nginx proxying to the upstream, as a peer; None when nginx is not installed."""
+def start_nginx(up_port: int) -> tuple[subprocess.Popen, str, int] | None:
+    """nginx proxying to the upstream, as a peer: its master, URL and worker's pid; None when
+    nginx is not installed."""
     binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
     if binary is None:
         return None
@@ -122,7 +159,9 @@ def start_nginx(up_port: int) -> tuple[subprocess.Popen, str] | None:
     process = subprocess.Popen([binary, "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"])
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/ping")
-    return process, url
+    master = int((tmp / "nginx.pid").read_text())
+    worker = int(subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()[0])
+    return process, url, worker
 
 
 def main() -> None:
@@ -130,6 +169,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--mb", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--events", type=int, default=5000, help="events per stream for the CPU per event")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -165,8 +205,10 @@ def main() -> None:
         nginx = start_nginx(up_port)
         # name: (base URL, headers)
         sides = {"direct": (upstream, {}), "gpustack proxy": (url + "/model/proxy", {"X-GPUStack-Model": "up"})}
+        pids = {"gpustack proxy": server.pid}  # the processes whose CPU time per event is shown
         if nginx is not None:
             sides["nginx"] = (nginx[1], {})
+            pids["nginx"] = nginx[2]
         names = list(sides)
         transfers = {"httpx stream": ("stream", throughput)}
         if shutil.which("curl"):
@@ -197,16 +239,27 @@ def main() -> None:
                     speed[name] = measure(http, f"{base}/{route}?mb={args.mb}", headers)
                 for name in names:
                     ratio[name, transfer].append(speed[name] / speed["direct"])
+        per_event: dict[str, list[float | None]] = {name: [] for name in pids}
+        for _ in range(3):
+            for name, pid in pids.items():
+                per_event[name].append(event_cpu(http, sides[name][0], sides[name][1], pid, args.events))
     finally:
         for process in [server, upstream_proc] + ([nginx[0]] if nginx else []):
             process.terminate()
             process.wait(20)
     print(f"{args.rounds} rounds of {args.requests} small requests and {args.mb} MiB transfers per side; medians")
-    print(f"{'':16}{'ms per request':>16}{'added ms':>10}" + "".join(f"{t:>15}" for t in transfers))
+    print(
+        f"{'':16}{'ms per request':>16}{'added ms':>10}"
+        + "".join(f"{t:>15}" for t in transfers)
+        + f"{'us CPU/event':>14}"
+    )
     for name in sides:
         ms = statistics.median(latency[name]) * 1000
         more = f"{statistics.median(added[name]) * 1000:+10.3f}" if name != "direct" else " " * 10
         shown = "".join(f"{statistics.median(ratio[name, t]):15.3f}" for t in transfers) if name != "direct" else ""
+        measured = [us for us in per_event.get(name, []) if us is not None]
+        if measured:
+            shown += f"{statistics.median(measured):14.0f}"
         print(f"{name:16}{ms:16.3f}{more}{shown}")
     if nginx is None:
         print("nginx: not installed (apt-get install nginx)")
