@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -510,6 +512,17 @@ def test_tokenize_routes(server: ServerProcess, vocab) -> None:
     assert text == "Hello world"
 
 
+def reset_after_first_bytes(server: ServerProcess, route: str, body: dict) -> None:
+    """A client that reads the start of a streamed answer and then resets its connection."""
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # some tokens on their way
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+
+
 def test_client_disconnect_frees_the_model(server: ServerProcess) -> None:
     body = {
         "model": MODEL,
@@ -518,16 +531,22 @@ def test_client_disconnect_frees_the_model(server: ServerProcess) -> None:
         "stream": True,
         "temperature": 1,
     }
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
-        lines = response.iter_lines()
-        for _ in range(6):
-            next(lines)
+    anthropic_body = {"model": MODEL, "messages": ask("Write a long essay."), "max_tokens": 4000, "stream": True}
+    for _ in range(4):  # clients that leave after a few events, on both APIs, closing or resetting
+        for route, sent in (("/v1/chat/completions", body), ("/v1/messages", anthropic_body)):
+            with httpx.stream("POST", server.url + route, json=sent, timeout=60) as response:
+                lines = response.iter_lines()
+                for _ in range(6):
+                    next(lines)
+            reset_after_first_bytes(server, route, sent)
     started = time.monotonic()
     quick = httpx.post(
         server.url + "/v1/chat/completions", timeout=60, json={"model": MODEL, "messages": ask("Hi"), "max_tokens": 3}
     )
     assert quick.status_code == 200
-    assert time.monotonic() - started < 10  # the abandoned 4000-token stream was cancelled
+    assert time.monotonic() - started < 10  # the abandoned 4000-token streams were cancelled
+    log = server.log.read_text()  # a client that left is no server error
+    assert "error while streaming" not in log and "internal error" not in log
 
 
 def test_token_ids_outside_the_vocabulary(client: openai.OpenAI, server: ServerProcess) -> None:

@@ -19,7 +19,7 @@ from engines.base import Sampling, TextGenerator
 from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.api.sse import EventStream
 from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
     ChatMessage,
@@ -278,7 +278,7 @@ async def _stream(request: web.Request, events: Any, message_id: str, model: str
                     )
                     await send("message_stop")
     except Exception as exc:
-        await stream.send(stream_error(exc).anthropic(), event="error")
+        await stream.fail(exc, anthropic=True, event="error")
     return await stream.close()
 
 

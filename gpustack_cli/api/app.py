@@ -27,7 +27,7 @@ from gpustack_cli.api import (
     proxy,
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
-from gpustack_cli.api.errors import APIError, engine_error
+from gpustack_cli.api.errors import APIError, client_left, engine_error
 from gpustack_cli.api.health import health_checks
 from gpustack_cli.api.remote import close_client, open_client, remote_middleware
 from gpustack_cli.api.responses import json_response
@@ -88,13 +88,6 @@ def _as_api_error(request: web.Request, exc: Exception) -> APIError | None:
     return APIError(500, f"The server had an error processing your request (request id {rid}).")
 
 
-def _client_left(request: web.Request, exc: Exception) -> bool:
-    """Whether `exc` is the client's connection closing under a handler that was writing to it
-    (aiohttp cancels a handler whose client left, but a write may come first)."""
-    transport = request.transport
-    return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())
-
-
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every answer carries its request's id, streams and proxied answers too (aiohttp calls this
     as any response is prepared, just before its head is sent)."""
@@ -119,7 +112,7 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
             status = 499  # The client went away (nginx's number for it).
             raise
         except Exception as exc:
-            if _client_left(request, exc):
+            if client_left(request, exc):
                 # Nothing to answer and no server error: aiohttp finds the connection gone, sends
                 # nothing and logs the access (as 499, nginx's number for it).
                 status = 499

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from aiohttp import web
 from pydantic import ValidationError
 
 from engines.base import EngineUnavailable, InvalidTokens
@@ -116,3 +117,11 @@ def engine_error(exc: Exception) -> APIError | None:
     if isinstance(exc, EngineUnavailable):
         return APIError(503, str(exc), code="engine_unavailable")
     return None
+
+
+def client_left(request: web.Request, exc: Exception) -> bool:
+    """Whether `exc` is the client's connection closing under a handler that was writing to it
+    (aiohttp cancels a handler whose client left, but a write may come first): no server error,
+    and nothing to answer."""
+    transport = request.transport
+    return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())

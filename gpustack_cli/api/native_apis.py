@@ -17,7 +17,7 @@ from gpustack_cli import batching
 from gpustack_cli.api.context import context
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.api.sse import EventStream
 from gpustack_cli.textgen import Finished, Prepared, TextDelta, fit_context, stream_text
 from gpustack_cli.threads import iterate_in_thread
 
@@ -112,7 +112,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
                     else:
                         await stream.send(final(event, ""))
         except Exception as exc:
-            await stream.send(stream_error(exc).openai())
+            await stream.fail(exc)
         return await stream.close()
     text, finished = "", None
     async with contextlib.aclosing(events):

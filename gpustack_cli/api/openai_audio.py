@@ -19,7 +19,7 @@ from engines.base import AudioError, Segment, Speaker, Transcriber, Transcriptio
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, principal, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.api.sse import EventStream
 from gpustack_cli.audio import CONTENT_TYPES, encode, srt, vtt
 from gpustack_cli.store import Category
 from gpustack_cli.threads import iterate_in_thread
@@ -118,7 +118,7 @@ async def _speech_events(request: web.Request, chunks) -> web.StreamResponse:
                 await stream.send({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
         await stream.send({"type": "speech.audio.done"})
     except Exception as exc:
-        await stream.send(stream_error(exc).openai())
+        await stream.fail(exc)
     return await stream.close()
 
 
@@ -239,7 +239,7 @@ async def _transcript_events(request: web.Request, segments) -> web.StreamRespon
     except AudioError as exc:
         await stream.send(APIError(400, str(exc), param="file", code="invalid_audio").openai())
     except Exception as exc:
-        await stream.send(stream_error(exc).openai())
+        await stream.fail(exc)
     return await stream.close()
 
 

@@ -18,7 +18,7 @@ from gpustack_cli import __version__
 from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.api.sse import EventStream
 from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
     ChatMessage,
@@ -377,7 +377,7 @@ async def _stream_chat(
         await stream.send("[DONE]")
     except Exception as exc:
         # Headers are gone: report in the stream, as OpenAI does, and end it cleanly.
-        await stream.send(stream_error(exc).openai())
+        await stream.fail(exc)
     return await stream.close()
 
 
@@ -493,7 +493,7 @@ async def _stream_completion(
             )
         await stream.send("[DONE]")
     except Exception as exc:
-        await stream.send(stream_error(exc).openai())
+        await stream.fail(exc)
     return await stream.close()
 
 

@@ -25,7 +25,7 @@ from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
-from gpustack_cli.api.sse import EventStream, stream_error
+from gpustack_cli.api.sse import EventStream
 from gpustack_cli.store import Category
 from gpustack_cli.threads import emit_in_thread
 
@@ -241,7 +241,7 @@ async def _stream(
                         }
                     await stream.send(event, event=event["type"])
     except Exception as exc:  # headers are gone: the error is the stream's last event
-        await stream.send(stream_error(exc).openai(), event="error")
+        await stream.fail(exc, event="error")
     return await stream.close()
 
 

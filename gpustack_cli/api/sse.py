@@ -7,13 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gpustack_cli.api.errors import APIError, engine_error
+from gpustack_cli.api.errors import APIError, client_left, engine_error
 from gpustack_cli.api.responses import dumps
 
 log = logging.getLogger("gpustack.server")
 
 
-def stream_error(exc: Exception) -> APIError:
+def _stream_error(exc: Exception) -> APIError:
     """An error raised after a stream began, as the error event that ends the stream."""
     known = engine_error(exc)
     if known is not None:
@@ -41,6 +41,15 @@ class EventStream:
         payload = data.encode() if isinstance(data, str) else dumps(data)
         prefix = f"event: {event}\ndata: ".encode() if event else b"data: "
         await self.response.write(prefix + payload + b"\n\n")
+
+    async def fail(self, exc: Exception, anthropic: bool = False, event: str | None = None) -> None:
+        """End the stream with the error event for `exc`, in OpenAI's shape or Anthropic's (the
+        head is gone, so the error goes in the stream, as they send it). For a client that left
+        there is nothing to send: `exc` goes on to the error middleware, which counts it so."""
+        if client_left(self.request, exc):
+            raise exc
+        error = _stream_error(exc)
+        await self.send(error.anthropic() if anthropic else error.openai(), event=event)
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
