@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from aiohttp import web
@@ -143,9 +144,14 @@ http {{
 """
 
 
-def start_nginx(up_port: int) -> tuple[subprocess.Popen, str, int] | None:
-    """nginx proxying to the upstream, as a peer: its master, URL and worker's pid; None when
-    nginx is not installed."""
+class Nginx(NamedTuple):
+    process: subprocess.Popen  # the master
+    url: str
+    worker: int  # the pid that does the proxying
+
+
+def start_nginx(up_port: int) -> Nginx | None:
+    """nginx proxying to the upstream, as a peer; None when nginx is not installed."""
     binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
     if binary is None:
         return None
@@ -161,7 +167,7 @@ def start_nginx(up_port: int) -> tuple[subprocess.Popen, str, int] | None:
     wait_ready(url + "/ping")
     master = int((tmp / "nginx.pid").read_text())
     worker = int(subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()[0])
-    return process, url, worker
+    return Nginx(process, url, worker)
 
 
 def main() -> None:
@@ -207,8 +213,8 @@ def main() -> None:
         sides = {"direct": (upstream, {}), "gpustack proxy": (url + "/model/proxy", {"X-GPUStack-Model": "up"})}
         pids = {"gpustack proxy": server.pid}  # the processes whose CPU time per event is shown
         if nginx is not None:
-            sides["nginx"] = (nginx[1], {})
-            pids["nginx"] = nginx[2]
+            sides["nginx"] = (nginx.url, {})
+            pids["nginx"] = nginx.worker
         names = list(sides)
         transfers = {"httpx stream": ("stream", throughput)}
         if shutil.which("curl"):
@@ -244,7 +250,7 @@ def main() -> None:
             for name, pid in pids.items():
                 per_event[name].append(event_cpu(http, sides[name][0], sides[name][1], pid, args.events))
     finally:
-        for process in [server, upstream_proc] + ([nginx[0]] if nginx else []):
+        for process in [server, upstream_proc] + ([nginx.process] if nginx else []):
             process.terminate()
             process.wait(20)
     print(f"{args.rounds} rounds of {args.requests} small requests and {args.mb} MiB transfers per side; medians")

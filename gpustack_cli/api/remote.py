@@ -158,6 +158,8 @@ async def forward(
                     # A small answer of known length goes back in one write: less per-request overhead.
                     whole = kept if kept is not None else await answer.read()
                     return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
+                # Framed, or of a declared length: the body passes as it comes (`_relay`).
+                relayed = answer.framed or answer.content_length is not None
                 if answer.framed:
                     response = FramedResponse(answer.status, answer.reason, back)
                 else:
@@ -165,7 +167,7 @@ async def forward(
                         back["Content-Length"] = str(answer.content_length)
                     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
                 await response.prepare(request)  # a StreamResponse sends its head at once
-                if answer.framed or answer.content_length is not None:
+                if relayed:
                     await _relay(request, answer)
                 else:  # aiohttp frames a body of unknown length (chunked, to HTTP/1.1 clients)
                     async for chunk in answer.iter_chunks():

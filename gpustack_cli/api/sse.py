@@ -13,15 +13,6 @@ from gpustack_cli.api.responses import dumps
 log = logging.getLogger("gpustack.server")
 
 
-def _stream_error(exc: Exception) -> APIError:
-    """An error raised after a stream began, as the error event that ends the stream."""
-    known = engine_error(exc)
-    if known is not None:
-        return known
-    log.exception("error while streaming")
-    return APIError(500, "The server had an error while generating the response.")
-
-
 class EventStream:
     def __init__(self, request: web.Request):
         self.request = request
@@ -48,7 +39,10 @@ class EventStream:
         there is nothing to send: `exc` goes on to the error middleware, which counts it so."""
         if client_left(self.request, exc):
             raise exc
-        error = _stream_error(exc)
+        error = engine_error(exc)
+        if error is None:  # a bug: logged, and a 500 in the stream
+            log.exception("error while streaming")
+            error = APIError(500, "The server had an error while generating the response.")
         await self.send(error.anthropic() if anthropic else error.openai(), event=event)
 
     async def close(self) -> web.StreamResponse:
