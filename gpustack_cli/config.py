@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -84,6 +84,8 @@ class Settings(BaseModel):
     pull_defaults: bool = True
     ollama_registry: str = "https://registry.ollama.ai"
     log_level: str = "info"
+    # The server's event loop: uvloop where it is installed (auto), or asyncio's own (see server.py).
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("keep_alive", mode="before")
     @classmethod

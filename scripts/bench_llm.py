@@ -1,6 +1,8 @@
 """Decode speed and time to first token of one stream: our HTTP API against llama.cpp called
 directly, and against a peer server (llama-cpp-python's own OpenAI server), in one run. A row for
-our engine and text core called in-process (no HTTP) tells the engine's share from the server's.
+our engine and text core called in-process (no HTTP) tells the engine's share from the server's,
+and one for our server on asyncio's own event loop (where uvloop, its default, is installed) what
+the loop costs.
 
 All sides run the same GGUF with the same context, batch and thread settings, greedy, with the
 end-of-generation token banned so every run decodes exactly --tokens tokens. Each round runs every
@@ -17,6 +19,7 @@ The peer runs when llama-cpp-python's server extra is installed
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -169,6 +172,10 @@ def main() -> None:
         return first - started, (args.tokens - 1) / (end - first)
 
     server, url = start_server(settings.home, "--preload", args.model)
+    # The server runs on uvloop where it is installed; a second one on asyncio's own loop shows why.
+    on_asyncio = None
+    if importlib.util.find_spec("uvloop") is not None:
+        on_asyncio = start_server(settings.home, "--preload", args.model, GPUSTACK_EVENT_LOOP="asyncio")
     peer = start_peer(model_path, n_ctx, threads)
     # One client for every run, as an application keeps one: creating a client costs tens of
     # milliseconds (it loads the CA bundle), which is no part of a server's time.
@@ -178,6 +185,8 @@ def main() -> None:
         "gpustack in-process": in_process,
         "gpustack HTTP API": lambda i: api_run(http, url, args.model, eos, i, args.tokens),
     }
+    if on_asyncio is not None:
+        sides["gpustack, asyncio loop"] = lambda i: api_run(http, on_asyncio[1], args.model, eos, i, args.tokens)
     if peer is not None:
         sides["llama-cpp-python server"] = lambda i: api_run(http, peer[1], args.model, eos, i, args.tokens)
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
@@ -190,7 +199,7 @@ def main() -> None:
                 results[name].append(sides[name](i))
     finally:
         engine.close()
-        for process in [server] + ([peer[0]] if peer else []):
+        for process in [server] + [pair[0] for pair in (on_asyncio, peer) if pair is not None]:
             process.terminate()
             process.wait(20)
     base = results["llama.cpp direct"]

@@ -63,6 +63,8 @@ def test_the_binary_serves_chat(served: ServerProcess) -> None:
     )
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
     assert reply.choices[0].finish_reason in ("stop", "length")
+    if sys.platform != "win32":  # bundled: the binary runs on the same loop as the source tree
+        assert "event loop: uvloop" in served.output()
 
 
 def test_an_engine_left_out_says_how_to_get_it(served: ServerProcess) -> None:

@@ -1,8 +1,11 @@
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 
 from gpustack_cli.config import DEFAULT_PORT, Settings, is_loopback, parse_duration
+from gpustack_cli.server import StartupError, event_loop
 
 
 @pytest.mark.parametrize(
@@ -63,3 +66,28 @@ def test_bad_environment_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop does not exist for Windows")
+def test_event_loop_is_uvloop_unless_asyncio_is_asked_for() -> None:
+    import uvloop
+
+    for choice, kind, name in [("auto", uvloop.Loop, "uvloop"), ("uvloop", uvloop.Loop, "uvloop")]:
+        loop, named = event_loop(choice)
+        loop.close()
+        assert isinstance(loop, kind) and named == name
+    loop, named = event_loop("asyncio")
+    loop.close()
+    assert not isinstance(loop, uvloop.Loop) and isinstance(loop, asyncio.AbstractEventLoop) and named == "asyncio"
+
+
+def test_event_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what a machine without it sees: ImportError
+    loop, named = event_loop("auto")
+    loop.close()
+    assert named == "asyncio"
+    with pytest.raises(StartupError, match="pip install uvloop"):
+        event_loop("uvloop")
+    monkeypatch.setenv("GPUSTACK_EVENT_LOOP", "libuv")
+    with pytest.raises(ValueError, match="event_loop"):
+        Settings.load()

@@ -30,6 +30,22 @@ def test_default_models_are_served(models_home: Path) -> None:
             client.models.retrieve("not-a-model")
         assert caught.value.body["code"] == "model_not_found"
         assert f"serving {len(raw['data'])} model(s) on {server.url}" in server.output().replace("\n", "")
+        assert f"event loop: {'asyncio' if sys.platform == 'win32' else 'uvloop'}" in server.output()
+
+
+def test_asyncio_event_loop_streams(models_home: Path) -> None:
+    """uvloop is the default where installed; asyncio's own loop (Windows, GPUSTACK_EVENT_LOOP)
+    runs the same server: a chat streamed from the decoding thread, then a plain answer."""
+    with ServerProcess(models_home, "--no-pull", env={"GPUSTACK_EVENT_LOOP": "asyncio"}) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0)
+        stream = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Count to five."}], max_tokens=12, stream=True
+        )
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert len(client.embeddings.create(model="all-minilm-l6-v2", input="hello").data[0].embedding) == 384
+        assert "event loop: asyncio" in server.output()
 
 
 def test_keys_with_the_official_client(tmp_path: Path) -> None:
