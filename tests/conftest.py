@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_ENV = dict(os.environ)
 # Models pulled for the end-to-end tests are kept between runs, outside the repository.
 CACHE = Path(ORIGINAL_ENV.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpustack-tests"
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so
+# would every command it starts: the Ctrl-C tests need it delivered as a terminal delivers it.
+# (A handled signal goes back to its default in a started program; an ignored one stays ignored.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
