@@ -39,8 +39,8 @@ def event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
     Why: every streamed token wakes the loop from the decoding thread and ends in a send, and on
     a machine whose cores all decode, the loop's time is taken from llama.cpp's threads (a thread
     that loses its core stalls the others at the step's barrier). On this project's 2-core
-    machine, seven runs alternating both loops: decode at 0.89x-1.02x direct on uvloop (median
-    0.96x) against 0.73x-1.02x on asyncio's loop (median 0.76x); bench_proxy: CPU per proxied
+    machine, eight runs alternating both loops: decode at 0.89x-1.02x direct on uvloop (median
+    0.96x) against 0.73x-1.02x on asyncio's loop (median 0.78x); bench_proxy: CPU per proxied
     event 92-110 us against 106-138, the rest level. Windows has no uvloop: "auto" is asyncio's
     loop there.
     """
