@@ -93,6 +93,9 @@ class TextGenerator(Tokenizer, Protocol):
     def fim_tokens(self) -> tuple[int, int, int] | None:
         """(prefix, suffix, middle) tokens for fill-in-the-middle, or None where the model has none."""
 
+    def check_schema(self, schema: dict[str, Any]) -> None:
+        """Raise InvalidSchema unless `Sampling.json_schema` can be this schema."""
+
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         """Sampled tokens until an end-of-generation token, `max_tokens`, or `cancel` is set."""
 
@@ -162,8 +165,16 @@ class Transcription:
     segments: Iterator[Segment]
 
 
+class InvalidSchema(ValueError):
+    """A JSON schema the engine cannot enforce while sampling; the message says why."""
+
+
 class AudioError(ValueError):
-    """The audio could not be decoded."""
+    """The audio, or what was asked of it, cannot be transcribed; `param` names the field."""
+
+    def __init__(self, message: str, param: str = "file"):
+        super().__init__(message)
+        self.param = param
 
 
 @runtime_checkable

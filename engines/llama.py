@@ -21,12 +21,15 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from engines.base import InvalidTokens, LoadSpec, Ranking, Sampling, Token
+from engines.base import InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 # llama.cpp's seed value that means "pick a random seed".
 RANDOM_SEED = 0xFFFFFFFF
+# Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
+GRAMMAR_CACHE = 32
 
 
 def _threads() -> int:
@@ -72,6 +75,7 @@ class LlamaEngine:
         self.dimensions = self.llm.n_embd()
         self.truncatable = False
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._grammars: dict[str, LlamaGrammar] = {}
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
         log.info(
             "loaded %s: %s, context %d, %s, %d threads",
@@ -139,9 +143,7 @@ class LlamaEngine:
                 return logits
 
             processors = LogitsProcessorList([apply_bias])
-        grammar = None
-        if sampling.json_schema is not None:
-            grammar = LlamaGrammar.from_json_schema(json.dumps(sampling.json_schema), verbose=False)
+        grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
         tokens = llm.generate(
             list(prompt),
             top_k=sampling.top_k,
@@ -161,6 +163,30 @@ class LlamaEngine:
             yield Token(id=token, piece=self.piece(token), logprob=logprob, top=top)
             if produced >= sampling.max_tokens:
                 return
+
+    def check_schema(self, schema: dict[str, Any]) -> None:
+        self._grammar(schema)
+
+    def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
+        """The sampling grammar of a JSON schema, made by llama-cpp-python's converter and parsed
+        by llama.cpp once here, so that what either refuses is the caller's error before any
+        token is sampled (the schema's size is bounded before it reaches the engine)."""
+        key = json.dumps(schema)
+        found = self._grammars.get(key)
+        if found is not None:
+            return found
+        try:
+            gbnf = json_schema_to_gbnf(key)
+        except Exception as exc:  # the converter asserts, and raises many kinds, on what it does not support
+            raise InvalidSchema(f"it cannot be turned into a grammar ({type(exc).__name__}: {exc})") from exc
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not sampler:
+            raise InvalidSchema("llama.cpp cannot parse the grammar made from it")
+        llama_cpp.llama_sampler_free(sampler)
+        if len(self._grammars) >= GRAMMAR_CACHE:
+            self._grammars.pop(next(iter(self._grammars)))
+        grammar = self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return grammar
 
     def _logprobs(self, token: int, sampling: Sampling) -> tuple[float, tuple[tuple[int, float], ...]]:
         """Log-softmax of the logits the token was sampled from (before temperature), as OpenAI reports."""

@@ -35,6 +35,8 @@ class RemoteEngine:
     # The model's name on the upstream, when it differs from ours.
     upstream_model: str | None = None
     health_path: str = HEALTH_PATH
+    # Seconds the upstream may stay silent before a 504; None: the server's setting.
+    timeout: float | None = None
     max_concurrency: int = 256
     # Requests are admitted up to max_concurrency: the upstream does the batching.
     batching: bool = True
@@ -68,4 +70,5 @@ def load(spec: LoadSpec) -> RemoteEngine:
         api_key=spec.options.get("api_key"),
         upstream_model=spec.options.get("upstream_model"),
         health_path=spec.options.get("health_path") or HEALTH_PATH,
+        timeout=spec.options.get("timeout"),
     )

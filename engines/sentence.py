@@ -8,16 +8,18 @@ the Jina-style API returns them; bi-encoder scores are cosine similarities.
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from engines.base import LoadSpec, Ranking
+from engines.base import InvalidTokens, LoadSpec, Ranking
 
 log = logging.getLogger("gpustack.engines.sentence")
 
@@ -54,17 +56,29 @@ class SentenceEngine:
         # Matryoshka-trained models say so in their folder; others must keep every dimension.
         self.truncatable = bool(spec.options.get("matryoshka")) or _is_matryoshka(spec.path)
         self.batch_size = int(spec.options.get("batch_size") or 32)
+        # Requests count tokens while a batch is encoded in another thread, and a Hugging Face
+        # tokenizer is not safe to share across threads (encoding sets its padding and
+        # truncation): counting uses a copy of its own, one call at a time.
+        self._counter = copy.deepcopy(self.tokenizer)
+        self._counting = threading.Lock()
         log.info("loaded %s on %s (%s)", spec.name, self.device, "cross-encoder" if self.cross else "bi-encoder")
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+        with self._counting:
+            return list(self._counter(text, add_special_tokens=special)["input_ids"])
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
+        vocab = len(self._counter)
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise InvalidTokens(f"the input has token ids outside this model's vocabulary of {vocab}: {bad[:5]}")
+        with self._counting:
+            return self._counter.decode(list(tokens), skip_special_tokens=True)
 
     def token_counts(self, texts: list[str]) -> list[int]:
         # One call: the fast tokenizer does the whole list in Rust.
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        with self._counting:
+            return [len(ids) for ids in self._counter(texts, add_special_tokens=True)["input_ids"]]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         if self.cross:
@@ -87,7 +101,10 @@ class SentenceEngine:
         with torch.inference_mode():
             pairs = [(query, d) for d in documents]
             scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
-        encoded = self.tokenizer([query] * len(documents), documents, truncation=True, max_length=self.max_input_tokens)
+        with self._counting:
+            encoded = self._counter(
+                [query] * len(documents), documents, truncation=True, max_length=self.max_input_tokens
+            )
         tokens = sum(len(ids) for ids in encoded["input_ids"])
         return Ranking(scores=[float(s) for s in scores], prompt_tokens=tokens)
 

@@ -1,5 +1,6 @@
 """Speech to text with Whisper models in CTranslate2 format (faster-whisper): CUDA in float16
-when there is a GPU, else the CPU in int8. Audio files are decoded with PyAV (FFmpeg)."""
+when there is a GPU, else the CPU in int8. Audio files are decoded with PyAV (FFmpeg) before the
+model sees them, so that anything that is not audio is the caller's error, whatever PyAV raised."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from faster_whisper import WhisperModel
+from faster_whisper import WhisperModel, decode_audio
 
 from engines.base import AudioError, LoadSpec, Segment, Transcription, Word
 
@@ -45,19 +46,22 @@ class WhisperEngine:
         words: bool = False,
     ) -> Transcription:
         try:
-            segments, info = self.model.transcribe(
-                audio,
-                language=language,
-                task="translate" if translate else "transcribe",
-                initial_prompt=prompt or None,
-                temperature=temperature if temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                word_timestamps=words,
-                vad_filter=False,
-            )
-        except Exception as exc:  # PyAV raises many kinds of error for a file it cannot read
-            if type(exc).__module__.startswith("av"):
-                raise AudioError(f"the file could not be decoded as audio: {exc}") from exc
-            raise
+            samples = decode_audio(audio, sampling_rate=self.model.feature_extractor.sampling_rate)
+        except Exception as exc:  # PyAV and FFmpeg fail in many ways on what is not audio
+            raise AudioError(f"the file could not be decoded as audio: {exc}") from exc
+        if samples.size == 0:
+            raise AudioError("the file holds no audio")
+        if language is not None and language not in self.model.supported_languages:
+            raise AudioError(f"unknown language {language!r}: use an ISO-639-1 code such as 'en'", param="language")
+        segments, info = self.model.transcribe(
+            samples,
+            language=language,
+            task="translate" if translate else "transcribe",
+            initial_prompt=prompt or None,
+            temperature=temperature if temperature is not None else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            word_timestamps=words,
+            vad_filter=False,
+        )
         return Transcription(language=info.language, duration=float(info.duration), segments=_segments(segments))
 
     def close(self) -> None:

@@ -140,6 +140,10 @@ def add_remote(
     health_path: Annotated[
         str, typer.Option(help="What health checks GET on each upstream (default /v1/models).")
     ] = "",
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds its upstream may stay silent before a 504 (default: the server's setting)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
 ) -> None:
     """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
@@ -157,6 +161,7 @@ def add_remote(
             generic_proxy=generic_proxy,
             proxy_prefix=proxy_prefix,
             health_path=health_path,
+            timeout=timeout,
             force=force,
         )
     except (ValueError, PullError, StoreError) as exc:

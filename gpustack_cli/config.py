@@ -80,6 +80,26 @@ class Settings(BaseModel):
     max_json_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
 
+    # Limits of one request, checked before a model is loaded or a slot taken (docs/limits.md).
+    # Seconds a client may take to send its whole body (a slow sender holds no handler longer).
+    body_timeout: float = Field(120.0, gt=0)
+    # Parts of a multipart form, and bytes of one text field in it.
+    max_form_parts: int = Field(64, ge=1)
+    max_form_field_bytes: int = Field(1024 * 1024, ge=1024)
+    # Messages of one chat, and characters of all the text one request asks to read or tokenize
+    # (messages, prompts, inputs, documents).
+    max_messages: int = Field(4096, ge=1)
+    max_text_chars: int = Field(2_000_000, ge=1000)
+    # JSON schemas of response formats and tools: nodes (subschemas, properties, enum values) in
+    # all of them, and the largest count a schema may ask repeated (minItems, maxLength, ...).
+    max_schema_nodes: int = Field(4000, ge=10)
+    max_schema_repeat: int = Field(1000, ge=1)
+    # Images: pixels of an uploaded image (read from its header, before it is decoded), pixels
+    # of all the images one request asks for, and those pixels times the denoising steps.
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_request_pixels: int = Field(4 * 1024 * 1024, ge=64 * 64)
+    max_image_work: int = Field(4 * 1024 * 1024 * 50, ge=64 * 64)
+
     default_models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     pull_defaults: bool = True
     ollama_registry: str = "https://registry.ollama.ai"

@@ -134,11 +134,13 @@ class KeyStore:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who made a request: the key's name, what it may do and on which models."""
+    """Who made a request: the key's name, what it may do and on which models; `key_id` tells
+    keys apart (names need not be unique), and owns what the key stores on the server."""
 
     name: str
     scope: Scope
     models: tuple[str, ...] = ()
+    key_id: str = ""
 
     def may_use(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -182,7 +184,7 @@ class Authenticator:
 
     def _check(self, token: str, hash_new: bool) -> Principal | None:
         if self.env_key and hmac.compare_digest(token.encode(), self.env_key.encode()):
-            return Principal(name="GPUSTACK_API_KEY", scope=Scope.all)
+            return Principal(name="GPUSTACK_API_KEY", scope=Scope.all, key_id="env")
         parts = split_key(token)
         if parts is None:
             return None
@@ -199,4 +201,6 @@ class Authenticator:
                 return None
             with self._lock:
                 self._verified[fast] = key_id
-        return Principal(name=record.name or record.id, scope=record.scope, models=tuple(record.models))
+        return Principal(
+            name=record.name or record.id, scope=record.scope, models=tuple(record.models), key_id=record.id
+        )

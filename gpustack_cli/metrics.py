@@ -29,6 +29,11 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "gpustack_internal_errors",
+            "Exceptions no route turned into an API error: each one is a bug (logged with its traceback)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge("gpustack_http_requests_in_flight", "Requests being answered", registry=self.registry)
         self.loaded = Gauge("gpustack_models_loaded", "Models loaded in memory", registry=self.registry)
         self.model_active = Gauge(

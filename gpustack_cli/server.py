@@ -8,12 +8,12 @@ import logging
 from aiohttp import web
 from rich.console import Console
 
+from gpustack_cli.api.access_log import AccessLogger, RefusedRequests
 from gpustack_cli.api.app import build_context, create_app
 from gpustack_cli.config import Settings
 from gpustack_cli.progress import RichProgress
 from gpustack_cli.pull import Puller, PullError
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs rid=%{x-request-id}o'
 log = logging.getLogger("gpustack.server")
 
 
@@ -57,12 +57,15 @@ def event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
 
 def serve(settings: Settings, console: Console) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(RefusedRequests())
     ctx = build_context(settings)
     if not settings.loopback_only and not ctx.auth.enabled and not settings.insecure_no_auth:
         raise StartupError(
             f"refusing to listen on {settings.host} without an API key: create one with `gpustack keys create`, "
             "set GPUSTACK_API_KEY, or pass --insecure-no-auth to serve everyone on the network"
         )
+    for swept in ctx.store.sweep():
+        log.info("removed %s, left by a pull that was stopped", swept.name)
     if settings.pull_defaults and not ctx.store.list():
         pull_defaults(settings, console)
     missing = [name for name in settings.preload if not ctx.store.exists(name)]
@@ -80,7 +83,7 @@ def serve(settings: Settings, console: Console) -> None:
         create_app(ctx),
         host=settings.host,
         port=settings.port,
-        access_log_format=ACCESS_LOG_FORMAT,
+        access_log_class=AccessLogger,
         handler_cancellation=True,
         print=announce,
         shutdown_timeout=10,

@@ -21,10 +21,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field, ValidationError
 
 MANIFEST = "manifest.json"
+# Beside each folder a pull is assembling: held while the pull runs.
+LOCK_SUFFIX = ".lock"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -71,9 +73,13 @@ class ModelNotFound(StoreError):
         self.name = name
 
 
+class InvalidModelName(StoreError, ValueError):
+    """A name no model in the store can have: to a caller of the API, a model that does not exist."""
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
-        raise StoreError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-' and ':' (at most 128)")
+        raise InvalidModelName(f"invalid model name {name!r}: use letters, digits, '.', '_', '-' and ':' (at most 128)")
     return name
 
 
@@ -151,15 +157,50 @@ class ModelStore:
 
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
-        """A fresh folder to assemble a model in; removed on any failure or interruption."""
+        """A fresh folder to assemble a model in; removed on any failure or interruption.
+
+        The folder is held by a lock file beside it for as long as it is in use, so that one
+        left by a pull that was killed (no `finally` runs then) is known as abandoned and swept
+        away by the next pull or server start, while other processes' pulls are left alone."""
         check_name(name)
         self._ensure()
+        self.sweep()
         folder = self.tmp_dir / f"{name.replace(':', '@')}.{uuid.uuid4().hex[:8]}"
-        folder.mkdir()
+        lock_path = Path(str(folder) + LOCK_SUFFIX)
         try:
-            yield folder
+            with FileLock(str(lock_path)):
+                folder.mkdir()
+                try:
+                    yield folder
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+
+    def sweep(self) -> list[Path]:
+        """Remove what killed pulls and removals left in the store's tmp folder; the removed."""
+        swept: list[Path] = []
+        if not self.tmp_dir.is_dir():
+            return swept
+        for entry in self.tmp_dir.iterdir():
+            if entry.name.endswith(LOCK_SUFFIX):
+                continue
+            lock_path = Path(str(entry) + LOCK_SUFFIX)
+            lock = FileLock(str(lock_path), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                continue  # a pull in another process is assembling it
+            try:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                swept.append(entry)
+            finally:
+                lock.release()
+                lock_path.unlink(missing_ok=True)
+        return swept
 
     def commit(self, staged: Path, manifest: Manifest, replace: bool = False) -> Manifest:
         """Write the manifest into `staged` and move the folder into place as model `manifest.name`."""

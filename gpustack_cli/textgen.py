@@ -24,8 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from engines.base import Sampling, TextGenerator
+from engines.base import InvalidSchema, Sampling, TextGenerator
 from gpustack_cli import templates
+from gpustack_cli.config import Settings
+from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -121,6 +123,36 @@ class Prepared:
 
 def new_call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def check_chat(
+    request: ChatRequest, settings: Settings, schema_param: str = "response_format", tool_field: str = "parameters"
+) -> None:
+    """The limits of one chat request, checked before a model is loaded or a slot taken: its
+    messages, the characters to render and tokenize, and its schemas (a GenerationError)."""
+    if len(request.messages) > settings.max_messages:
+        raise GenerationError(
+            f"Too many messages: {len(request.messages)}; the limit is {settings.max_messages}.", param="messages"
+        )
+    chars = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages)
+    check_text_size(chars, settings, "messages")
+    schemas: list[tuple[str, Any]] = [(f"tools[{i}].{tool_field}", t.parameters) for i, t in enumerate(request.tools)]
+    if request.json_schema is not None:
+        schemas.append((schema_param, request.json_schema))
+    try:
+        check_schemas(schemas, SchemaLimits(settings.max_schema_nodes, settings.max_schema_repeat))
+    except SchemaError as exc:
+        raise GenerationError(f"Invalid schema at {exc}.", param=exc.param, code="invalid_schema") from exc
+
+
+def check_text_size(chars: int, settings: Settings, param: str) -> None:
+    if chars > settings.max_text_chars:
+        raise GenerationError(
+            f"The {param} hold {chars} characters; the limit is {settings.max_text_chars}.", param=param
+        )
 
 
 # -- prompts ---------------------------------------------------------------------------------
@@ -241,6 +273,12 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     budget = fit_context(engine, len(prompt), request.max_tokens)
     tool_mode = bool(request.tools) and request.tool_choice != "none"
     schema = _tool_schema(request.tools, request.tool_choice) if tool_mode else request.json_schema
+    if schema is not None:
+        try:
+            engine.check_schema(schema)
+        except InvalidSchema as exc:
+            param = "tools" if tool_mode else "response_format"
+            raise GenerationError(f"Invalid schema: {exc}", param=param, code="invalid_schema") from exc
     sampling = replace(request.sampling, max_tokens=budget, json_schema=schema)
     return Prepared(prompt_tokens=prompt, sampling=sampling, stop=request.stop, tool_mode=tool_mode)
 

@@ -1,46 +1,68 @@
-"""Validate our bodies against OpenAI's official OpenAPI schemas (../shared/specs)."""
+"""Validate our raw bodies against the official openai package's own typed models, strictly.
+
+The openai package ships a pydantic model for every response and stream event, generated from
+OpenAI's OpenAPI document. They are validated from JSON in strict mode: a missing required
+field, a value of the wrong type or an enum value the model does not list fails. (The models
+accept fields they do not declare, as clients must, so extra fields pass.) The few shapes the
+package has no model for (the error body, the models list) are written here in the same way.
+"""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any
+import json
+from typing import Any, Literal
 
-import jsonschema
-import yaml
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+import pydantic
+from openai.types import (
+    Completion,
+    CreateEmbeddingResponse,
+    ImageEditCompletedEvent,
+    ImageEditPartialImageEvent,
+    ImageGenCompletedEvent,
+    ImageGenPartialImageEvent,
+    ImagesResponse,
+    Model,
+)
+from openai.types.audio import Transcription, TranscriptionVerbose
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.shared import ErrorObject
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "openai-openapi.yaml"
+
+class ErrorResponse(pydantic.BaseModel):
+    error: ErrorObject
 
 
-def _nullable(node: Any) -> Any:
-    """The spec still marks some fields with OpenAPI 3.0's `nullable: true`, which JSON Schema
-    ignores; spell it the 3.1 way (`null` among the types) so the spec's intent is checked."""
-    if isinstance(node, dict):
-        node = {k: _nullable(v) for k, v in node.items()}
-        if node.pop("nullable", False):
-            if isinstance(node.get("type"), str):
-                node["type"] = [node["type"], "null"]
-            if isinstance(node.get("enum"), list):
-                node["enum"] = [*node["enum"], None]
-        return node
-    if isinstance(node, list):
-        return [_nullable(v) for v in node]
-    return node
+class ListModelsResponse(pydantic.BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+# The names are those of the schemas in OpenAI's OpenAPI document.
+MODELS: dict[str, type[pydantic.BaseModel]] = {
+    "ErrorResponse": ErrorResponse,
+    "ListModelsResponse": ListModelsResponse,
+    "Model": Model,
+    "CreateChatCompletionResponse": ChatCompletion,
+    "CreateChatCompletionStreamResponse": ChatCompletionChunk,
+    "CreateCompletionResponse": Completion,
+    "CreateEmbeddingResponse": CreateEmbeddingResponse,
+    "CreateTranscriptionResponseJson": Transcription,
+    "CreateTranscriptionResponseVerboseJson": TranscriptionVerbose,
+    "ImagesResponse": ImagesResponse,
+    "ImageGenPartialImageEvent": ImageGenPartialImageEvent,
+    "ImageGenCompletedEvent": ImageGenCompletedEvent,
+    "ImageEditPartialImageEvent": ImageEditPartialImageEvent,
+    "ImageEditCompletedEvent": ImageEditCompletedEvent,
+}
 
 
 @functools.cache
-def _registry() -> Registry:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    spec = _nullable(yaml.load(SPEC.read_text(), Loader=loader))
-    resource = Resource.from_contents(spec, default_specification=DRAFT202012)
-    return Registry().with_resource("urn:openai", resource)
+def _adapter(schema_name: str) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(MODELS[schema_name])
 
 
 def validate(instance: Any, schema_name: str) -> None:
-    """Raise jsonschema.ValidationError unless `instance` matches components/schemas/<schema_name>."""
-    registry = _registry()
-    schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
-    validator = jsonschema.Draft202012Validator(schema, registry=registry)
-    validator.validate(instance)
+    """Raise pydantic.ValidationError unless `instance` is a valid `schema_name` for the openai
+    package's own model of it."""
+    _adapter(schema_name).validate_json(json.dumps(instance), strict=True)

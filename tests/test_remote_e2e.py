@@ -23,7 +23,7 @@ DOWN = {"Authorization": f"Bearer {DOWN_KEY}"}
 
 @pytest.fixture(scope="module")
 def upstream(models_home: Path, bge_m3: str) -> Iterator[ServerProcess]:
-    # Everything preloaded: a cold load upstream would outlast the downstream's short read timeout.
+    # Everything preloaded, so that no test waits on a cold load upstream.
     preload = [
         arg
         for name in ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe", "bge-m3")
@@ -71,7 +71,8 @@ def downstream(
     add("nokey", upstream.url, "--upstream-model", "smollm2")
     add("balanced", closed_port_url(), upstream.url, *key, "--upstream-model", "smollm2")
     add("relayed", test_upstream.url, *key, "--upstream-model", "smollm2")  # an upstream without /v1/messages
-    add("edge", test_upstream.url, "--categories", "embedding", "--generic-proxy")
+    # A short upstream timeout for the model the timeout tests use, and for it only.
+    add("edge", test_upstream.url, "--categories", "embedding", "--generic-proxy", "--timeout", "5")
     # By host name: a cookie jar would keep cookies of a named host (not those of an IP address).
     named = test_upstream.url.replace("127.0.0.1", "localhost")
     add("edge-named", named, "--categories", "embedding", "--generic-proxy")
@@ -79,7 +80,7 @@ def downstream(
     result = gpustack("keys", "create", "--name", "only-chat", "--models", "chat", env=env)
     assert result.returncode == 0
     (home / "only-chat.key").write_text(result.stdout.strip())
-    env = {"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_UPSTREAM_TIMEOUT": "5", "GPUSTACK_HEALTH_INTERVAL": "0.5"}
+    env = {"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_HEALTH_INTERVAL": "0.5"}
     with ServerProcess(home, "--no-pull", env=env) as srv:
         yield srv
 
@@ -250,7 +251,7 @@ def test_upstream_failures(downstream: ServerProcess, test_upstream: TestUpstrea
             httpx.get(downstream.url + "/model/proxy/cut" + query, headers=headers)
     started = time.monotonic()
     slow = httpx.get(downstream.url + "/model/proxy/slow", headers=headers, timeout=60)
-    assert slow.status_code == 504 and time.monotonic() - started < 20  # GPUSTACK_UPSTREAM_TIMEOUT=5
+    assert slow.status_code == 504 and time.monotonic() - started < 20  # edge's --timeout 5
     test_upstream.disconnected.clear()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(downstream.url + "/v1/embeddings", headers=DOWN, json={"model": "edge", "input": "x"}, timeout=1)

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Sampling, TextGenerator
-from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
@@ -30,6 +30,7 @@ from gpustack_cli.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
+    check_chat,
     count_chat_tokens,
     prepare_chat,
     stream_chat,
@@ -164,6 +165,12 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
     )
 
 
+def checked_chat(request: web.Request, body: CountTokensBody) -> ChatRequest:
+    chat = chat_request(body)
+    check_chat(chat, context(request).settings, tool_field="input_schema")
+    return chat
+
+
 def _tool_use(call: ToolCall) -> dict[str, Any]:
     return {
         "type": "tool_use",
@@ -181,9 +188,10 @@ def _stop(finished: Finished) -> tuple[str, str | None]:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, MessagesBody)
+    chat = checked_chat(request, body)
     manifest = resolve_model(request, body.model, Category.llm, "messages")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        prepared = await asyncio.to_thread(prepare_chat, engine, chat_request(body))
+        prepared = await asyncio.to_thread(prepare_chat, engine, chat)
         events = iterate_in_thread(lambda cancel: stream_chat(engine, prepared, cancel))
         return await _respond(request, body, manifest.name, events, len(prepared.prompt_tokens))
 
@@ -284,9 +292,10 @@ async def _stream(request: web.Request, events: Any, message_id: str, model: str
 
 async def count_tokens(request: web.Request) -> web.Response:
     body = await read_json(request, CountTokensBody)
+    chat = checked_chat(request, body)
     manifest = resolve_model(request, body.model, Category.llm, "messages")
     async with engine_for(request, manifest, TextGenerator) as engine:
-        count = await asyncio.to_thread(count_chat_tokens, engine, chat_request(body))
+        count = await asyncio.to_thread(count_chat_tokens, engine, chat)
     return json_response({"input_tokens": count})
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from engines.base import Engine
 from gpustack_cli import __version__
 from gpustack_cli.api import (
+    access_log,
     admin,
     anthropic,
     jina,
@@ -85,6 +86,7 @@ def _as_api_error(request: web.Request, exc: Exception) -> APIError | None:
         return APIError(exc.status, message, code=_HTTP_CODES.get(exc.status))
     rid = request.get(REQUEST_ID)
     log.exception("internal error in %s %s (request id %s)", request.method, request.path, rid)
+    request.app[CONTEXT].metrics.internal_errors.inc()
     return APIError(500, f"The server had an error processing your request (request id {rid}).")
 
 
@@ -110,6 +112,7 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = await handler(request)
         except asyncio.CancelledError:
             status = 499  # The client went away (nginx's number for it).
+            access_log.client_left(request, time.perf_counter() - started, request.get(REQUEST_ID))
             raise
         except Exception as exc:
             if client_left(request, exc):
@@ -135,11 +138,10 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
         metrics.request_done(request.method, _route_name(request), status, time.perf_counter() - started)
 
 
-def _required_scope(path: str) -> Scope | None:
-    if path.startswith("/api/"):
+def _required_scope(path: str) -> Scope:
+    # The metrics name every model and upstream: they are the operator's, as the management routes.
+    if path.startswith("/api/") or path == "/metrics":
         return Scope.management
-    if path == "/metrics":
-        return None  # Any valid key may read the metrics.
     return Scope.inference
 
 
@@ -164,8 +166,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if found is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     scope = _required_scope(request.path)
-    if scope is not None and not found.may(scope):
+    if not found.may(scope):
         raise APIError(403, f"This API key lacks the '{scope.value}' scope needed for {request.path}.")
+    if request.path == "/metrics" and found.models:
+        raise APIError(403, "This API key is limited to some models; the metrics cover every model.")
     request[PRINCIPAL] = found
     return await handler(request)
 

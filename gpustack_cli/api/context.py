@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import web
+import orjson
+from aiohttp import BodyPartReader, hdrs, web
+from multidict import MultiDict, MultiDictProxy
 from pydantic import BaseModel, ValidationError
 
 from gpustack_cli.api.errors import APIError, bad_request, from_validation, model_not_found
@@ -44,14 +49,33 @@ def principal(request: web.Request) -> Principal:
     return request.get(PRINCIPAL, ANONYMOUS)
 
 
-async def read_json(request: web.Request, model: type[Body]) -> Body:
-    """The request's JSON body, size-checked and validated into `model` (400/413 otherwise)."""
+def _too_large(limit: int, what: str = "Request body") -> APIError:
+    return APIError(413, f"{what} too large: the limit is {limit} bytes.", code="request_too_large")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, within the JSON size limit and the body timeout (413 and 408 otherwise)."""
     limit = context(request).settings.max_json_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
-    raw = await request.read()
+        raise _too_large(limit)
+    try:
+        async with asyncio.timeout(context(request).settings.body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise _body_timeout(request) from None
     if len(raw) > limit:
-        raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+        raise _too_large(limit)
+    return raw
+
+
+def _body_timeout(request: web.Request) -> APIError:
+    seconds = context(request).settings.body_timeout
+    return APIError(408, f"The request body did not arrive within {seconds:g} seconds.", code="request_timeout")
+
+
+async def read_json(request: web.Request, model: type[Body]) -> Body:
+    """The request's JSON body, size-checked and validated into `model` (400/413 otherwise)."""
+    raw = await read_body(request)
     if not raw.strip():
         raise bad_request("The request body is empty; send a JSON object.")
     try:
@@ -65,6 +89,74 @@ async def read_json(request: web.Request, model: type[Body]) -> Body:
         if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             raise bad_request("The request body must be a JSON object.") from exc
         raise from_validation(exc) from exc
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (for routing on its `model`)."""
+    raw = await read_body(request)
+    try:
+        body = orjson.loads(raw) if raw.strip() else None  # orjson refuses nesting past 1024 levels
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+FORM = web.RequestKey("form", MultiDictProxy)
+
+
+async def read_form(request: web.Request, hint: str = "") -> MultiDictProxy[str | web.FileField]:
+    """The request's multipart form: text fields as str, files as `web.FileField`, read once.
+
+    aiohttp's `request.post()` decodes a part sent without a filename as text, so a binary field
+    (curl's `-F 'image=<x.png'`) failed; here a part that is not text, or too long for a text
+    field, is a file. Parts, the whole upload and its read time are bounded by the settings; a
+    malformed body is a 400."""
+    if FORM in request:
+        return request[FORM]
+    if not request.content_type.startswith("multipart/form-data"):
+        message = hint or "Send this request as multipart/form-data."
+        raise APIError(415, message, code="unsupported_media_type")
+    settings = context(request).settings
+    if request.content_length is not None and request.content_length > settings.max_upload_bytes:
+        raise _too_large(settings.max_upload_bytes)
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            form = await _parse_form(request, settings)
+    except TimeoutError:
+        raise _body_timeout(request) from None
+    except (ValueError, AssertionError, RuntimeError, LookupError) as exc:  # aiohttp's multipart parser
+        raise bad_request(f"The multipart body could not be read: {exc}.") from exc
+    request[FORM] = form
+    return form
+
+
+async def _parse_form(request: web.Request, settings: Settings) -> MultiDictProxy[str | web.FileField]:
+    reader = await request.multipart()
+    fields: MultiDict[str | web.FileField] = MultiDict()
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise bad_request("Nested multipart bodies are not supported.")
+        if len(fields) >= settings.max_form_parts:
+            raise bad_request(f"Too many parts in the form: at most {settings.max_form_parts}.")
+        data = bytearray()
+        while chunk := await part.read_chunk(256 * 1024):
+            data += part.decode(chunk)
+            total += len(chunk)
+            if total > settings.max_upload_bytes:
+                raise _too_large(settings.max_upload_bytes)
+        name = part.name or ""
+        text = None
+        if part.filename is None and len(data) <= settings.max_form_field_bytes:
+            with contextlib.suppress(UnicodeDecodeError):
+                text = data.decode(part.get_charset(default="utf-8"))
+        if text is not None:
+            fields.add(name, text)
+        else:  # a file, or a field whose bytes are not text (or too many for a text field)
+            content_type = part.headers.get(hdrs.CONTENT_TYPE, "application/octet-stream")
+            file = io.BytesIO(bytes(data))
+            fields.add(name, web.FileField(name, part.filename or name, file, content_type, part.headers))
+    return MultiDictProxy(fields)
 
 
 KEEP_ALIVE_HEADER = "X-GPUStack-Keep-Alive"

@@ -94,7 +94,7 @@ def from_validation(exc: ValidationError) -> APIError:
     """The first validation failure, worded as OpenAI words them, with the field as `param`."""
     first = exc.errors(include_url=False)[0]
     param = _loc(first["loc"]) or None
-    kind, message = first["type"], first["msg"]
+    kind, message = first["type"], first["msg"].removeprefix("Value error, ")
     if kind == "missing":
         text = f"Missing required parameter: '{param}'."
         return APIError(400, text, param=param, code="missing_required_parameter")

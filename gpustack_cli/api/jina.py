@@ -38,7 +38,16 @@ async def rerank(request: web.Request) -> web.Response:
     texts = [d if isinstance(d, str) else d.text for d in body.documents]
     if any(not t for t in texts):
         raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
-    wait = context(request).settings.batch_wait
+    settings = context(request).settings
+    # A bi-encoder reads each document once, a cross-encoder reads the query with each of them.
+    chars = sum(map(len, texts)) + len(body.query) * (len(texts) + 1)
+    if chars > settings.max_text_chars:
+        raise bad_request(
+            f"Invalid 'documents': the query and documents make {chars} characters to read; the limit is "
+            f"{settings.max_text_chars}.",
+            param="documents",
+        )
+    wait = settings.batch_wait
     async with engine_for(request, manifest, Reranker, keep_alive_of(request, body.keep_alive)) as engine:
         ranking = await batching.call(engine, lambda: engine.rerank(body.query, texts), wait)
     order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)[: body.top_n]

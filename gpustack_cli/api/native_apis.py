@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import Embedder, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
 from gpustack_cli import batching
 from gpustack_cli.api.context import context
-from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
 from gpustack_cli.textgen import Finished, Prepared, TextDelta, fit_context, stream_text
@@ -24,11 +25,34 @@ from gpustack_cli.threads import iterate_in_thread
 Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
 
 
-def _list(value: Any, name: str) -> list[str]:
+def _list(request: web.Request, value: Any, name: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
         raise bad_request(f"'{name}' must be a non-empty string or list of non-empty strings.", param=name)
+    _sized(request, sum(map(len, items)), name)
     return items
+
+
+def _sized(request: web.Request, chars: int, name: str) -> None:
+    limit = context(request).settings.max_text_chars
+    if chars > limit:
+        raise bad_request(f"'{name}' holds {chars} characters; the limit is {limit}.", param=name)
+
+
+class CompletionBody(BaseModel):
+    """llama-server's `/completion` fields that this server reads."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt: str | list[Annotated[int, Field(ge=0, lt=2**31)]] = ""
+    n_predict: Annotated[int, Field(ge=-1)] | None = -1
+    temperature: Annotated[float, Field(ge=0, le=100)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0, le=100)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
 
 
 async def health(request: web.Request, engine: Any, body: dict, model: str) -> web.Response:
@@ -53,6 +77,7 @@ async def llama_tokenize(request: web.Request, engine: Tokenizer, body: dict, mo
     content = body.get("content")
     if not isinstance(content, str):
         raise bad_request("'content' must be a string.", param="content")
+    _sized(request, len(content), "content")
     tokens = await asyncio.to_thread(engine.tokenize, content, bool(body.get("add_special", False)))
     if body.get("with_pieces"):
         return json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
@@ -67,25 +92,31 @@ async def llama_detokenize(request: web.Request, engine: Tokenizer, body: dict, 
 
 
 async def llama_completion(request: web.Request, engine: TextGenerator, body: dict, model: str) -> web.StreamResponse:
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, str):
-        tokens = await asyncio.to_thread(engine.tokenize, prompt)
-    elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        tokens = list(prompt)
+    try:
+        asked = CompletionBody.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from exc
+    if isinstance(asked.prompt, str):
+        _sized(request, len(asked.prompt), "prompt")
+        tokens = await asyncio.to_thread(engine.tokenize, asked.prompt)
     else:
-        raise bad_request("'prompt' must be a string or a list of token ids.", param="prompt")
-    n_predict = body.get("n_predict", -1)
+        tokens = list(asked.prompt)
+    n_predict = asked.n_predict
     defaults = Sampling(max_tokens=1)
+
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
     sampling = Sampling(
-        max_tokens=fit_context(engine, len(tokens), None if n_predict in (None, -1) else int(n_predict), "prompt"),
-        temperature=float(body.get("temperature", defaults.temperature)),
-        top_k=int(body.get("top_k", defaults.top_k)),
-        top_p=float(body.get("top_p", defaults.top_p)),
-        min_p=float(body.get("min_p", defaults.min_p)),
-        repeat_penalty=float(body.get("repeat_penalty", defaults.repeat_penalty)),
-        seed=body.get("seed") if isinstance(body.get("seed"), int) and body["seed"] >= 0 else None,
+        max_tokens=fit_context(engine, len(tokens), None if n_predict in (None, -1) else n_predict, "prompt"),
+        temperature=given(asked.temperature, defaults.temperature),
+        top_k=given(asked.top_k, defaults.top_k),
+        top_p=given(asked.top_p, defaults.top_p),
+        min_p=given(asked.min_p, defaults.min_p),
+        repeat_penalty=given(asked.repeat_penalty, defaults.repeat_penalty),
+        seed=asked.seed if asked.seed is not None and asked.seed >= 0 else None,
     )
-    stop = body.get("stop") or []
+    stop = asked.stop or []
     prepared = Prepared(tokens, sampling, [stop] if isinstance(stop, str) else list(stop))
     events = iterate_in_thread(lambda cancel: stream_text(engine, prepared, cancel))
 
@@ -101,7 +132,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
             "stopping_word": event.stop_sequence or "",
         }
 
-    if body.get("stream"):
+    if asked.stream:
         stream = EventStream(request)
         await stream.open()
         try:
@@ -126,7 +157,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
 
 
 async def llama_embedding(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
-    texts = _list(body.get("content"), "content")
+    texts = _list(request, body.get("content"), "content")
     vectors = await batching.embed(engine, texts, context(request).settings.batch_wait)
     return json_response([{"index": i, "embedding": [v]} for i, v in enumerate(vectors)])
 
@@ -135,7 +166,7 @@ async def llama_embedding(request: web.Request, engine: Embedder, body: dict, mo
 
 
 async def tei_embed(request: web.Request, engine: Embedder, body: dict, model: str) -> web.Response:
-    texts = _list(body.get("inputs"), "inputs")
+    texts = _list(request, body.get("inputs"), "inputs")
     counts = await asyncio.to_thread(engine.token_counts, texts)
     if max(counts) > engine.max_input_tokens and not body.get("truncate"):
         raise APIError(413, f"Input validation error: inputs must have at most {engine.max_input_tokens} tokens.")
@@ -146,7 +177,7 @@ async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: 
     query = body.get("query")
     if not isinstance(query, str) or not query:
         raise bad_request("'query' must be a non-empty string.", param="query")
-    texts = _list(body.get("texts"), "texts")
+    texts = _list(request, body.get("texts"), "texts")
     ranking = await batching.call(engine, lambda: engine.rerank(query, texts), context(request).settings.batch_wait)
     order = sorted(range(len(texts)), key=lambda i: ranking.scores[i], reverse=True)
     results = [{"index": i, "score": ranking.scores[i]} for i in order]
@@ -157,7 +188,7 @@ async def tei_rerank(request: web.Request, engine: Reranker, body: dict, model: 
 
 
 async def tei_tokenize(request: web.Request, engine: Tokenizer, body: dict, model: str) -> web.Response:
-    texts = _list(body.get("inputs"), "inputs")
+    texts = _list(request, body.get("inputs"), "inputs")
     special = bool(body.get("add_special_tokens", True))
     return json_response(
         [[{"id": t, "text": engine.detokenize([t])} for t in engine.tokenize(text, special)] for text in texts]

@@ -7,17 +7,26 @@ import asyncio
 import base64
 import contextlib
 import io
+import re
 from dataclasses import asdict
 from typing import Annotated, Literal
 
 from aiohttp import web
 from multidict import MultiDictProxy
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engines import piper_voice
 from engines.base import AudioError, Segment, Speaker, Transcriber, Transcription
-from gpustack_cli.api.context import context, engine_for, keep_alive_of, principal, read_json, resolve_model
-from gpustack_cli.api.errors import APIError, bad_request
+from gpustack_cli.api.context import (
+    context,
+    engine_for,
+    keep_alive_of,
+    principal,
+    read_form,
+    read_json,
+    resolve_model,
+)
+from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
 from gpustack_cli.audio import CONTENT_TYPES, encode, srt, vtt
@@ -60,7 +69,7 @@ LANGUAGES = {
     "sv": "swedish",
     "cs": "czech",
 }
-TRANSCRIPT_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class SpeechBody(BaseModel):
@@ -72,6 +81,14 @@ class SpeechBody(BaseModel):
     speed: Annotated[float, Field(ge=0.25, le=4.0)] = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     keep_alive: str | int | float | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _printable(cls, text: str) -> str:
+        # Control characters (NUL among them) break the phonemiser; tabs and line breaks are fine.
+        if CONTROL_CHARACTERS.search(text):
+            raise ValueError("it contains control characters; send plain text")
+        return text
 
 
 def _voice(engine: Speaker, asked: str | None, model: str) -> str | None:
@@ -122,21 +139,41 @@ async def _speech_events(request: web.Request, chunks) -> web.StreamResponse:
     return await stream.close()
 
 
-def _form_bool(value: str | None) -> bool:
-    return (value or "").lower() in ("true", "1", "yes")
+class TranscriptionForm(BaseModel):
+    """The form fields of `/v1/audio/transcriptions` and `/translations` (besides the `file`)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    language: str | None = None
+    prompt: str | None = None
+    response_format: Literal["json", "text", "srt", "vtt", "verbose_json"] = "json"
+    temperature: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    stream: bool = False
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(
+        default_factory=list, alias="timestamp_granularities[]"
+    )
+
+    @classmethod
+    def read(cls, form: MultiDictProxy) -> TranscriptionForm:
+        fields: dict[str, object] = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
+        fields["timestamp_granularities[]"] = [
+            v for k in ("timestamp_granularities[]", "timestamp_granularities") for v in form.getall(k, [])
+        ]
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise from_validation(exc) from exc
 
 
-async def _read_form(request: web.Request) -> tuple[MultiDictProxy, bytes]:
-    if not request.content_type.startswith("multipart/form-data"):
-        raise bad_request("Send the audio as multipart/form-data with a 'file' field.", param="file")
-    form = await request.post()
+async def _read_audio(request: web.Request) -> tuple[TranscriptionForm, bytes]:
+    form = await read_form(request, "Send the audio as multipart/form-data with a 'file' field.")
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     data = upload.file.read()
     if not data:
         raise bad_request("The uploaded file is empty.", param="file")
-    return form, data
+    return TranscriptionForm.read(form), data
 
 
 def _verbose(task: str, language: str, duration: float, segments: list[Segment], words: bool) -> dict:
@@ -167,41 +204,24 @@ def _verbose(task: str, language: str, duration: float, segments: list[Segment],
 
 
 async def _transcribe(request: web.Request, translate: bool) -> web.StreamResponse:
-    form, data = await _read_form(request)
-    model = form.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
-    response_format = str(form.get("response_format") or "json")
-    if response_format not in TRANSCRIPT_FORMATS:
-        raise bad_request(
-            f"Invalid 'response_format': use one of {', '.join(TRANSCRIPT_FORMATS)}.", param="response_format"
-        )
-    granularities = set(form.getall("timestamp_granularities[]", [])) | set(form.getall("timestamp_granularities", []))
-    if granularities - {"segment", "word"}:
-        raise bad_request(
-            "Invalid 'timestamp_granularities[]': use 'segment' and/or 'word'.", param="timestamp_granularities[]"
-        )
-    stream = _form_bool(form.get("stream"))
-    if stream and response_format not in ("json", "text"):
+    form, data = await _read_audio(request)
+    if form.stream and form.response_format not in ("json", "text"):
         raise bad_request("Streaming returns text events: use response_format 'json' or 'text'.", param="stream")
-    try:
-        temperature = float(form["temperature"]) if form.get("temperature") else None
-    except ValueError:
-        raise bad_request("Invalid 'temperature': not a number.", param="temperature") from None
+    model = form.model
     manifest = resolve_model(request, model, Category.speech_to_text, "transcriptions")
     async with engine_for(request, manifest, Transcriber) as engine:
         if translate and not engine.multilingual:
             raise bad_request(
                 f"Model '{model}' is English-only and cannot translate; use a multilingual model.", param="model"
             )
-        words = "word" in granularities
+        words = "word" in form.timestamp_granularities
 
         def run() -> Transcription:
             return engine.transcribe(
                 io.BytesIO(data),
-                language=None if translate else (str(form.get("language")) if form.get("language") else None),
-                prompt=str(form.get("prompt") or "") or None,
-                temperature=temperature,
+                language=None if translate else form.language,
+                prompt=form.prompt,
+                temperature=form.temperature,
                 translate=translate,
                 words=words,
             )
@@ -209,13 +229,14 @@ async def _transcribe(request: web.Request, translate: bool) -> web.StreamRespon
         try:
             transcription = await asyncio.to_thread(run)
             segments_iter = iterate_in_thread(lambda cancel: transcription.segments)
-            if stream:
+            if form.stream:
                 return await _transcript_events(request, segments_iter)
             segments = [s async for s in segments_iter]
         except AudioError as exc:
-            raise bad_request(str(exc), param="file", code="invalid_audio") from exc
+            raise bad_request(str(exc), param=exc.param, code="invalid_audio") from exc
     text = "".join(s.text for s in segments).strip()
     spans = [(s.start, s.end, s.text) for s in segments]
+    response_format = form.response_format
     if response_format == "json":
         return json_response({"text": text})
     if response_format == "verbose_json":
@@ -237,7 +258,7 @@ async def _transcript_events(request: web.Request, segments) -> web.StreamRespon
                 await stream.send({"type": "transcript.text.delta", "delta": delta})
         await stream.send({"type": "transcript.text.done", "text": text})
     except AudioError as exc:
-        await stream.send(APIError(400, str(exc), param="file", code="invalid_audio").openai())
+        await stream.send(APIError(400, str(exc), param=exc.param, code="invalid_audio").openai())
     except Exception as exc:
         await stream.fail(exc)
     return await stream.close()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
-from gpustack_cli.api.context import engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
@@ -30,6 +30,8 @@ from gpustack_cli.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
+    check_chat,
+    check_text_size,
     fit_context,
     prepare_chat,
     stream_chat,
@@ -319,9 +321,10 @@ async def _chat_choice(engine: TextGenerator, prepared: Prepared, index: int) ->
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, ChatCompletionBody)
+    chat = chat_request(body)
+    check_chat(chat, context(request).settings)
     manifest = resolve_model(request, body.model, Category.llm, "chat completions")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        chat = chat_request(body)
         prepared = await asyncio.to_thread(prepare_chat, engine, chat)
         envelope = Envelope("chatcmpl", manifest.name)
         if body.stream:
@@ -397,6 +400,12 @@ def _prompts(body: CompletionBody, engine: TextGenerator) -> list[list[int]]:
     return [engine.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
 
 
+def _prompt_chars(prompt: Prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(p) for p in prompt if isinstance(p, str | list))
+
+
 def _with_suffix(engine: TextGenerator, tokens: list[int], suffix: str) -> list[int]:
     fim = engine.fim_tokens()
     if fim is None:
@@ -423,6 +432,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise bad_request("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
     if body.echo and body.logprobs is not None:
         raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
+    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), context(request).settings, "prompt")
     manifest = resolve_model(request, body.model, Category.llm, "completions")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         sampling = sampling_of(body, body.logprobs)

@@ -20,12 +20,13 @@ from gpustack_cli import batching
 from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
+from gpustack_cli.config import Settings
 from gpustack_cli.store import Category
 
 MAX_INPUTS = 2048
 # Below this many characters, tokens are counted on the event loop (about a tenth of a millisecond).
 INLINE_CHARS = 4096
-Tokens = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Tokens = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
 
 
 class EmbeddingsBody(BaseModel):
@@ -46,8 +47,6 @@ def _texts(body: EmbeddingsBody, engine: Embedder) -> list[str]:
         items = [value]
     else:
         items = list(value)
-    if len(items) > MAX_INPUTS:
-        raise bad_request(f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", param="input")
     texts = []
     for index, item in enumerate(items):
         text = item if isinstance(item, str) else engine.detokenize(item)
@@ -84,8 +83,22 @@ def encode(vector: list[float], encoding: str) -> list[float] | str:
     return vector
 
 
+def _check_size(body: EmbeddingsBody, settings: Settings) -> None:
+    """How much one request may ask to embed, checked before a model is loaded."""
+    value = body.input
+    items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    if len(items) > MAX_INPUTS:
+        raise bad_request(f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", param="input")
+    chars = sum(len(item) for item in items if isinstance(item, str))
+    if chars > settings.max_text_chars:
+        raise bad_request(
+            f"Invalid 'input': {chars} characters in all; the limit is {settings.max_text_chars}.", param="input"
+        )
+
+
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request, EmbeddingsBody)
+    _check_size(body, context(request).settings)
     manifest = resolve_model(request, body.model, Category.embedding, "embeddings")
     async with engine_for(request, manifest, Embedder, keep_alive_of(request, body.keep_alive)) as engine:
         if body.dimensions is not None and body.dimensions != engine.dimensions:

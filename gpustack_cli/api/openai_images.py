@@ -1,7 +1,7 @@
 """OpenAI's `POST /v1/images/generations` and `/v1/images/edits` over diffusers pipelines.
 
-`response_format: url` links point at `GET /v1/images/files/{id}` on this server: behind the same
-API keys as every other route, unguessable, and gone after `FILE_LIFETIME`. `stream: true` sends
+`response_format: url` links point at `GET /v1/images/files/{id}` on this server: unguessable,
+readable only with the API key that made them, and gone after `FILE_LIFETIME`. `stream: true` sends
 OpenAI's image events: up to `partial_images` previews decoded from the latents while denoising,
 then the images.
 """
@@ -22,10 +22,19 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import ImageGenerator, ImageRequest
-from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.api.context import (
+    context,
+    engine_for,
+    keep_alive_of,
+    principal,
+    read_form,
+    read_json,
+    resolve_model,
+)
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
+from gpustack_cli.config import Settings
 from gpustack_cli.store import Category
 from gpustack_cli.threads import emit_in_thread
 
@@ -75,6 +84,8 @@ class _File:
     data: bytes
     content_type: str
     expires: float
+    # The name of the key that made it: only that key may fetch it.
+    owner: str
 
 
 @dataclass
@@ -83,12 +94,12 @@ class ImageFiles:
 
     files: dict[str, _File] = field(default_factory=dict)
 
-    def add(self, data: bytes, fmt: str) -> str:
+    def add(self, data: bytes, fmt: str, owner: str) -> str:
         now = time.time()
         for key in [k for k, f in self.files.items() if f.expires < now]:
             del self.files[key]
         key = f"{secrets.token_urlsafe(24)}.{fmt}"
-        self.files[key] = _File(data, CONTENT_TYPES[fmt], now + FILE_LIFETIME)
+        self.files[key] = _File(data, CONTENT_TYPES[fmt], now + FILE_LIFETIME, owner)
         return key
 
 
@@ -112,7 +123,44 @@ def _size(value: str, engine: ImageGenerator) -> tuple[int, int]:
     return width, height
 
 
-def _request(body: ImageFields, engine: ImageGenerator, style: str | None, strength: float = 0.8) -> ImageRequest:
+def _check_work(settings: Settings, width: int, height: int, n: int, steps: int | None, strength: float) -> None:
+    """What one request may ask of a pipeline: memory grows with the pixels of all its images,
+    time with those pixels times the steps."""
+    pixels = width * height * n
+    if pixels > settings.max_request_pixels:
+        raise bad_request(
+            f"This request asks for {pixels} pixels ({n} x {width}x{height}); the limit is "
+            f"{settings.max_request_pixels}: ask for fewer or smaller images.",
+            param="n" if n > 1 else "size",
+        )
+    if steps is None:
+        return
+    if pixels * steps > settings.max_image_work:
+        raise bad_request(
+            f"This request asks for {steps} steps over {pixels} pixels; the limit of pixels times steps is "
+            f"{settings.max_image_work}: ask for fewer steps or pixels.",
+            param="num_inference_steps",
+        )
+    if int(steps * strength) < 1:  # an edit runs only the last `strength` part of the steps
+        raise bad_request(
+            f"{steps} steps at strength {strength:g} leave no step to run: raise 'num_inference_steps'.",
+            param="num_inference_steps",
+        )
+
+
+def _precheck(settings: Settings, body: ImageFields, strength: float = 1.0) -> None:
+    """The limits that need no model (an explicit size), checked before it is loaded."""
+    if body.size == "auto":
+        return
+    with contextlib.suppress(ValueError):
+        width, height = (int(v) for v in body.size.lower().split("x"))
+        if width > 0 and height > 0:
+            _check_work(settings, width, height, body.n, body.num_inference_steps, strength)
+
+
+def _request(
+    settings: Settings, body: ImageFields, engine: ImageGenerator, style: str | None, strength: float = 1.0
+) -> ImageRequest:
     if body.background == "transparent":
         raise bad_request("Invalid 'background': this model draws opaque images only.", param="background")
     if body.stream and body.response_format == "url":
@@ -123,6 +171,7 @@ def _request(body: ImageFields, engine: ImageGenerator, style: str | None, stren
     steps = body.num_inference_steps
     if steps is None and body.quality not in ("auto", "medium", "standard"):
         steps = max(1, round(engine.default_steps * QUALITY_STEPS[body.quality]))
+    _check_work(settings, width, height, body.n, steps or engine.default_steps, strength)
     guidance = body.guidance_scale if body.guidance_scale is not None else STYLE_GUIDANCE.get(style or "")
     return ImageRequest(
         prompt=body.prompt,
@@ -184,7 +233,7 @@ async def _answer(request: web.Request, images: list[Any], body: ImageFields) ->
     data = []
     for image in encoded:
         if body.response_format == "url":
-            key = request.app[FILES].add(image, body.output_format)
+            key = request.app[FILES].add(image, body.output_format, principal(request).key_id)
             data.append({"url": f"{request.scheme}://{request.host}/v1/images/files/{key}"})
         else:
             data.append({"b64_json": base64.b64encode(image).decode()})
@@ -247,35 +296,42 @@ async def _stream(
 
 async def generations(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, GenerationBody)
+    settings = context(request).settings
+    _precheck(settings, body)
     manifest = resolve_model(request, body.model, Category.image, "image generation")
     async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        job = _request(body, engine, body.style)
+        job = _request(settings, body, engine, body.style)
         if body.stream:
             return await _stream(request, "image_generation", manifest.name, engine, job, body)
         images = await _run(request, manifest.name, engine, job, None, None)
     return await _answer(request, images, body)
 
 
-def _open_image(data: bytes, param: str) -> Any:
+def _open_image(data: bytes, param: str, max_pixels: int) -> Any:
+    """The uploaded image, decoded only once its header shows it within `max_pixels`."""
     # Pillow comes with the image engines' extras: imported on use, so a text-only install serves.
     from PIL import Image, UnidentifiedImageError
 
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise bad_request(f"Invalid '{param}': not a PNG, JPEG or WEBP image.", param=param) from exc
     if image.format not in ("PNG", "JPEG", "WEBP"):
         raise bad_request(
             f"Invalid '{param}': {image.format} images are not supported; use PNG, JPEG or WEBP.", param=param
         )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise bad_request(f"Invalid '{param}': {width}x{height} is over the limit of {max_pixels} pixels.", param=param)
+    try:
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise bad_request(f"Invalid '{param}': the image could not be decoded: {exc}.", param=param) from exc
     return image
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
-    if not request.content_type.startswith("multipart/form-data"):
-        raise bad_request("Send edits as multipart/form-data with an 'image' file.", param="image")
-    form = await request.post()
+    form = await read_form(request, "Send edits as multipart/form-data with an 'image' file.")
     uploads = [v for k in ("image", "image[]") for v in form.getall(k, []) if not isinstance(v, str)]
     if not uploads:
         raise bad_request("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
@@ -286,11 +342,24 @@ async def edits(request: web.Request) -> web.StreamResponse:
         body = EditFields.model_validate(fields)
     except ValidationError as exc:
         raise from_validation(exc) from exc
-    image = _open_image(uploads[0].file.read(), "image").convert("RGB")
+    settings = context(request).settings
+    _precheck(settings, body, body.strength)
+    manifest = resolve_model(request, body.model, Category.image, "image edits")
+    image, mask = await asyncio.to_thread(_edit_images, uploads[0], form.get("mask"), settings.max_image_pixels)
+    async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        job = _request(settings, body, engine, None, body.strength)
+        if body.stream:
+            return await _stream(request, "image_edit", manifest.name, engine, job, body, image, mask)
+        images = await _run(request, manifest.name, engine, job, image, mask)
+    return await _answer(request, images, body)
+
+
+def _edit_images(upload: web.FileField, mask_upload: Any, max_pixels: int) -> tuple[Any, Any]:
+    """The image to edit, in RGB, and the mask as diffusers takes it (or None)."""
+    image = _open_image(upload.file.read(), "image", max_pixels).convert("RGB")
     mask = None
-    mask_upload = form.get("mask")
     if mask_upload is not None and not isinstance(mask_upload, str):
-        raw = _open_image(mask_upload.file.read(), "mask")
+        raw = _open_image(mask_upload.file.read(), "mask", max_pixels)
         if raw.size != image.size:
             raise bad_request(
                 f"Invalid 'mask': its size {raw.size[0]}x{raw.size[1]} differs from the image's "
@@ -301,18 +370,12 @@ async def edits(request: web.Request) -> web.StreamResponse:
             raise bad_request("Invalid 'mask': it needs an alpha channel (transparent where to edit).", param="mask")
         # OpenAI: transparent pixels are edited. diffusers: white pixels are repainted.
         mask = raw.getchannel("A").point(lambda alpha: 255 - alpha)
-    manifest = resolve_model(request, body.model, Category.image, "image edits")
-    async with engine_for(request, manifest, ImageGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        job = _request(body, engine, None, body.strength)
-        if body.stream:
-            return await _stream(request, "image_edit", manifest.name, engine, job, body, image, mask)
-        images = await _run(request, manifest.name, engine, job, image, mask)
-    return await _answer(request, images, body)
+    return image, mask
 
 
 async def image_file(request: web.Request) -> web.Response:
     found = request.app[FILES].files.get(request.match_info["name"])
-    if found is None or found.expires < time.time():
+    if found is None or found.expires < time.time() or found.owner != principal(request).key_id:
         raise APIError(404, "This image link does not exist or has expired.", code="not_found")
     return web.Response(body=found.data, content_type=found.content_type)
 

@@ -9,13 +9,20 @@ answer (`gpustack pull --generic-proxy`, `gpustack model set NAME --generic-prox
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from gpustack_cli.api.context import context, engine_for, principal, resolve_model
+from gpustack_cli.api.context import (
+    context,
+    engine_for,
+    principal,
+    read_body,
+    read_form,
+    read_json_object,
+    resolve_model,
+)
 from gpustack_cli.api.errors import APIError, bad_request
 from gpustack_cli.api.native_apis import ROUTES
 from gpustack_cli.api.remote import ENGINE, forward
@@ -53,20 +60,16 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     name = request.headers.get(MODEL_HEADER)
     body: Any = {}
     if request.content_type.startswith("multipart/form-data"):
-        field = (await request.post()).get("model")  # read (and kept) for forwarding too
+        field = (await read_form(request)).get("model")  # read (and kept) for forwarding too
         name = name or (field if isinstance(field, str) else None)
     else:
-        limit = context(request).settings.max_json_bytes
-        raw = await request.read()
-        if len(raw) > limit:
-            raise APIError(413, f"Request body too large: the limit is {limit} bytes.", code="request_too_large")
+        raw = await read_body(request)
         if raw.strip() and (not name or request.content_type == "application/json"):
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                if not name:
-                    raise bad_request("Name the model in the X-GPUStack-Model header: the body is not JSON.") from None
-        name = name or (body.get("model") if isinstance(body, dict) else None)
+            found = await read_json_object(request)
+            if found is None and not name:
+                raise bad_request("Name the model in the X-GPUStack-Model header: the body is not a JSON object.")
+            body = found or {}
+        name = name or body.get("model")
     if not name and segments and _names_proxied_model(request, segments[0]):
         name, segments = segments[0], segments[1:]
     if not isinstance(name, str) or not name:

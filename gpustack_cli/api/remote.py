@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from engines.remote import RemoteEngine, Upstream
-from gpustack_cli.api.context import CONTEXT, REQUEST_ID, resolve_model
+from gpustack_cli.api.context import CONTEXT, REQUEST_ID, read_form, read_json_object, resolve_model
 from gpustack_cli.api.errors import APIError
 from gpustack_cli.api.upstream_http import Response as UpstreamResponse
 from gpustack_cli.api.upstream_http import UpstreamClient, UpstreamError, UpstreamTimeout
@@ -92,7 +92,7 @@ def _headers(request: web.Request, engine: RemoteEngine, content_type: str | Non
 async def _body(request: web.Request, engine: RemoteEngine) -> tuple[bytes, str | None]:
     """The body to send on, with the model renamed for the upstream; and a form's new Content-Type."""
     if request.content_type.startswith("multipart/form-data"):
-        form = await request.post()
+        form = await read_form(request)
         data = aiohttp.FormData()
         for key, value in form.items():
             if isinstance(value, str):
@@ -103,13 +103,10 @@ async def _body(request: web.Request, engine: RemoteEngine) -> tuple[bytes, str 
         return await payload.as_bytes(), payload.content_type
     raw = await request.read()
     if engine.upstream_model and raw:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return raw, None
-        if isinstance(body, dict) and "model" in body:
+        body = await read_json_object(request)
+        if body is not None and "model" in body:
             body["model"] = engine.upstream_model
-            return json.dumps(body).encode(), None
+            return orjson.dumps(body), None
     return raw, None
 
 
@@ -146,7 +143,7 @@ async def forward(
         response: web.StreamResponse | None = None
         try:
             async with client.request(
-                request.method, upstream.url, target, headers, body, keep_framing=framing
+                request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
             ) as answer:
                 kept = None
                 if missing_ok and answer.status in (404, 405):
@@ -202,13 +199,10 @@ def _route_missing(status: int, body: bytes) -> bool:
 
 async def _model_of(request: web.Request) -> str | None:
     if request.content_type.startswith("multipart/form-data"):
-        value = (await request.post()).get("model")
-        return value if isinstance(value, str) else None
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except ValueError:
-        return None
-    return body.get("model") if isinstance(body, dict) and isinstance(body.get("model"), str) else None
+        value = (await read_form(request)).get("model")
+    else:
+        value = ((await read_json_object(request)) or {}).get("model")
+    return value if isinstance(value, str) else None
 
 
 def is_remote(request: web.Request, name: str) -> bool:
@@ -291,7 +285,9 @@ async def upstream_chat(
     reason, usage = "stop", {"prompt_tokens": 0, "completion_tokens": 0}
     for upstream in engine.order():
         try:
-            async with client.request("POST", upstream.url, "/v1/chat/completions", headers, body) as answer:
+            async with client.request(
+                "POST", upstream.url, "/v1/chat/completions", headers, body, timeout=engine.timeout
+            ) as answer:
                 if answer.status >= 400:
                     text = (await answer.read()).decode(errors="replace")
                     raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")

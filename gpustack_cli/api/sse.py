@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gpustack_cli.api.context import CONTEXT
 from gpustack_cli.api.errors import APIError, client_left, engine_error
 from gpustack_cli.api.responses import dumps
 
@@ -40,8 +41,9 @@ class EventStream:
         if client_left(self.request, exc):
             raise exc
         error = engine_error(exc)
-        if error is None:  # a bug: logged, and a 500 in the stream
+        if error is None:  # a bug: logged, counted, and a 500 in the stream
             log.exception("error while streaming")
+            self.request.app[CONTEXT].metrics.internal_errors.inc()
             error = APIError(500, "The server had an error while generating the response.")
         await self.send(error.anthropic() if anthropic else error.openai(), event=event)
 

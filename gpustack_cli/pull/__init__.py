@@ -96,6 +96,7 @@ class Puller:
         generic_proxy: bool = False,
         proxy_prefix: str = "",
         health_path: str = "",
+        timeout: float | None = None,
         force: bool = False,
     ) -> Manifest:
         """A model served by other servers: a manifest with their URLs and no files."""
@@ -112,6 +113,10 @@ class Puller:
             options["proxy_prefix"] = "/" + proxy_prefix.strip("/")
         if health_path:
             options["health_path"] = "/" + health_path.lstrip("/")
+        if timeout is not None:
+            if not timeout > 0:
+                raise PullError(f"the upstream timeout must be a positive number of seconds (got {timeout})")
+            options["timeout"] = timeout
         manifest = Manifest(
             name=check_name(name),
             source="remote:" + ",".join(urls),

@@ -1,0 +1,157 @@
+"""What a caller's JSON schema (a response format, a tool's parameters) may be, checked before
+any grammar is built from it.
+
+Engines turn schemas into sampling grammars (llama.cpp's converter writes a repeated item out
+once per repetition, so `minItems: 10**9` grows without end; an empty `enum` makes a rule that
+matches nothing, on which llama.cpp's grammar code crashes the process). This walk bounds the
+work and refuses what no output can satisfy, in microseconds and before a model is loaded or a
+request slot taken. It is written here rather than taken from a JSON Schema validator because
+the limits need a walk of their own, and because it checks what the grammar converters support,
+a subset of JSON Schema, not the meta-schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
+COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+# Nesting deeper than this is no real schema, and would exhaust the converters' recursion.
+MAX_DEPTH = 48
+SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+class SchemaError(ValueError):
+    """A schema that cannot be served; the message names the place in it, `param` the request
+    parameter that holds it."""
+
+    param: str = ""
+
+
+@dataclass(frozen=True)
+class SchemaLimits:
+    # Nodes in all of a request's schemas: subschemas, properties, enum values, and each
+    # repetition a count asks for.
+    max_nodes: int
+    # The largest count one keyword may ask (minItems, maxLength, ...).
+    max_repeat: int
+
+
+class _Walk:
+    def __init__(self, root: Any, limits: SchemaLimits, nodes: int):
+        self.root = root
+        self.limits = limits
+        self.nodes = nodes
+
+    def count(self, n: int, where: str) -> None:
+        self.nodes += n
+        if self.nodes > self.limits.max_nodes:
+            raise SchemaError(
+                f"{where}: the schema is too large (over {self.limits.max_nodes} nodes and repetitions in all)"
+            )
+
+    def schema(self, node: Any, where: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise SchemaError(f"{where}: the schema nests deeper than {MAX_DEPTH} levels")
+        if node is True or node == {}:
+            self.count(1, where)
+            return
+        if not isinstance(node, dict):
+            raise SchemaError(f"{where}: a schema must be an object, not {_kind(node)}")
+        self.count(1, where)
+        self.type(node.get("type"), where)
+        if "enum" in node:
+            values = node["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"{where}.enum: must be a non-empty list (an empty one matches nothing)")
+            self.count(len(values), f"{where}.enum")
+        for key in COUNTS:
+            if key in node:
+                self.repeat(node[key], f"{where}.{key}")
+        for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
+            if isinstance(node.get(low), int) and isinstance(node.get(high), int) and node[low] > node[high]:
+                raise SchemaError(f"{where}: {low} is greater than {high}, so nothing matches")
+        if "pattern" in node and not isinstance(node["pattern"], str):
+            raise SchemaError(f"{where}.pattern: must be a string")
+        if "$ref" in node:
+            self.ref(node["$ref"], f"{where}.$ref")
+        if "required" in node and not (
+            isinstance(node["required"], list) and all(isinstance(r, str) for r in node["required"])
+        ):
+            raise SchemaError(f"{where}.required: must be a list of property names")
+        for key in SUBSCHEMA_MAPS:
+            if key in node:
+                children = node[key]
+                if not isinstance(children, dict):
+                    raise SchemaError(f"{where}.{key}: must be an object mapping names to schemas")
+                for name, child in children.items():
+                    self.schema(child, f"{where}.{key}.{name}", depth + 1)
+        for key in SUBSCHEMA_LISTS:
+            if key in node:
+                children = node[key]
+                if not isinstance(children, list) or (key in ("anyOf", "oneOf") and not children):
+                    raise SchemaError(f"{where}.{key}: must be a non-empty list of schemas")
+                for index, child in enumerate(children):
+                    self.schema(child, f"{where}.{key}[{index}]", depth + 1)
+        if "items" in node:
+            items = node["items"]
+            if isinstance(items, list):
+                for index, child in enumerate(items):
+                    self.schema(child, f"{where}.items[{index}]", depth + 1)
+            elif items is not False:
+                self.schema(items, f"{where}.items", depth + 1)
+        extra = node.get("additionalProperties")
+        if extra is not None and not isinstance(extra, bool):
+            self.schema(extra, f"{where}.additionalProperties", depth + 1)
+
+    def type(self, value: Any, where: str) -> None:
+        if value is None:
+            return
+        names = value if isinstance(value, list) else [value]
+        if not names or not all(isinstance(n, str) and n in TYPES for n in names):
+            raise SchemaError(
+                f"{where}.type: {value!r} is not a JSON type (use one or more of {', '.join(sorted(TYPES))})"
+            )
+
+    def repeat(self, value: Any, where: str) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SchemaError(f"{where}: must be a non-negative integer")
+        if value > self.limits.max_repeat:
+            raise SchemaError(f"{where}: {value} is over the limit of {self.limits.max_repeat}")
+        self.count(value, where)
+
+    def ref(self, ref: Any, where: str) -> None:
+        """Only references inside the schema itself: a caller's schema never makes us fetch a URL."""
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise SchemaError(f"{where}: only references within the schema ('#/...') are supported")
+        target = self.root
+        for part in ref[1:].split("/")[1:]:
+            key = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(target, dict) and key in target:
+                target = target[key]
+            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+                target = target[int(key)]
+            else:
+                raise SchemaError(f"{where}: {ref!r} points at nothing in the schema")
+        if not isinstance(target, dict):
+            raise SchemaError(f"{where}: {ref!r} does not point at a schema")
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+
+
+def check_schemas(schemas: list[tuple[str, Any]], limits: SchemaLimits) -> None:
+    """Check each (param, schema) of one request, with the limits counted over all of them;
+    a SchemaError names the param and the place in the schema."""
+    nodes = 0
+    for param, schema in schemas:
+        walk = _Walk(schema, limits, nodes)
+        try:
+            walk.schema(schema, param, 0)
+        except SchemaError as exc:
+            exc.param = param
+            raise
+        nodes = walk.nodes
