@@ -89,6 +89,9 @@ class Settings(BaseModel):
     # Messages of one chat, and characters of all the text one request asks to read or tokenize
     # (messages, prompts, inputs, documents).
     max_messages: int = Field(4096, ge=1)
+    # Tokens one answer may generate at most (llama-server's --n-predict); a request that asks
+    # for more, or for no limit, gets this many. Unset: as many as the context leaves.
+    max_completion_tokens: int | None = Field(None, ge=1)
     max_text_chars: int = Field(2_000_000, ge=1000)
     # JSON schemas of response formats and tools: nodes (subschemas, properties, enum values) in
     # all of them, and the largest count a schema may ask repeated (minItems, maxLength, ...).

@@ -132,7 +132,9 @@ def check_chat(
     request: ChatRequest, settings: Settings, schema_param: str = "response_format", tool_field: str = "parameters"
 ) -> None:
     """The limits of one chat request, checked before a model is loaded or a slot taken: its
-    messages, the characters to render and tokenize, and its schemas (a GenerationError)."""
+    messages, the characters to render and tokenize, and its schemas (a GenerationError); its
+    completion budget is capped by the server's."""
+    request.max_tokens = capped(request.max_tokens, settings)
     if len(request.messages) > settings.max_messages:
         raise GenerationError(
             f"Too many messages: {len(request.messages)}; the limit is {settings.max_messages}.", param="messages"
@@ -146,6 +148,12 @@ def check_chat(
         check_schemas(schemas, SchemaLimits(settings.max_schema_nodes, settings.max_schema_repeat))
     except SchemaError as exc:
         raise GenerationError(f"Invalid schema at {exc}.", param=exc.param, code="invalid_schema") from exc
+
+
+def capped(max_tokens: int | None, settings: Settings) -> int | None:
+    """A request's completion budget under the server's `max_completion_tokens`."""
+    cap = settings.max_completion_tokens
+    return max_tokens if cap is None else min(cap, cap if max_tokens is None else max_tokens)
 
 
 def check_text_size(chars: int, settings: Settings, param: str) -> None:

@@ -205,7 +205,7 @@ def test_audio_errors(client: openai.OpenAI, server: ServerProcess) -> None:
     assert transcription_error({"file": ("a.wav", b"x")}, response_format="docx")["param"] == "response_format"
     assert transcription_error({"file": ("a.wav", b"x")}, model="smollm2")["code"] == "model_not_supported"
     response = httpx.post(server.url + "/v1/audio/transcriptions", json={"model": WHISPER})
-    assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+    assert response.status_code == 415 and response.json()["error"]["param"] == "file"
     assert client.audio.transcriptions.create(model=WHISPER, file=("s.wav", speak(client, "Still here.", "wav"))).text
 
 

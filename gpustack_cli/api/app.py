@@ -25,6 +25,7 @@ from gpustack_cli.api import (
     openai_chat,
     openai_embeddings,
     openai_images,
+    openapi,
     proxy,
 )
 from gpustack_cli.api.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
@@ -42,8 +43,9 @@ from gpustack_cli.store import ModelStore
 log = logging.getLogger("gpustack.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Routes anyone may call, keys or not: a liveness probe says nothing about models.
-PUBLIC_ROUTES = frozenset({"/healthz"})
+# Routes anyone may call, keys or not: a liveness probe and the API's description say nothing
+# about models.
+PUBLIC_ROUTES = frozenset({"/healthz", "/openapi.json"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Request ids: a random prefix per process and a counter, unique without a random draw per request.
 _ID_PREFIX = secrets.token_hex(8)
@@ -219,6 +221,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     openai_images.add_routes(app)
     native.add_routes(app)
     proxy.add_routes(app)
+    openapi.add_routes(app)
 
     async def preload(app: web.Application) -> None:
         for name in ctx.settings.preload:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 from pydantic import BaseModel, ValidationError
 
@@ -104,7 +105,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any] | None:
 FORM = web.RequestKey("form", MultiDictProxy)
 
 
-async def read_form(request: web.Request, hint: str = "") -> MultiDictProxy[str | web.FileField]:
+async def read_form(
+    request: web.Request, hint: str = "", param: str | None = None
+) -> MultiDictProxy[str | web.FileField]:
     """The request's multipart form: text fields as str, files as `web.FileField`, read once.
 
     aiohttp's `request.post()` decodes a part sent without a filename as text, so a binary field
@@ -115,7 +118,7 @@ async def read_form(request: web.Request, hint: str = "") -> MultiDictProxy[str 
         return request[FORM]
     if not request.content_type.startswith("multipart/form-data"):
         message = hint or "Send this request as multipart/form-data."
-        raise APIError(415, message, code="unsupported_media_type")
+        raise APIError(415, message, code="unsupported_media_type", param=param)
     settings = context(request).settings
     if request.content_length is not None and request.content_length > settings.max_upload_bytes:
         raise _too_large(settings.max_upload_bytes)
@@ -124,7 +127,7 @@ async def read_form(request: web.Request, hint: str = "") -> MultiDictProxy[str 
             form = await _parse_form(request, settings)
     except TimeoutError:
         raise _body_timeout(request) from None
-    except (ValueError, AssertionError, RuntimeError, LookupError) as exc:  # aiohttp's multipart parser
+    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError) as exc:  # aiohttp's parser
         raise bad_request(f"The multipart body could not be read: {exc}.") from exc
     request[FORM] = form
     return form

@@ -19,7 +19,7 @@ from gpustack_cli.api.context import context
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
-from gpustack_cli.textgen import Finished, Prepared, TextDelta, fit_context, stream_text
+from gpustack_cli.textgen import Finished, Prepared, TextDelta, capped, fit_context, stream_text
 from gpustack_cli.threads import iterate_in_thread
 
 Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
@@ -101,14 +101,14 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
         tokens = await asyncio.to_thread(engine.tokenize, asked.prompt)
     else:
         tokens = list(asked.prompt)
-    n_predict = asked.n_predict
+    n_predict = capped(None if asked.n_predict in (None, -1) else asked.n_predict, context(request).settings)
     defaults = Sampling(max_tokens=1)
 
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     sampling = Sampling(
-        max_tokens=fit_context(engine, len(tokens), None if n_predict in (None, -1) else n_predict, "prompt"),
+        max_tokens=fit_context(engine, len(tokens), n_predict, "prompt"),
         temperature=given(asked.temperature, defaults.temperature),
         top_k=given(asked.top_k, defaults.top_k),
         top_p=given(asked.top_p, defaults.top_p),

@@ -166,7 +166,7 @@ class TranscriptionForm(BaseModel):
 
 
 async def _read_audio(request: web.Request) -> tuple[TranscriptionForm, bytes]:
-    form = await read_form(request, "Send the audio as multipart/form-data with a 'file' field.")
+    form = await read_form(request, "Send the audio as multipart/form-data with a 'file' field.", "file")
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise bad_request("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")

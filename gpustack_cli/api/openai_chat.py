@@ -30,6 +30,7 @@ from gpustack_cli.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
+    capped,
     check_chat,
     check_text_size,
     fit_context,
@@ -432,7 +433,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise bad_request("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
     if body.echo and body.logprobs is not None:
         raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
-    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), context(request).settings, "prompt")
+    settings = context(request).settings
+    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings, "prompt")
     manifest = resolve_model(request, body.model, Category.llm, "completions")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         sampling = sampling_of(body, body.logprobs)
@@ -441,7 +443,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             prompts = [_with_suffix(engine, p, body.suffix) for p in prompts]
         prepared = []
         for tokens in prompts:
-            budget = fit_context(engine, len(tokens), body.max_tokens, what="prompt")
+            budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings), what="prompt")
             prepared.append(Prepared(tokens, replace(sampling, max_tokens=budget), _stops(body.stop)))
         envelope = Envelope("cmpl", manifest.name)
         jobs = [(p_index * body.n + i, p, i) for p_index, p in enumerate(prepared) for i in range(body.n)]

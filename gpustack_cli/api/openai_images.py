@@ -331,7 +331,7 @@ def _open_image(data: bytes, param: str, max_pixels: int) -> Any:
 
 
 async def edits(request: web.Request) -> web.StreamResponse:
-    form = await read_form(request, "Send edits as multipart/form-data with an 'image' file.")
+    form = await read_form(request, "Send edits as multipart/form-data with an 'image' file.", "image")
     uploads = [v for k in ("image", "image[]") for v in form.getall(k, []) if not isinstance(v, str)]
     if not uploads:
         raise bad_request("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")

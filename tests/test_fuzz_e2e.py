@@ -1,0 +1,114 @@
+"""Schemathesis against the server's own /openapi.json, every operation, on the default models:
+valid and invalid requests (a fixed seed, a bounded number of each), and no answer may be a
+5xx or a broken connection. The server's internal-error count must stay zero (conftest)."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
+
+from tests.conftest import ServerProcess
+
+KEY = "fuzz-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# Each operation's requests: enough to reach every field's edge cases, few enough for minutes.
+EXAMPLES = 40
+MODELS = ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe", "no-such-model")
+
+
+@pytest.fixture(scope="module")
+def server(models_home: Path) -> Iterator[ServerProcess]:
+    env = {
+        "GPUSTACK_API_KEY": KEY,
+        # Every answer is short: the fuzzer asks for any max_tokens, and tests the validation.
+        "GPUSTACK_MAX_COMPLETION_TOKENS": "4",
+        "GPUSTACK_GENERIC_PROXY": "smollm2,all-minilm-l6-v2",
+    }
+    with ServerProcess(models_home, "--no-pull", env=env) as running:
+        yield running
+
+
+def _with_real_models(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with each body's `model` drawn from the store's models (and one missing), so
+    that requests reach the engines too, not only the model lookup."""
+    changed = copy.deepcopy(document)
+    schemas = list(changed["components"]["schemas"].values())
+    for path in changed["paths"].values():
+        for operation in path.values():
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                schemas.append(content["schema"])
+    for schema in schemas:
+        if "model" in schema.get("properties", {}):
+            schema["properties"]["model"] = {"type": "string", "enum": list(MODELS)}
+    return changed
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(method.upper(), path) for path, methods in document["paths"].items() for method in methods]
+
+
+def test_the_document_covers_every_route(server: ServerProcess) -> None:
+    document = httpx.get(server.url + "/openapi.json").json()  # no key needed
+    assert document["openapi"].startswith("3.1")
+    listed = set(operations(document))
+    for needed in [
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/rerank"),
+        ("POST", "/v1/audio/transcriptions"),
+        ("POST", "/v1/images/edits"),
+        ("POST", "/tokenize"),
+        ("GET", "/api/ps"),
+        ("POST", "/model/proxy/{path}"),
+    ]:
+        assert needed in listed
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_request_gets_a_server_error(server: ServerProcess, mode: GenerationMode) -> None:
+    document = _with_real_models(httpx.get(server.url + "/openapi.json").json())
+    schema = schemathesis.openapi.from_dict(document)
+    failures: list[str] = []
+    answered: Counter[tuple[str, int]] = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = operation.as_strategy(generation_mode=mode)
+
+        @settings(
+            max_examples=EXAMPLES,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=strategy)
+        def run(case: Any) -> None:
+            try:
+                response = case.call(base_url=server.url, headers=AUTH, timeout=120)
+            except Exception as exc:  # a dropped connection is a failure like a 5xx
+                failures.append(f"{case.method} {case.formatted_path}: {type(exc).__name__}: {exc}")
+                return
+            answered[(case.path, response.status_code)] += 1
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+
+        try:
+            run()
+        except Unsatisfiable:  # nothing in this operation to make invalid (a GET without parameters)
+            assert mode == GenerationMode.NEGATIVE and not operation.body and not operation.path_parameters
+    assert not failures, "\n".join(failures[:20])
+    if mode == GenerationMode.POSITIVE:  # valid requests reached the engines, not only the lookups
+        for path in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/audio/speech"):
+            assert answered[(path, 200)] > 0, sorted(answered.items())
+    assert httpx.get(server.url + "/healthz").status_code == 200
