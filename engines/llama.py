@@ -177,6 +177,8 @@ class LlamaEngine:
             return found
         try:
             gbnf = json_schema_to_gbnf(key)
+        except RecursionError as exc:  # the converter recurses once per optional property
+            raise InvalidSchema("it has too many optional properties in one object for the grammar converter") from exc
         except Exception as exc:  # the converter asserts, and raises many kinds, on what it does not support
             raise InvalidSchema(f"it cannot be turned into a grammar ({type(exc).__name__}: {exc})") from exc
         sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")

@@ -73,6 +73,9 @@ def serve(
     generic_proxy: Annotated[
         list[str] | None, typer.Option("--generic-proxy", help="Serve this model's native API (repeatable).")
     ] = None,
+    max_completion_tokens: Annotated[
+        int | None, typer.Option(help="Tokens one answer may generate at most (default: what the context leaves).")
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
@@ -92,6 +95,7 @@ def serve(
         gpu_layers=gpu_layers,
         threads=threads,
         generic_proxy=generic_proxy or None,
+        max_completion_tokens=max_completion_tokens,
         pull_defaults=False if no_pull else None,
     )
     try:

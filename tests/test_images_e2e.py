@@ -214,9 +214,33 @@ def test_image_errors(client: openai.OpenAI, server: ServerProcess, tiny_sd: str
     )
     assert edit_error({"other": ("a.png", image)})["param"] == "image"
     assert edit_error({"image": ("a.png", image)}, strength="2")["param"] == "strength"
+    # Work a request may ask of the pipeline: pixels of all its images, times the steps.
+    assert error({"n": 10, "size": "1024x1024"})["param"] == "n"
+    assert error({"size": "2048x2048"})["param"] == "size"
+    assert error({"size": "1024x1024", "num_inference_steps": 150})["param"] == "num_inference_steps"
+    one_step = edit_error({"image": ("a.png", image)}, num_inference_steps="1", strength="0.8")
+    assert one_step["param"] == "num_inference_steps" and "no step" in one_step["message"]
+    # A decompression bomb: 30000x30000 in a few kilobytes, refused from its header.
+    bomb = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(bomb, format="PNG")
+    started = time.monotonic()
+    assert "over the limit" in edit_error({"image": ("bomb.png", bomb.getvalue())})["message"]
+    assert edit_error({"image": ("a.png", image), "mask": ("m.png", bomb.getvalue())})["param"] == "mask"
+    assert time.monotonic() - started < 30
     assert client.images.generate(
         model=tiny_sd, prompt="still fine", size="64x64", extra_body={"num_inference_steps": 1}
     ).data
+    # curl's `-F 'image=<a.png'`: the image's bytes as a field without a filename.
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + tiny_sd.encode() + b"\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na house\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="num_inference_steps"\r\n\r\n2\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="size"\r\n\r\n64x64\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + image + b"\r\n--b--\r\n"
+    )
+    headers = {**auth, "Content-Type": "multipart/form-data; boundary=b"}
+    edited = httpx.post(server.url + "/v1/images/edits", content=body, headers=headers, timeout=120)
+    assert edited.status_code == 200 and decode(edited.json()["data"][0]["b64_json"]).size == (64, 64)
 
 
 def test_metrics_count_steps(server: ServerProcess, client: openai.OpenAI, tiny_sd: str) -> None:

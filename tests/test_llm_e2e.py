@@ -491,6 +491,29 @@ def test_bad_requests(client: openai.OpenAI, server: ServerProcess) -> None:
     assert client.chat.completions.create(model=MODEL, messages=ask("still there?"), max_tokens=3).choices
 
 
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        # llama.cpp's grammar code crashed the process on the empty rule this made.
+        ({"type": "object", "properties": {"a": {"enum": []}}, "required": ["a"]}, "non-empty"),
+        # The converter wrote the item out a billion times, until memory ran out.
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 1_000_000_000}, "over the limit"),
+        ({"type": "object", "properties": {"x": {"type": "string", "pattern": "(["}}}, "grammar"),
+        ({"$defs": {"n": {"properties": {"next": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"}, "grammar"),
+        ({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)}}, "optional properties"),
+    ],
+)
+def test_schemas_the_engine_cannot_serve(client: openai.OpenAI, schema: dict, words: str) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=ask("hi"), response_format=fmt, max_tokens=3)
+    assert caught.value.body["code"] == "invalid_schema" and words in caught.value.body["message"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=ask("hi"), tools=[tool], stream=True, max_tokens=3)
+    assert client.chat.completions.create(model=MODEL, messages=ask("still there?"), max_tokens=3).choices
+
+
 def test_anthropic_errors(claude: anthropic.Anthropic, server: ServerProcess) -> None:
     response = httpx.post(server.url + "/v1/messages", json={"model": MODEL, "messages": ask("hi")}, timeout=30)
     body = response.json()

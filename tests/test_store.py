@@ -113,3 +113,21 @@ def test_two_processes_at_once(tmp_path: Path) -> None:
     models = ModelStore(tmp_path).list()
     assert len(models) == 20
     assert all(m.generic_proxy for m in models)
+
+
+def test_what_a_killed_pull_left_is_swept_but_not_a_pull_under_way(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    left = tmp_path / "tmp" / "big.1234abcd"  # a pull killed with SIGKILL: no `finally` ran
+    left.mkdir(parents=True)
+    (left / "weights.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "tmp" / "old.rm.99").mkdir()  # a removal cut short
+    assert sorted(p.name for p in store.sweep()) == ["big.1234abcd", "old.rm.99"]
+    left.mkdir()
+    with store.staging("busy") as running:  # the next pull sweeps too
+        assert not left.exists()
+        (running / "part.bin").write_bytes(b"y")
+        other = ModelStore(tmp_path)  # as another process sees the store, while this pull runs
+        assert other.sweep() == [] and running.is_dir()
+        with other.staging("next") as second:
+            assert second.is_dir() and running.is_dir()
+    assert list((tmp_path / "tmp").iterdir()) == []
