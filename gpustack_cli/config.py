@@ -100,8 +100,8 @@ class Settings(BaseModel):
     # Images: pixels of an uploaded image (read from its header, before it is decoded), pixels
     # of all the images one request asks for, and those pixels times the denoising steps.
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
-    max_request_pixels: int = Field(4 * 1024 * 1024, ge=64 * 64)
-    max_image_work: int = Field(4 * 1024 * 1024 * 50, ge=64 * 64)
+    max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
+    max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
 
     default_models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     pull_defaults: bool = True

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import re
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from PIL import Image
 
 from gpustack_cli.audio import wav_header
 from tests.conftest import ServerProcess, clean_env, free_port, gpustack
@@ -201,6 +203,11 @@ def test_audio_errors(client: openai.OpenAI, server: ServerProcess) -> None:
 
     assert transcription_error({"file": ("a.wav", b"")})["param"] == "file"
     assert transcription_error({"file": ("a.wav", b"this is not audio" * 50)})["code"] == "invalid_audio"
+    image = io.BytesIO()  # a real file of another kind: PyAV opens it and finds no audio stream
+    Image.new("RGB", (16, 16)).save(image, format="PNG")
+    assert transcription_error({"file": ("a.png", image.getvalue())})["code"] == "invalid_audio"
+    spoken = speak(client, "Hello there.", "wav")
+    assert transcription_error({"file": ("a.wav", spoken)}, language="xx")["param"] == "language"
     assert transcription_error({"other": ("a.wav", b"x")})["param"] == "file"
     assert transcription_error({"file": ("a.wav", b"x")}, response_format="docx")["param"] == "response_format"
     assert transcription_error({"file": ("a.wav", b"x")}, model="smollm2")["code"] == "model_not_supported"

@@ -131,6 +131,29 @@ def test_embedding_errors(client: openai.OpenAI, server: ServerProcess, cross_en
     assert error({"model": "smollm2", "input": "x"})["code"] == "model_not_supported"
     assert error({"model": cross_encoder, "input": "x"})["code"] == "model_not_supported"
     assert error({"input": "x"})["param"] == "model"
+    # Token ids: out of this model's vocabulary (it answered 200 with some vector), and past 64 bits.
+    assert error({"model": MINILM, "input": [10**9]})["code"] == "invalid_tokens"
+    assert error({"model": MINILM, "input": [2**70]})["param"] == "input"
+
+
+def test_token_counting_while_batches_run(server: ServerProcess) -> None:
+    """Lengths are counted on the event loop while a batch is encoded in a worker thread: with one
+    tokenizer shared by both, its padding state leaked across ("expected sequence of length 9 at
+    dim 1 (got 8)") and some answers were 500s."""
+    texts = [("word " * (1 + i % 40)).strip() for i in range(240)]
+
+    async def all_at_once() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+            limits = asyncio.Semaphore(48)
+
+            async def one(text: str) -> int:
+                async with limits:
+                    body = {"model": MINILM, "input": [text, text[: len(text) // 2] or "x"]}
+                    return (await http.post("/v1/embeddings", json=body)).status_code
+
+            return await asyncio.gather(*(one(t) for t in texts))
+
+    assert set(asyncio.run(all_at_once())) == {200}
 
 
 # -- rerank ----------------------------------------------------------------------------------------

@@ -237,3 +237,35 @@ async def test_clients_that_leave_are_logged_as_499(
     lines = [r.getMessage() for r in caplog.records if "/slow" in r.getMessage()]
     assert any('/slow?api_key=[redacted] HTTP/1.1" 499 ' in line for line in lines), lines
     assert not any("secret" in line for line in lines)
+
+
+async def test_uploads_wait_for_the_model_and_tokenizing_for_its_limit(client: TestClient, ctx: ServerContext) -> None:
+    form = aiohttp.FormData()
+    form.add_field("model", "nope")
+    form.add_field("prompt", "x")
+    form.add_field("image", b"not decoded: the model is looked up first", filename="a.png")
+    error = await error_of(await client.post("/v1/images/edits", data=form), 404)
+    assert error["code"] == "model_not_found"
+    error = await error_of(await client.post("/tokenize", json={"model": "chat", "content": "x" * 6000}), 400)
+    assert error["param"] == "content"
+    assert loads(ctx) == 0
+
+
+async def test_requests_aiohttp_refuses_are_one_line_in_the_log(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_log, refusals = logging.getLogger("aiohttp.server"), access_log.RefusedRequests()
+    server_log.addFilter(refusals)  # as `gpustack serve` sets it up
+    caplog.set_level(logging.INFO, logger="aiohttp.server")
+    try:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Bad: a\rb\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    finally:
+        server_log.removeFilter(refusals)
+    assert b" 400 " in head
+    refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert refused and all(r.levelno == logging.INFO and r.exc_info is None for r in refused)
+    assert "refused" in refused[0].getMessage()

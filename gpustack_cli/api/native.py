@@ -9,8 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Tokenizer
-from gpustack_cli.api.context import engine_for, read_json, resolve_model
+from gpustack_cli.api.context import context, engine_for, read_json, resolve_model
 from gpustack_cli.api.native_apis import llama_detokenize, llama_tokenize
+from gpustack_cli.textgen import check_text_size
 
 
 class TokenizeBody(BaseModel):
@@ -29,6 +30,7 @@ class DetokenizeBody(BaseModel):
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, TokenizeBody)
+    check_text_size(len(body.content), context(request).settings, "content")
     manifest = resolve_model(request, body.model)
     async with engine_for(request, manifest, Tokenizer) as engine:
         return await llama_tokenize(request, engine, body.model_dump(), manifest.name)

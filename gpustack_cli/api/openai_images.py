@@ -314,7 +314,9 @@ def _open_image(data: bytes, param: str, max_pixels: int) -> Any:
 
     try:
         image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, past twice its warning size
+        raise bad_request(f"Invalid '{param}': it is over the limit of {max_pixels} pixels.", param=param) from exc
+    except (UnidentifiedImageError, OSError) as exc:
         raise bad_request(f"Invalid '{param}': not a PNG, JPEG or WEBP image.", param=param) from exc
     if image.format not in ("PNG", "JPEG", "WEBP"):
         raise bad_request(
