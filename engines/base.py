@@ -29,6 +29,8 @@ class LoadSpec:
     gpu_layers: int = -1
     # CPU threads for engines that choose their own (llama.cpp); None: every core available.
     threads: int | None = None
+    # Requests an engine that batches them decodes at once (llama.cpp's slots).
+    parallel: int = 1
 
 
 @runtime_checkable

@@ -1,12 +1,9 @@
 """GGUF models through llama.cpp (llama-cpp-python): text generation, embeddings and tokenizing.
 
 The engine exposes tokens, not chat: prompts are rendered and stop strings, tool calls and
-formats are handled above it (`gpustack_cli.textgen`), so that a later engine decoding many
-requests in one llama.cpp batch can replace `generate` without touching the translators.
-`Llama.generate` is used for the token loop: it keeps the KV cache of the longest common prompt
-prefix between requests (a chat's history is not evaluated again), except for requests that ask
-to be reproducible (with a seed), and takes the sampler chain and grammar per call. Log
-probabilities are read from the logits llama.cpp sampled from.
+formats are handled above it (`gpustack_cli.textgen`). A generation model decodes up to
+`parallel` requests together in one llama.cpp context (`engines.llama_batch`); the `Llama`
+object it is loaded with tokenizes, and serves embedding and rerank models whole.
 """
 
 from __future__ import annotations
@@ -20,14 +17,13 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
+from llama_cpp import Llama
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from engines.base import InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Token
+from engines.llama_batch import BatchDecoder
 
 log = logging.getLogger("gpustack.engines.llama")
-# llama.cpp's seed value that means "pick a random seed".
-RANDOM_SEED = 0xFFFFFFFF
 # Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
 GRAMMAR_CACHE = 32
 
@@ -39,10 +35,12 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class LlamaEngine:
-    # One llama.cpp context decodes one sequence at a time here.
-    max_concurrency = 1
+# The context of the `Llama` object a generation model is loaded with: it only tokenizes, the
+# batched decoder has a context of its own.
+TOKENIZER_CTX = 64
 
+
+class LlamaEngine:
     def __init__(self, spec: LoadSpec):
         options = spec.options
         model_file = options.get("model_file")
@@ -55,7 +53,7 @@ class LlamaEngine:
         n_batch = n_ctx if self.embedding_mode else int(options.get("n_batch") or 512)
         self.llm = Llama(
             model_path=str(spec.path / model_file),
-            n_ctx=n_ctx,
+            n_ctx=n_ctx if self.embedding_mode else TOKENIZER_CTX,
             n_batch=n_batch,
             n_ubatch=n_batch,
             n_gpu_layers=spec.gpu_layers,
@@ -66,7 +64,7 @@ class LlamaEngine:
             verbose=False,
         )
         metadata: dict[str, str] = self.llm.metadata
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = self.llm.n_ctx() if self.embedding_mode else n_ctx
         self.architecture = metadata.get("general.architecture", "")
         self.chat_template = options.get("chat_template") or metadata.get("tokenizer.chat_template")
         self.bos_text = self._token_text(self.llm.token_bos())
@@ -75,8 +73,21 @@ class LlamaEngine:
         self.dimensions = self.llm.n_embd()
         self.truncatable = False
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self._grammars: dict[str, LlamaGrammar] = {}
+        self._grammars: dict[str, str] = {}
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
+        # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
+        self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
+        self.decoder: BatchDecoder | None = None
+        if not self.embedding_mode:
+            self.decoder = BatchDecoder(
+                self.llm.model,
+                n_ctx=n_ctx,
+                parallel=self.max_concurrency,
+                n_batch=n_batch,
+                threads=threads,
+                is_eog=self.is_eog,
+                piece=self.piece,
+            )
         log.info(
             "loaded %s: %s, context %d, %s, %d threads",
             spec.name,
@@ -126,48 +137,15 @@ class LlamaEngine:
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         self._check(prompt, "the prompt")
         self._check(list(sampling.logit_bias), "logit_bias")
-        llm = self.llm
-        llm.set_seed(RANDOM_SEED if sampling.seed is None else sampling.seed & 0x7FFFFFFF)
-        if sampling.seed is not None:
-            # Reusing the cached prompt prefix changes the float rounding of the last logits
-            # (a different batch shape), so a request that asks to be reproducible is evaluated
-            # from scratch; others keep the prefix cache.
-            llm.reset()
-        processors = None
-        if sampling.logit_bias:
-            ids = np.fromiter(sampling.logit_bias.keys(), dtype=np.intc)
-            bias = np.fromiter(sampling.logit_bias.values(), dtype=np.single)
-
-            def apply_bias(_input_ids: Any, logits: np.ndarray) -> np.ndarray:
-                logits[ids] += bias
-                return logits
-
-            processors = LogitsProcessorList([apply_bias])
+        if self.decoder is None:
+            raise RuntimeError("this model was loaded for embeddings, not generation")
         grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
-        tokens = llm.generate(
-            list(prompt),
-            top_k=sampling.top_k,
-            top_p=sampling.top_p,
-            min_p=sampling.min_p,
-            temp=sampling.temperature,
-            repeat_penalty=sampling.repeat_penalty,
-            frequency_penalty=sampling.frequency_penalty,
-            presence_penalty=sampling.presence_penalty,
-            logits_processor=processors,
-            grammar=grammar,
-        )
-        for produced, token in enumerate(tokens, start=1):
-            if self.is_eog(token) or cancel.is_set():
-                return
-            logprob, top = self._logprobs(token, sampling) if sampling.logprobs is not None else (None, ())
-            yield Token(id=token, piece=self.piece(token), logprob=logprob, top=top)
-            if produced >= sampling.max_tokens:
-                return
+        yield from self.decoder.generate(prompt, sampling, cancel, grammar)
 
     def check_schema(self, schema: dict[str, Any]) -> None:
         self._grammar(schema)
 
-    def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
+    def _grammar(self, schema: dict[str, Any]) -> str:
         """The sampling grammar of a JSON schema, made by llama-cpp-python's converter and parsed
         by llama.cpp once here, so that what either refuses is the caller's error before any
         token is sampled (the schema's size is bounded before it reaches the engine)."""
@@ -187,25 +165,8 @@ class LlamaEngine:
         llama_cpp.llama_sampler_free(sampler)
         if len(self._grammars) >= GRAMMAR_CACHE:
             self._grammars.pop(next(iter(self._grammars)))
-        grammar = self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
-        return grammar
-
-    def _logprobs(self, token: int, sampling: Sampling) -> tuple[float, tuple[tuple[int, float], ...]]:
-        """Log-softmax of the logits the token was sampled from (before temperature), as OpenAI reports."""
-        pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float64)
-        if sampling.logit_bias:
-            for tid, value in sampling.logit_bias.items():
-                logits[tid] += value
-        shifted = logits - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        k = sampling.logprobs or 0
-        top: tuple[tuple[int, float], ...] = ()
-        if k:
-            best = np.argpartition(-logprobs, k)[:k]
-            best = best[np.argsort(-logprobs[best])]
-            top = tuple((int(i), float(logprobs[i])) for i in best)
-        return float(logprobs[token]), top
+        self._grammars[key] = gbnf
+        return gbnf
 
     # -- embeddings -----------------------------------------------------------------------
 
@@ -251,6 +212,8 @@ class LlamaEngine:
         return Ranking(scores=scores, prompt_tokens=total)
 
     def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
         self.llm.close()
 
 

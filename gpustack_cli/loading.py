@@ -16,5 +16,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         options=manifest.options,
         gpu_layers=settings.gpu_layers,
         threads=settings.threads,
+        parallel=settings.parallel,
     )
     return load_engine(manifest.engine, spec)

@@ -1,0 +1,343 @@
+"""Continuous batching for llama.cpp: one context holding a sequence per slot, and one decode loop
+that puts the next token of every running request and the prompt chunks of new ones into a
+single `llama_batch` per step, as llama-server's slots do.
+
+Why written here: llama-cpp-python's `Llama` decodes one sequence at a time and samples each token
+in Python; its low-level bindings expose llama.cpp's batch API (`llama_batch_*`, `llama_decode`,
+`llama_memory_seq_*`) and sampler chains (`llama_sampler_*`), which is all this needs. Each
+request samples in C with a chain of its own (logit bias, penalties, grammar, top-k/p, min-p,
+temperature, and a seeded `dist`), reading its row of the batch's logits.
+
+Requests join and leave between steps. A prompt is read in chunks that share each step's
+`n_batch` tokens with the running streams' next tokens (running streams go first), so a long
+prompt slows the others by one chunk per step instead of stopping them for its whole prefill. A
+new request takes the free slot whose cached tokens share the longest prefix with its prompt, and
+only the rest is evaluated (the next turn of a chat does not read its history again); a request
+with a seed is evaluated from scratch, so that it is reproducible whatever ran before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from engines.base import Sampling, Token
+
+log = logging.getLogger("gpustack.engines.llama")
+RANDOM_SEED = 0xFFFFFFFF
+# Tokens of history the repetition penalties look at (llama.cpp's default penalty_last_n).
+PENALTY_WINDOW = 64
+_END = object()
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    sampling: Sampling
+    grammar: str | None
+    cancel: threading.Event
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    # Set by the consumer when it stops reading (the request ended early).
+    abandoned: bool = False
+    slot: _Slot | None = None
+    pending: list[int] = field(default_factory=list)
+    n_past: int = 0
+    produced: int = 0
+    last: int | None = None
+    chain: Any = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.abandoned or self.cancel.is_set()
+
+
+@dataclass
+class _Slot:
+    seq: int
+    # Tokens whose KV cells this sequence holds, from position 0.
+    cached: list[int] = field(default_factory=list)
+    job: _Job | None = None
+
+
+@dataclass
+class BatchStats:
+    """What the decode loop has done, for the server's metrics."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    reused_tokens: int = 0
+    steps: int = 0
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class BatchDecoder:
+    """Many sequences decoded together on one llama.cpp model; `generate` is called from any
+    number of threads and yields that request's tokens as the loop samples them."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        n_ctx: int,
+        parallel: int,
+        n_batch: int,
+        threads: int,
+        is_eog: Callable[[int], bool],
+        piece: Callable[[int], bytes],
+    ):
+        self.n_ctx = n_ctx
+        self.parallel = parallel
+        self.n_batch = n_batch
+        self._is_eog = is_eog
+        self._piece = piece
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx * parallel
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = True
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp could not create a context for batched decoding")
+        self._memory = llama_cpp.llama_get_memory(self.ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.slots = [_Slot(seq) for seq in range(parallel)]
+        self.stats = BatchStats()
+        self._inbox: deque[_Job] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # -- the callers' side -------------------------------------------------------------------
+
+    def generate(
+        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, grammar: str | None = None
+    ) -> Iterator[Token]:
+        """The request's tokens until an end-of-generation token, `max_tokens` or `cancel`."""
+        job = _Job(list(prompt), sampling, grammar, cancel)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the model was unloaded")
+            self._inbox.append(job)
+            self._wake.notify()
+        try:
+            while True:
+                item = job.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            job.abandoned = True
+            with self._wake:
+                self._wake.notify()
+
+    def busy(self) -> int:
+        return sum(slot.job is not None for slot in self.slots)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self.ctx)
+
+    # -- the decode loop ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._inbox and not any(s.job for s in self.slots):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # a failed decode fails the requests in it, not the loop
+                log.exception("decode step failed")
+                for slot in self.slots:
+                    if slot.job is not None:
+                        self._finish(slot.job, exc)
+                        slot.cached = []
+                        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+        for job in self._inbox:
+            job.out.put(RuntimeError("the model was unloaded"))
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot.job, RuntimeError("the model was unloaded"))
+
+    def _admit(self) -> None:
+        """New requests into free slots: the slot whose cache shares the longest prefix."""
+        while self._inbox:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self._inbox.popleft()
+            if job.stopped:
+                job.out.put(_END)
+                continue
+            try:
+                job.chain = self._sampler(job)
+            except Exception as exc:
+                job.out.put(exc)
+                continue
+            reuse = job.sampling.seed is None
+            slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt) if reuse else -len(s.cached))
+            common = _common_prefix(slot.cached, job.prompt) if reuse else 0
+            common = min(common, len(job.prompt) - 1)  # the last prompt token is read again for its logits
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, common, -1)
+            slot.cached = job.prompt[:common]
+            slot.job, job.slot = job, slot
+            job.pending, job.n_past = job.prompt[common:], common
+            self.stats.reused_tokens += common
+
+    def _sampler(self, job: _Job) -> Any:
+        s = job.sampling
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if s.logit_bias:
+            bias = (llama_cpp.llama_logit_bias * len(s.logit_bias))()
+            for i, (token, value) in enumerate(s.logit_bias.items()):
+                bias[i].token, bias[i].bias = token, value
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(s.logit_bias), bias))
+        if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+            penalties = llama_cpp.llama_sampler_init_penalties(
+                self.n_vocab, PENALTY_WINDOW, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+            for token in job.prompt[-PENALTY_WINDOW:]:  # the prompt counts as history, as in llama-server
+                llama_cpp.llama_sampler_accept(penalties, token)
+            add(chain, penalties)
+        if job.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, job.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise ValueError("llama.cpp cannot parse the grammar")
+            add(chain, grammar)
+        if s.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if s.top_k > 0:
+                add(chain, llama_cpp.llama_sampler_init_top_k(s.top_k))
+            add(chain, llama_cpp.llama_sampler_init_top_p(s.top_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_min_p(s.min_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(s.temperature))
+            seed = RANDOM_SEED if s.seed is None else s.seed & 0x7FFFFFFF
+            add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        batch, i = self._batch, self._batch.n_tokens
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+        batch.n_tokens = i + 1
+        return i
+
+    def _step(self) -> None:
+        running = [s.job for s in self.slots if s.job is not None]
+        for job in running:
+            if job.stopped:
+                self._finish(job)
+        running = [j for j in running if j.slot is not None and j.slot.job is j]
+        if not running:
+            return
+        self._batch.n_tokens = 0
+        outputs: list[tuple[_Job, int]] = []
+        evaluated: list[tuple[_Job, list[int]]] = []
+        for job in running:  # the running streams' next tokens first: they must not wait on prompts
+            if job.last is not None:
+                outputs.append((job, self._add(job.last, job.n_past, job.slot.seq, True)))
+                evaluated.append((job, [job.last]))
+        budget = self.n_batch - len(outputs)
+        for job in running:
+            if job.last is not None or not job.pending or budget <= 0:
+                continue
+            chunk = job.pending[:budget]
+            done = len(chunk) == len(job.pending)
+            for k, token in enumerate(chunk):
+                index = self._add(token, job.n_past + k, job.slot.seq, done and k == len(chunk) - 1)
+            if done:
+                outputs.append((job, index))
+            evaluated.append((job, chunk))
+            budget -= len(chunk)
+        code = llama_cpp.llama_decode(self.ctx, self._batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed ({code})")
+        self.stats.steps += 1
+        for job, tokens in evaluated:
+            job.slot.cached.extend(tokens)
+            job.n_past += len(tokens)
+            if job.last is None:
+                job.pending = job.pending[len(tokens) :]
+                self.stats.prompt_tokens += len(tokens)
+        for job, index in outputs:
+            self._sample(job, index)
+
+    def _sample(self, job: _Job, index: int) -> None:
+        logprobs, top = self._logprobs(job, index) if job.sampling.logprobs is not None else (None, ())
+        token = llama_cpp.llama_sampler_sample(job.chain, self.ctx, index)
+        if self._is_eog(token):
+            self._finish(job)
+            return
+        job.produced += 1
+        self.stats.generated_tokens += 1
+        logprob = None if logprobs is None else float(logprobs[token])
+        job.out.put(Token(id=token, piece=self._piece(token), logprob=logprob, top=top))
+        if job.produced >= job.sampling.max_tokens:
+            self._finish(job)
+        else:
+            job.last = token
+
+    def _logits(self, job: _Job, index: int) -> np.ndarray:
+        pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        for token, value in job.sampling.logit_bias.items():
+            logits[token] += value
+        shifted = logits - logits.max()
+        return shifted - np.log(np.exp(shifted).sum())
+
+    def _logprobs(self, job: _Job, index: int) -> tuple[np.ndarray, tuple[tuple[int, float], ...]]:
+        """Log-softmax of the logits the token is sampled from (before temperature), as OpenAI
+        reports them; read before sampling, which may change the row."""
+        logprobs = self._logits(job, index)
+        k = job.sampling.logprobs or 0
+        top: tuple[tuple[int, float], ...] = ()
+        if k:
+            best = np.argpartition(-logprobs, k)[:k]
+            best = best[np.argsort(-logprobs[best])]
+            top = tuple((int(i), float(logprobs[i])) for i in best)
+        return logprobs, top
+
+    def _finish(self, job: _Job, error: BaseException | None = None) -> None:
+        if job.chain is not None:
+            llama_cpp.llama_sampler_free(job.chain)
+            job.chain = None
+        if job.slot is not None and job.slot.job is job:
+            job.slot.job = None
+        job.out.put(error if error is not None else _END)
