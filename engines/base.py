@@ -31,6 +31,8 @@ class LoadSpec:
     threads: int | None = None
     # Requests an engine that batches them decodes at once (llama.cpp's slots).
     parallel: int = 1
+    # Tokens of context per request slot (llama.cpp); None: the engine's default.
+    ctx_size: int | None = None
 
 
 @runtime_checkable
@@ -70,6 +72,45 @@ class Token:
     piece: bytes
     logprob: float | None = None
     top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class Observed:
+    """A histogram of observations (seconds), kept by an engine and exported by the server."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+
+@dataclass
+class DecodeStats:
+    """What an engine that batches requests has done (llama.cpp's decode loop), since it loaded."""
+
+    slots: int
+    busy: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    # Prompt tokens a request did not evaluate because its slot held them already.
+    reused_tokens: int = 0
+    steps: int = 0
+    time_to_first_token: Observed = field(
+        default_factory=lambda: Observed((0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+    )
+    inter_token: Observed = field(
+        default_factory=lambda: Observed((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    )
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from engines.base import InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Token
+from engines.base import DecodeStats, InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Token
 from engines.llama_batch import BatchDecoder
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -38,6 +38,9 @@ def _threads() -> int:
 # The context of the `Llama` object a generation model is loaded with: it only tokenizes, the
 # batched decoder has a context of its own.
 TOKENIZER_CTX = 64
+# A generation model's context per slot when neither the model nor the server names one (at most
+# its trained length): modest, since the KV cache holds it times the slots.
+DEFAULT_CTX = 8192
 
 
 class LlamaEngine:
@@ -48,7 +51,11 @@ class LlamaEngine:
             raise ValueError(f"model '{spec.name}' names no GGUF file (options.model_file)")
         self.embedding_mode = "llm" not in spec.categories
         self.threads = threads = int(options.get("n_threads") or spec.threads or _threads())
-        n_ctx = int(options.get("n_ctx") or 4096)
+        trained = int(options.get("n_ctx_train") or 0)
+        if self.embedding_mode:
+            n_ctx = int(options.get("n_ctx") or trained or 4096)
+        else:
+            n_ctx = int(options.get("n_ctx") or spec.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
         # An embedding model reads each input in one batch: the batch must hold the longest input.
         n_batch = n_ctx if self.embedding_mode else int(options.get("n_batch") or 512)
         self.llm = Llama(
@@ -64,6 +71,10 @@ class LlamaEngine:
             verbose=False,
         )
         metadata: dict[str, str] = self.llm.metadata
+        trained = llama_cpp.llama_model_n_ctx_train(self.llm.model)
+        if not self.embedding_mode and trained > 0 and n_ctx > trained:
+            log.warning("%s: context %d is past its trained %d; using that", spec.name, n_ctx, trained)
+            n_ctx = trained
         self.n_ctx = self.llm.n_ctx() if self.embedding_mode else n_ctx
         self.architecture = metadata.get("general.architecture", "")
         self.chat_template = options.get("chat_template") or metadata.get("tokenizer.chat_template")
@@ -89,10 +100,11 @@ class LlamaEngine:
                 piece=self.piece,
             )
         log.info(
-            "loaded %s: %s, context %d, %s, %d threads",
+            "loaded %s: %s, context %d x %d slots, %s, %d threads",
             spec.name,
             self.architecture,
             self.n_ctx,
+            self.max_concurrency,
             "GPU offload" if self.gpu_offload else "CPU",
             threads,
         )
@@ -210,6 +222,9 @@ class LlamaEngine:
             scores.append(float(llama_cpp.llama_get_embeddings_seq(self.llm.ctx, 0)[0]))
         self.llm._batch.reset()
         return Ranking(scores=scores, prompt_tokens=total)
+
+    def decode_stats(self) -> DecodeStats | None:
+        return None if self.decoder is None else self.decoder.decode_stats()
 
     def close(self) -> None:
         if self.decoder is not None:

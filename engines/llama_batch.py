@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from engines.base import Sampling, Token
+from engines.base import DecodeStats, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 RANDOM_SEED = 0xFFFFFFFF
@@ -53,6 +54,8 @@ class _Job:
     produced: int = 0
     last: int | None = None
     chain: Any = None
+    # When the request came, and when it got its latest token (time.monotonic).
+    since: float = field(default_factory=time.monotonic)
 
     @property
     def stopped(self) -> bool:
@@ -65,16 +68,6 @@ class _Slot:
     # Tokens whose KV cells this sequence holds, from position 0.
     cached: list[int] = field(default_factory=list)
     job: _Job | None = None
-
-
-@dataclass
-class BatchStats:
-    """What the decode loop has done, for the server's metrics."""
-
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    reused_tokens: int = 0
-    steps: int = 0
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -122,7 +115,7 @@ class BatchDecoder:
         self._memory = llama_cpp.llama_get_memory(self.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.slots = [_Slot(seq) for seq in range(parallel)]
-        self.stats = BatchStats()
+        self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -154,8 +147,9 @@ class BatchDecoder:
             with self._wake:
                 self._wake.notify()
 
-    def busy(self) -> int:
-        return sum(slot.job is not None for slot in self.slots)
+    def decode_stats(self) -> DecodeStats:
+        self.stats.busy = sum(slot.job is not None for slot in self.slots)
+        return self.stats
 
     def close(self) -> None:
         with self._wake:
@@ -307,6 +301,9 @@ class BatchDecoder:
             return
         job.produced += 1
         self.stats.generated_tokens += 1
+        now = time.monotonic()
+        (self.stats.time_to_first_token if job.produced == 1 else self.stats.inter_token).observe(now - job.since)
+        job.since = now
         logprob = None if logprobs is None else float(logprobs[token])
         job.out.put(Token(id=token, piece=self._piece(token), logprob=logprob, top=top))
         if job.produced >= job.sampling.max_tokens:

@@ -43,7 +43,6 @@ CATALOG: dict[str, CatalogEntry] = {
             engine="llama.cpp",
             categories=(Category.llm,),
             description="SmolLM2-135M-Instruct, Q4_1 GGUF, ChatML template, 8k context",
-            options={"n_ctx": 8192},
         ),
         CatalogEntry(
             name="gemma3-270m",

@@ -16,7 +16,7 @@ from rich.table import Table
 from gpustack_cli import __version__
 from gpustack_cli.config import Settings, parse_duration
 from gpustack_cli.keys import KeyStore, Scope
-from gpustack_cli.store import ModelStore, StoreError
+from gpustack_cli.store import Manifest, ModelStore, StoreError
 
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -27,6 +27,10 @@ console = Console()
 err = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+CtxSize = Annotated[
+    int | None, typer.Option(min=0, help="llama.cpp: tokens of context per request slot (0: the server's).")
+]
+Parallel = Annotated[int | None, typer.Option(min=0, help="llama.cpp: requests decoded together (0: the server's).")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -73,6 +77,10 @@ def serve(
     generic_proxy: Annotated[
         list[str] | None, typer.Option("--generic-proxy", help="Serve this model's native API (repeatable).")
     ] = None,
+    ctx_size: Annotated[
+        int | None,
+        typer.Option(help="Context per request slot of llama.cpp models [default: trained length, at most 8192]."),
+    ] = None,
     max_completion_tokens: Annotated[
         int | None, typer.Option(help="Tokens one answer may generate at most (default: what the context leaves).")
     ] = None,
@@ -96,6 +104,7 @@ def serve(
         threads=threads,
         generic_proxy=generic_proxy or None,
         max_completion_tokens=max_completion_tokens,
+        ctx_size=ctx_size,
         pull_defaults=False if no_pull else None,
     )
     try:
@@ -114,14 +123,19 @@ def pull(
     generic_proxy: Annotated[
         bool, typer.Option("--generic-proxy", help="Serve its native API on /model/proxy.")
     ] = False,
+    ctx_size: CtxSize = None,
+    parallel: Parallel = None,
 ) -> None:
     """Pull a model into the local store."""
     from gpustack_cli.progress import RichProgress
     from gpustack_cli.pull import Puller, PullError
 
-    puller = Puller(settings(), RichProgress(err))
+    config = settings()
+    puller = Puller(config, RichProgress(err))
     try:
         manifest = puller.pull(source, name=name, force=force, generic_proxy=generic_proxy)
+        if ctx_size is not None or parallel is not None:
+            manifest = _set_slots(ModelStore(config.home), manifest.name, ctx_size, parallel)
     except (PullError, StoreError) as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
@@ -259,13 +273,13 @@ def ps(as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(models)
         return
-    table = Table("NAME", "ACTIVE", "WAITING", "PARALLEL", "LOADED FOR", "UNLOADS IN", box=None)
+    table = Table("NAME", "SLOTS BUSY", "WAITING", "CONTEXT", "LOADED FOR", "UNLOADS IN", box=None)
     for m in models:
         expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
         until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
-        table.add_row(
-            m["name"], str(m["active"]), str(m["waiting"]), str(m["concurrency"]), f"{m['loaded_for']:.0f}s", until
-        )
+        context = str(m["context"]) if m.get("context") else "-"
+        slots = f"{m['active']}/{m['concurrency']}"
+        table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until)
     console.print(table if models else "No models loaded.")
 
 
@@ -419,21 +433,46 @@ def _run_once(config: Settings, categories: list, name: str, query: str | None, 
     raise fail(f"`gpustack run` does not drive {', '.join(categories)} models yet; use `gpustack serve` and the API")
 
 
+def _set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int | None) -> Manifest:
+    """A llama.cpp model's own context per slot and slots (0 clears one: the server's then)."""
+    manifest = store.get(name)
+    if manifest.engine != "llama.cpp":
+        raise StoreError(f"'{name}' is a {manifest.engine} model: --ctx-size and --parallel are for llama.cpp models")
+    options = dict(manifest.options)
+    trained = options.get("n_ctx_train")
+    if ctx_size and trained and ctx_size > trained:
+        raise StoreError(f"'{name}' was trained for {trained} tokens of context: --ctx-size {ctx_size} is past it")
+    for key, value in (("n_ctx", ctx_size), ("parallel", parallel)):
+        if value == 0:
+            options.pop(key, None)
+        elif value is not None:
+            options[key] = value
+    return store.update(name, options=options)
+
+
 @model_app.command("set")
 def model_set(
     name: str,
     generic_proxy: Annotated[
         bool | None, typer.Option("--generic-proxy/--no-generic-proxy", help="Serve its native API on /model/proxy.")
     ] = None,
+    ctx_size: CtxSize = None,
+    parallel: Parallel = None,
 ) -> None:
-    """Change a model's settings (takes effect on the server's next request)."""
-    if generic_proxy is None:
-        raise fail("nothing to set: try --generic-proxy or --no-generic-proxy")
+    """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
+    if generic_proxy is None and ctx_size is None and parallel is None:
+        raise fail("nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N or --parallel N")
+    store = ModelStore(settings().home)
     try:
-        ModelStore(settings().home).update(name, generic_proxy=generic_proxy)
+        if generic_proxy is not None:
+            store.update(name, generic_proxy=generic_proxy)
+            console.print(f"{name}: generic proxy {'on' if generic_proxy else 'off'}")
+        if ctx_size is not None or parallel is not None:
+            options = _set_slots(store, name, ctx_size, parallel).options
+            slots = options.get("parallel", "the server's --parallel")
+            console.print(f"{name}: context {options.get('n_ctx', 'default')} per slot, {slots} slots")
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"{name}: generic proxy {'on' if generic_proxy else 'off'}")
 
 
 @app.command()

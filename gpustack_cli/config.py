@@ -66,6 +66,10 @@ class Settings(BaseModel):
     # Models whose native API the Generic Proxy serves, besides those whose manifest says so.
     generic_proxy: list[str] = Field(default_factory=list)
     gpu_layers: int = -1
+    # Context of each request slot of a llama.cpp model, in tokens (a model's own `n_ctx` comes
+    # first); unset: the model's trained length, at most 8192. The KV cache holds it times
+    # `parallel` tokens.
+    ctx_size: int | None = Field(None, ge=64)
     # CPU threads llama.cpp decodes with (a model's own `n_threads` option comes first); unset:
     # every core this process may use. Physical cores only is often faster on machines with SMT.
     threads: int | None = Field(None, ge=1)

@@ -41,7 +41,7 @@ def _gguf(folder: Path, path: Path) -> Detected:
     options: dict[str, Any] = {"model_file": path.relative_to(folder).as_posix()}
     context = meta.get(f"{arch}.context_length")
     if isinstance(context, int):
-        options["n_ctx"] = min(context, 8192)
+        options["n_ctx_train"] = context  # the engine picks the context it runs with (see `ctx_size`)
     projector = [p for p in folder.rglob("*.gguf") if "mmproj" in p.name.lower()]
     if projector:
         options["mmproj_file"] = projector[0].relative_to(folder).as_posix()

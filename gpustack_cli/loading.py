@@ -17,5 +17,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         gpu_layers=settings.gpu_layers,
         threads=settings.threads,
         parallel=settings.parallel,
+        ctx_size=settings.ctx_size,
     )
     return load_engine(manifest.engine, spec)

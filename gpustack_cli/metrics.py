@@ -3,10 +3,64 @@ servers in one process, as in tests, do not collide)."""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engines.base import DecodeStats, Observed
 from engines.remote import RemoteEngine
 from gpustack_cli.scheduler import Scheduler
+
+
+class DecodeCollector(Collector):
+    """Per model, what the engines that batch requests report of their decode loops: slots,
+    tokens read and generated, prompt tokens reused from a slot's cache, time to first token and
+    between tokens. Read from the engines as the metrics are rendered (they count in C-speed
+    loops that must not call into Prometheus per token)."""
+
+    def __init__(self) -> None:
+        self.scheduler: Scheduler | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        stats: list[tuple[str, DecodeStats]] = []
+        for name, engine in self.scheduler.engines() if self.scheduler else []:
+            found = engine.decode_stats() if hasattr(engine, "decode_stats") else None
+            if found is not None:
+                stats.append((name, found))
+        slots = GaugeMetricFamily("gpustack_model_slots", "Request slots of a model that batches", labels=["model"])
+        busy = GaugeMetricFamily("gpustack_model_slots_busy", "Slots decoding a request", labels=["model"])
+        counters = {
+            "prompt_tokens": CounterMetricFamily("gpustack_prompt_tokens", "Prompt tokens evaluated", labels=["model"]),
+            "generated_tokens": CounterMetricFamily("gpustack_generated_tokens", "Tokens generated", labels=["model"]),
+            "reused_tokens": CounterMetricFamily(
+                "gpustack_prefix_cache_tokens", "Prompt tokens reused from a slot's cache", labels=["model"]
+            ),
+        }
+        first = HistogramMetricFamily(
+            "gpustack_time_to_first_token_seconds", "From a request's arrival to its first token", labels=["model"]
+        )
+        between = HistogramMetricFamily(
+            "gpustack_inter_token_latency_seconds", "Between a request's consecutive tokens", labels=["model"]
+        )
+        for name, s in stats:
+            slots.add_metric([name], s.slots)
+            busy.add_metric([name], s.busy)
+            for key, family in counters.items():
+                family.add_metric([name], getattr(s, key))
+            first.add_metric([name], *_buckets(s.time_to_first_token))
+            between.add_metric([name], *_buckets(s.inter_token))
+        yield from (slots, busy, *counters.values(), first, between)
+
+
+def _buckets(observed: Observed) -> tuple[list[tuple[str, float]], float]:
+    cumulative, running = [], 0
+    for bound, count in zip([*map(str, observed.bounds), "+Inf"], observed.counts, strict=True):
+        running += count
+        cumulative.append((bound, running))
+    return cumulative, observed.total
+
 
 # Methods counted by name; any other is counted as "other", so clients cannot grow the label set.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -51,6 +105,8 @@ class Metrics:
             ["model", "url"],
             registry=self.registry,
         )
+        self.decoding = DecodeCollector()
+        self.registry.register(self.decoding)
         # Labelled children by label values: looking them up is most of what counting costs.
         self._counted: dict[tuple[str, str, int], Counter] = {}
         self._timed: dict[str, Histogram] = {}
@@ -68,6 +124,7 @@ class Metrics:
         histogram.observe(seconds)
 
     def render(self, scheduler: Scheduler) -> bytes:
+        self.decoding.scheduler = scheduler
         loaded = scheduler.loaded()
         self.loaded.set(len(loaded))
         self.model_active.clear()

@@ -72,6 +72,8 @@ class LoadedModel:
     loaded_for: float
     # Seconds until the model is unloaded; None while busy or when kept forever.
     expires_in: float | None
+    # Tokens of context per request slot, for engines that have one (llama.cpp).
+    context: int | None = None
 
 
 class Scheduler:
@@ -151,6 +153,7 @@ class Scheduler:
                 concurrency=r.concurrency,
                 loaded_for=now - r.loaded_at,
                 expires_in=None if r.expires_at is None else max(0.0, r.expires_at - now),
+                context=getattr(r.engine, "n_ctx", None),
             )
             for r in self._runners.values()
             if r.engine is not None

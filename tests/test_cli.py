@@ -28,7 +28,7 @@ def test_pull_list_show_rm(tmp_path: Path) -> None:
     assert "NAME" in table and "tiny" in table and "llama.cpp" in table
 
     shown = json.loads(gpustack("show", "tiny", "--json", env=env).stdout)
-    assert shown["options"] == {"model_file": "Tiny-Chat.gguf", "n_ctx": 4096}
+    assert shown["options"] == {"model_file": "Tiny-Chat.gguf", "n_ctx_train": 4096}
     assert shown["gguf"]["general.architecture"] == "llama" and shown["gguf"]["has_chat_template"] is True
     assert len(shown["files"][0]["sha256"]) == 64
     assert "general.architecture" in gpustack("show", "tiny", env=env).stdout

@@ -45,7 +45,7 @@ def test_gguf_chat_model(tmp_path: Path) -> None:
     write_gguf(tmp_path / "mmproj-model.gguf", {"general.architecture": "clip"})
     found = detect(tmp_path)
     assert (found.engine, found.categories) == ("llama.cpp", [Category.llm])
-    assert found.options == {"model_file": "model.gguf", "n_ctx": 8192, "mmproj_file": "mmproj-model.gguf"}
+    assert found.options == {"model_file": "model.gguf", "n_ctx_train": 32768, "mmproj_file": "mmproj-model.gguf"}
 
 
 def test_gguf_embedding_and_reranker(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_gguf_embedding_and_reranker(tmp_path: Path) -> None:
     write_gguf(emb / "e.gguf", {"general.architecture": "bert", "bert.pooling_type": 1, "bert.context_length": 512})
     write_gguf(rank / "r.gguf", {"general.architecture": "bert", "bert.pooling_type": 4})
     assert detect(emb).categories == [Category.embedding, Category.reranker]
-    assert detect(emb).options["n_ctx"] == 512
+    assert detect(emb).options["n_ctx_train"] == 512
     assert detect(rank).categories == [Category.reranker]
     head = tmp_path / "head"
     head.mkdir()

