@@ -401,7 +401,7 @@ def _request_body(op: Operation) -> dict[str, Any] | None:
     form = op.body.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     form.pop("$defs", None)
     for name in (*op.files, *op.optional_files):
-        form["properties"][name] = {"type": "string", "format": "binary"}
+        form["properties"][name] = {"type": "string", "contentMediaType": "application/octet-stream"}
     form["required"] = [*form.get("required", []), *op.files]
     return {"required": True, "content": {"multipart/form-data": {"schema": form}}}
 
