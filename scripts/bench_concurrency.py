@@ -1,0 +1,241 @@
+"""Many streaming clients on one GGUF model: our server against llama.cpp's own llama-server and
+llama-cpp-python's server, in one run, on the same file, threads, slots and context per slot.
+
+For each number of concurrent clients (1, 4, 8, 16 by default), every side serves that many
+streamed chats at once (distinct prompts, greedy, the end-of-generation token banned so that each
+answer is exactly --tokens tokens). Rounds run the sides in a rotating order and each round's
+prompts differ (no side reuses another's cache). The table shows, per side and concurrency, the
+medians over rounds of: aggregate generated tokens per second (all answers' tokens over the time
+from the first request to the last token), median and p99 time to first token, and the median
+time between tokens; and each side's throughput as a ratio to llama-server's.
+
+llama-server comes from llama.cpp's sources as llama-cpp-python vendors them (build it with
+`../shared/tools/build_llama_server.sh`-like steps, or name any build with --llama-server);
+llama-cpp-python's server runs when its `server` extra is installed. A side that is missing says
+so in its row.
+
+    python scripts/bench_concurrency.py --llama-server ~/.cache/llama-server-peer/0.3.36/bin/llama-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchlib import free_port, start_server, wait_ready  # noqa: E402
+
+from gpustack_cli.config import Settings  # noqa: E402
+from gpustack_cli.pull import Puller  # noqa: E402
+from gpustack_cli.store import ModelStore  # noqa: E402
+
+PROMPT = "Round {r}, client {c}. Write a detailed story about a lighthouse keeper and the sea."
+
+
+@dataclass
+class Run:
+    throughput: float
+    first_tokens: list[float]
+    between: list[float]
+
+
+async def one_stream(client: httpx.AsyncClient, body: dict, tokens: int) -> tuple[float, float, float]:
+    """(sent, first token, last token) of one streamed chat."""
+    sent = time.perf_counter()
+    first = last = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            if choices[0].get("delta", {}).get("content"):
+                last = time.perf_counter()
+                first = first or last
+    assert first is not None and last is not None
+    return sent, first, last
+
+
+async def run_side(url: str, model: str, eos: int, clients: int, tokens: int, round_: int) -> Run:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        bodies = [
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPT.format(r=round_, c=c)}],
+                "max_tokens": tokens,
+                "temperature": 0,
+                "stream": True,
+                "logit_bias": {str(eos): -100},
+            }
+            for c in range(clients)
+        ]
+        spans = await asyncio.gather(*(one_stream(client, b, tokens) for b in bodies))
+    start = min(s for s, _, _ in spans)
+    end = max(last for _, _, last in spans)
+    return Run(
+        throughput=clients * tokens / (end - start),
+        first_tokens=[first - sent for sent, first, _ in spans],
+        between=[(last - first) / (tokens - 1) for _, first, last in spans],
+    )
+
+
+def start_llama_server(binary: Path, model: Path, n_ctx: int, slots: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    # fmt: off
+    args = [
+        str(binary), "-m", str(model), "-c", str(n_ctx * slots), "-np", str(slots), "--kv-unified",
+        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
+        "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+    ]
+    # fmt: on
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/health", 300)
+    return process, url
+
+
+def start_llama_cpp_python(model: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str] | None:
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        return None
+    port = free_port()
+    # fmt: off
+    args = [
+        "--model", str(model), "--n_ctx", str(n_ctx), "--n_batch", "512", "--n_ubatch", "512",
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
+    ]
+    # fmt: on
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/v1/models", 300)
+    return process, url
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--llama-server", type=Path, default=os.environ.get("LLAMA_SERVER"))
+    parser.add_argument("--home", default=os.environ.get("GPUSTACK_HOME", str(Path.home() / ".gpustack")))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    settings = Settings.load(home=args.home)
+    Puller(settings).pull(args.model)
+    manifest = ModelStore(settings.home).get(args.model)
+    model_path = ModelStore(settings.home).model_dir(args.model) / manifest.options["model_file"]
+
+    from llama_cpp import Llama
+
+    eos = Llama(str(model_path), vocab_only=True, verbose=False).token_eos()
+    processes, sides = [], {}
+    ours = start_server(
+        settings.home,
+        "--preload",
+        args.model,
+        "--parallel",
+        str(args.slots),
+        "--threads",
+        str(args.threads),
+        "--max-queue",
+        "256",
+    )
+    processes.append(ours[0])
+    sides["gpustack"] = ours[1]
+    # The peers get the context per slot ours loaded the model with (its own setting, or the default).
+    [loaded] = httpx.get(ours[1] + "/api/ps").json()["models"]
+    ctx = loaded["context"]
+    missing = {}
+    if args.llama_server and args.llama_server.exists():
+        peer = start_llama_server(args.llama_server, model_path, ctx, args.slots, args.threads)
+        processes.append(peer[0])
+        sides["llama-server"] = peer[1]
+    else:
+        missing["llama-server"] = "not built (pass --llama-server)"
+    python_peer = start_llama_cpp_python(model_path, ctx, args.threads)
+    if python_peer is not None:
+        processes.append(python_peer[0])
+        sides["llama-cpp-python server"] = python_peer[1]
+    else:
+        missing["llama-cpp-python server"] = "not installed (pip install 'llama-cpp-python[server]')"
+
+    results: dict[tuple[str, int], list[Run]] = {}
+    failed: dict[tuple[str, int], str] = {}
+    try:
+        for url in sides.values():  # warm up: first requests pay for lazy imports and allocations
+            asyncio.run(run_side(url, args.model, eos, 1, 8, -1))
+        names = list(sides)
+        for round_ in range(args.rounds):
+            for level in levels:
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    try:
+                        run = asyncio.run(
+                            run_side(sides[name], args.model, eos, level, args.tokens, round_ * 100 + level)
+                        )
+                    except httpx.HTTPError as exc:  # a peer that breaks under concurrency: its row says so
+                        failed[(name, level)] = f"failed: {type(exc).__name__}"
+                        print(f"round {round_} clients {level:>2} {name:<24} failed: {exc}", flush=True)
+                        continue
+                    results.setdefault((name, level), []).append(run)
+                    print(f"round {round_} clients {level:>2} {name:<24} {run.throughput:6.1f} tok/s", flush=True)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
+    print(
+        f"\nmodel {args.model}, {args.tokens} tokens per request, {args.rounds} rounds, {args.threads} threads, "
+        f"{args.slots} slots x {ctx} context, medians\n"
+    )
+    print("| clients | server | tok/s | vs llama-server | first token p50 ms | p99 ms | between tokens ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for level in levels:
+        reference = results.get(("llama-server", level))
+        for name in [*sides, *missing]:
+            if name in missing:
+                print(f"| {level} | {name} | {missing[name]} | | | | |")
+                continue
+            runs = results.get((name, level), [])
+            if (name, level) in failed or not runs:
+                print(f"| {level} | {name} | {failed.get((name, level), 'no run')} | | | | |")
+                continue
+            throughput = statistics.median(r.throughput for r in runs)
+            ratio = ""
+            if reference and len(reference) == len(runs):
+                ratios = [r.throughput / p.throughput for r, p in zip(runs, reference, strict=True)]
+                ratio = f"{statistics.median(ratios):.2f}x"
+            firsts = [t for r in runs for t in r.first_tokens]
+            between = statistics.median(t for r in runs for t in r.between)
+            print(
+                f"| {level} | {name} | {throughput:.1f} | {ratio} | {statistics.median(firsts) * 1000:.0f} "
+                f"| {p99(firsts) * 1000:.0f} | {between * 1000:.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
