@@ -85,6 +85,7 @@ class LlamaEngine:
         self.truncatable = False
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._grammars: dict[str, str] = {}
+        self._pieces: dict[int, bytes] = {}
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
@@ -131,7 +132,10 @@ class LlamaEngine:
         return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     def piece(self, token: int) -> bytes:
-        return self.llm.detokenize([token], special=False)
+        found = self._pieces.get(token)
+        if found is None:  # each token's bytes are asked for once per token generated: kept
+            found = self._pieces[token] = self.llm.detokenize([token], special=False)
+        return found
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
