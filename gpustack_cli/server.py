@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from rich.console import Console
@@ -55,6 +56,15 @@ def event_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
     return asyncio.new_event_loop(), "asyncio"
 
 
+def worker_threads(settings: Settings) -> int:
+    """Threads for blocking work: a streamed answer holds one while it runs (its tokens come from
+    the engine's decode loop through it), so there must be more than the slots of every model that
+    may be loaded, with room for the short jobs (tokenizing, encoding images) beside them. Python's
+    default, min(32, cores + 4), is 6 on a two-core machine: the seventh stream would wait for one
+    to end."""
+    return max(32, 2 * settings.parallel * settings.max_loaded_models + 8)
+
+
 def serve(settings: Settings, console: Console) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.server").addFilter(RefusedRequests())
@@ -78,6 +88,7 @@ def serve(settings: Settings, console: Console) -> None:
         console.print(f"gpustack serving {models} model(s) on [bold]{settings.url}[/] (API keys: {keys})")
 
     loop, loop_name = event_loop(settings.event_loop)
+    loop.set_default_executor(ThreadPoolExecutor(worker_threads(settings), thread_name_prefix="gpustack"))
     log.info("event loop: %s", loop_name)
     web.run_app(
         create_app(ctx),

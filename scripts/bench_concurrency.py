@@ -97,7 +97,7 @@ def start_llama_server(binary: Path, model: Path, n_ctx: int, slots: int, thread
     args = [
         str(binary), "-m", str(model), "-c", str(n_ctx * slots), "-np", str(slots), "--kv-unified",
         "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
-        "--host", "127.0.0.1", "--port", str(port), "--no-webui",
+        "--host", "127.0.0.1", "--port", str(port),
     ]
     # fmt: on
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -138,3 +138,18 @@ def test_metrics_move(server: ServerProcess) -> None:
     assert metric(server, "gpustack_model_slots_busy") == 0
     ps = httpx.get(server.url + "/api/ps").json()["models"]
     assert {(m["name"], m["concurrency"], m["context"]) for m in ps} == {(MODEL, 4, 8192)}
+
+
+def test_every_slot_streams_at_once(models_home: Path) -> None:
+    """Eight streams on eight slots all start before any ends: none waits for a worker thread
+    (Python's default pool has six on a two-core machine)."""
+    with ServerProcess(models_home, "--no-pull", "--preload", MODEL, "--parallel", "8") as eight:
+
+        async def run() -> list[list[float]]:
+            async with httpx.AsyncClient(base_url=eight.url, timeout=300) as client:
+                bodies = [chat(f"Count from {i} to one hundred.", max_tokens=48) for i in range(8)]
+                results = await asyncio.gather(*(stream_times(client, b) for b in bodies))
+            return [times for _, times in results]
+
+        streams = asyncio.run(run())
+        assert max(times[0] for times in streams) < min(times[-1] for times in streams)
