@@ -36,6 +36,8 @@ log = logging.getLogger("gpustack.engines.llama")
 RANDOM_SEED = 0xFFFFFFFF
 # Tokens of history the repetition penalties look at (llama.cpp's default penalty_last_n).
 PENALTY_WINDOW = 64
+# Prompt tokens two requests must share for the later one to wait for the earlier's read of them.
+MIN_SHARED = 32
 _END = object()
 
 
@@ -185,29 +187,57 @@ class BatchDecoder:
                 self._finish(slot.job, RuntimeError("the model was unloaded"))
 
     def _admit(self) -> None:
-        """New requests into free slots: the slot whose cache shares the longest prefix."""
+        """New requests into free slots: the slot whose cache shares the longest prefix with the
+        prompt, or a copy of a busy slot's cells where that one shares more (llama.cpp shares the
+        cells of a unified cache between sequences: n choices of one request, or requests with the
+        same long system prompt, read it once). A request whose prompt another slot is still
+        reading waits for that read to end, to copy it instead of reading it again."""
+        waiting: list[_Job] = []
         while self._inbox:
             free = [s for s in self.slots if s.job is None]
             if not free:
-                return
+                break
             job = self._inbox.popleft()
             if job.stopped:
                 job.out.put(_END)
+                continue
+            reuse = job.sampling.seed is None
+            if reuse and self._being_read(job.prompt):
+                waiting.append(job)
                 continue
             try:
                 job.chain = self._sampler(job)
             except Exception as exc:
                 job.out.put(exc)
                 continue
-            reuse = job.sampling.seed is None
             slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt) if reuse else -len(s.cached))
             common = _common_prefix(slot.cached, job.prompt) if reuse else 0
-            common = min(common, len(job.prompt) - 1)  # the last prompt token is read again for its logits
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, common, -1)
+            source = max(self.slots, key=lambda s: _common_prefix(s.cached, job.prompt)) if reuse else slot
+            shared = _common_prefix(source.cached, job.prompt) if reuse else 0
+            # The last prompt token is read again, for its logits.
+            common, shared = min(common, len(job.prompt) - 1), min(shared, len(job.prompt) - 1)
+            if shared > common:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self._memory, source.seq, slot.seq, 0, shared)
+                common = shared
+            else:
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, common, -1)
             slot.cached = job.prompt[:common]
             slot.job, job.slot = job, slot
             job.pending, job.n_past = job.prompt[common:], common
             self.stats.reused_tokens += common
+        self._inbox.extendleft(reversed(waiting))
+
+    def _being_read(self, prompt: list[int]) -> bool:
+        """Whether a busy slot is still reading a prompt that shares more with `prompt` than any
+        cache holds yet (worth waiting a few steps for, rather than reading it twice)."""
+        for slot in self.slots:
+            job = slot.job
+            if job is not None and job.pending and job.sampling.seed is None:
+                ahead = _common_prefix(job.prompt, prompt)
+                if ahead > len(slot.cached) and ahead >= MIN_SHARED:
+                    return True
+        return False
 
     def _sampler(self, job: _Job) -> Any:
         s = job.sampling

@@ -153,3 +153,29 @@ def test_every_slot_streams_at_once(models_home: Path) -> None:
 
         streams = asyncio.run(run())
         assert max(times[0] for times in streams) < min(times[-1] for times in streams)
+
+
+def test_requests_at_once_share_a_prompt_read_once(server: ServerProcess) -> None:
+    """The n choices of one request, and requests that open with the same long system prompt,
+    read it once: the others copy its cells (llama_memory_seq_cp) instead of reading it again."""
+    system = "You answer questions about lighthouses, ships and the sea, briefly and kindly. " * 12
+    tokens = len(httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": system}).json()["tokens"])
+
+    def body(question: str, **fields) -> dict:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        return {"model": MODEL, "messages": messages, "max_tokens": 4, **fields}
+
+    before = metric(server, "gpustack_prefix_cache_tokens_total")
+    several = httpx.post(server.url + "/v1/chat/completions", json=body("What is a buoy?", n=3), timeout=120)
+    assert [c["index"] for c in several.json()["choices"]] == [0, 1, 2]
+    assert metric(server, "gpustack_prefix_cache_tokens_total") - before >= 2 * tokens
+
+    async def at_once() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            questions = ["What is a keel?", "What is a mast?", "What is a tide?"]
+            answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=body(q)) for q in questions))
+            assert all(a.status_code == 200 for a in answers)
+
+    before = metric(server, "gpustack_prefix_cache_tokens_total")
+    asyncio.run(at_once())
+    assert metric(server, "gpustack_prefix_cache_tokens_total") - before >= 2 * tokens
