@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -141,6 +141,15 @@ class TextGenerator(Tokenizer, Protocol):
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         """Sampled tokens until an end-of-generation token, `max_tokens`, or `cancel` is set."""
+
+
+@runtime_checkable
+class AsyncTextGenerator(TextGenerator, Protocol):
+    """A TextGenerator whose tokens can also come to the event loop as they are made, so that
+    no thread waits on each request (an engine that decodes many requests in one loop)."""
+
+    def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
+        """As `generate`; closing the iterator ends the request."""
 
 
 @runtime_checkable

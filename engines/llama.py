@@ -8,11 +8,12 @@ object it is loaded with tokenizes, and serves embedding and rerank models whole
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import llama_cpp
@@ -157,6 +158,16 @@ class LlamaEngine:
             raise RuntimeError("this model was loaded for embeddings, not generation")
         grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
         yield from self.decoder.generate(prompt, sampling, cancel, grammar)
+
+    async def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
+        self._check(prompt, "the prompt")
+        self._check(list(sampling.logit_bias), "logit_bias")
+        if self.decoder is None:
+            raise RuntimeError("this model was loaded for embeddings, not generation")
+        grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
+        async with contextlib.aclosing(self.decoder.agenerate(prompt, sampling, grammar)) as tokens:
+            async for token in tokens:
+                yield token
 
     def check_schema(self, schema: dict[str, Any]) -> None:
         self._grammar(schema)

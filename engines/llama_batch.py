@@ -18,12 +18,14 @@ with a seed is evaluated from scratch, so that it is reproducible whatever ran b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +49,8 @@ class _Job:
     sampling: Sampling
     grammar: str | None
     cancel: threading.Event
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    # Takes each token, then an exception or _END, on the decode loop's thread.
+    deliver: Callable[[object], None]
     # Set by the consumer when it stops reading (the request ended early).
     abandoned: bool = False
     slot: _Slot | None = None
@@ -130,24 +133,72 @@ class BatchDecoder:
         self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, grammar: str | None = None
     ) -> Iterator[Token]:
         """The request's tokens until an end-of-generation token, `max_tokens` or `cancel`."""
-        job = _Job(list(prompt), sampling, grammar, cancel)
+        out: queue.SimpleQueue[object] = queue.SimpleQueue()
+        job = self._submit(_Job(list(prompt), sampling, grammar, cancel, out.put))
+        try:
+            while (item := out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self._abandon(job)
+
+    async def agenerate(
+        self, prompt: Sequence[int], sampling: Sampling, grammar: str | None = None
+    ) -> AsyncIterator[Token]:
+        """As `generate`, delivered to the running event loop: no thread waits on the request.
+        The loop is woken only when no wake-up is already on its way, so tokens that come
+        together (several requests' in one step) cost one wake-up."""
+        loop = asyncio.get_running_loop()
+        items: deque[object] = deque()
+        ready = asyncio.Event()
+        lock = threading.Lock()
+        pending = False
+
+        def wake() -> None:
+            nonlocal pending
+            with lock:
+                pending = False
+            ready.set()
+
+        def deliver(item: object) -> None:
+            nonlocal pending
+            items.append(item)
+            with lock:
+                if pending:
+                    return
+                pending = True
+            with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
+                loop.call_soon_threadsafe(wake)
+
+        job = self._submit(_Job(list(prompt), sampling, grammar, threading.Event(), deliver))
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                while items:
+                    item = items.popleft()
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item  # type: ignore[misc]
+        finally:
+            self._abandon(job)
+
+    def _submit(self, job: _Job) -> _Job:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the model was unloaded")
             self._inbox.append(job)
             self._wake.notify()
-        try:
-            while True:
-                item = job.out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            job.abandoned = True
-            with self._wake:
-                self._wake.notify()
+        return job
+
+    def _abandon(self, job: _Job) -> None:
+        """The caller stopped reading: the loop frees the request's slot at its next step."""
+        job.abandoned = True
+        with self._wake:
+            self._wake.notify()
 
     def decode_stats(self) -> DecodeStats:
         self.stats.busy = sum(slot.job is not None for slot in self.slots)
@@ -181,7 +232,7 @@ class BatchDecoder:
                         slot.cached = []
                         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
         for job in self._inbox:
-            job.out.put(RuntimeError("the model was unloaded"))
+            job.deliver(RuntimeError("the model was unloaded"))
         for slot in self.slots:
             if slot.job is not None:
                 self._finish(slot.job, RuntimeError("the model was unloaded"))
@@ -199,7 +250,7 @@ class BatchDecoder:
                 break
             job = self._inbox.popleft()
             if job.stopped:
-                job.out.put(_END)
+                job.deliver(_END)
                 continue
             reuse = job.sampling.seed is None
             if reuse and self._being_read(job.prompt):
@@ -208,7 +259,7 @@ class BatchDecoder:
             try:
                 job.chain = self._sampler(job)
             except Exception as exc:
-                job.out.put(exc)
+                job.deliver(exc)
                 continue
             slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt) if reuse else -len(s.cached))
             common = _common_prefix(slot.cached, job.prompt) if reuse else 0
@@ -335,7 +386,7 @@ class BatchDecoder:
         (self.stats.time_to_first_token if job.produced == 1 else self.stats.inter_token).observe(now - job.since)
         job.since = now
         logprob = None if logprobs is None else float(logprobs[token])
-        job.out.put(Token(id=token, piece=self._piece(token), logprob=logprob, top=top))
+        job.deliver(Token(id=token, piece=self._piece(token), logprob=logprob, top=top))
         if job.produced >= job.sampling.max_tokens:
             self._finish(job)
         else:
@@ -367,4 +418,4 @@ class BatchDecoder:
             job.chain = None
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
-        job.out.put(error if error is not None else _END)
+        job.deliver(error if error is not None else _END)

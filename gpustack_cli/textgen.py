@@ -3,7 +3,9 @@
 Wire formats are turned into a `ChatRequest` (or `CompletionRequest`) by the translators; this
 module renders the prompt, checks it against the context, asks the engine for tokens, and turns
 them into a stream of events: text deltas (UTF-8 safe, stop strings never shown), tool calls and
-one `Finished`. It knows nothing of HTTP and is run in a worker thread.
+one `Finished`. It knows nothing of HTTP. The blocking drivers (`stream_text`, `stream_chat`) run
+in a worker thread; the async ones (`text_events`, `chat_events`) take tokens on the event loop
+from engines that deliver them there.
 
 Tool calls use grammar-constrained generation rather than each template's own tool syntax, so
 they work the same on every model, even ones whose template knows nothing of tools: the tools
@@ -17,17 +19,20 @@ The schema guarantees the output parses and that arguments match each tool's par
 from __future__ import annotations
 
 import codecs
+import contextlib
+import functools
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from engines.base import InvalidSchema, Sampling, TextGenerator
+from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenerator
 from gpustack_cli import templates
 from gpustack_cli.config import Settings
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
+from gpustack_cli.threads import iterate_in_thread
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -306,34 +311,57 @@ def _logprob(engine: TextGenerator, token: Any) -> TokenLogprob:
     return TokenLogprob(token=text(token.piece), bytes=list(token.piece), logprob=token.logprob, top=top)
 
 
-def stream_text(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
-    """Text deltas until the end, with stop strings cut out, then `Finished`."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = [s for s in prepared.stop if s]
-    held, held_logprobs, produced = "", [], 0
-    for token in engine.generate(prepared.prompt_tokens, prepared.sampling, cancel):
-        produced += 1
-        held += decoder.decode(token.piece)
+class TextStream:
+    """Tokens in, events out, for one answer: text deltas (UTF-8 safe, stop strings cut out and
+    never shown), then `Finished`. `feed` takes each token as the engine makes it; `done` says a
+    stop string ended the text (stop asking the engine for more); `end` closes the answer. Driven
+    by `stream_text` from a blocking engine, or `events` from one that delivers asynchronously."""
+
+    def __init__(self, engine: TextGenerator, prepared: Prepared):
+        self.engine = engine
+        self.prepared = prepared
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.stops = [s for s in prepared.stop if s]
+        self.held, self.held_logprobs, self.produced = "", [], 0
+        self.done = False
+
+    def feed(self, token: Any) -> list[Event]:
+        self.produced += 1
+        self.held += self.decoder.decode(token.piece)
         if token.logprob is not None:
-            held_logprobs.append(_logprob(engine, token))
-        found = [(held.find(s), s) for s in stops if s in held]
+            self.held_logprobs.append(_logprob(self.engine, token))
+        found = [(self.held.find(s), s) for s in self.stops if s in self.held]
         if found:
             at, stop = min(found)
-            if held[:at]:
-                yield TextDelta(held[:at], held_logprobs)
-            yield Finished("stop", len(prepared.prompt_tokens), produced, stop)
-            return
+            self.done = True
+            events: list[Event] = [TextDelta(self.held[:at], self.held_logprobs)] if self.held[:at] else []
+            return [*events, Finished("stop", len(self.prepared.prompt_tokens), self.produced, stop)]
         # Hold back the end of the text while it could still become a stop string.
-        keep = max((k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])), default=0)
-        ready = held[: len(held) - keep]
-        if ready:
-            yield TextDelta(ready, held_logprobs)
-            held, held_logprobs = held[len(ready) :], []
-    held += decoder.decode(b"", final=True)
-    if held:
-        yield TextDelta(held, held_logprobs)
-    reason: FinishReason = "length" if produced >= prepared.sampling.max_tokens else "stop"
-    yield Finished(reason, len(prepared.prompt_tokens), produced)
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        ready = self.held[: len(self.held) - keep]
+        if not ready:
+            return []
+        delta = TextDelta(ready, self.held_logprobs)
+        self.held, self.held_logprobs = self.held[len(ready) :], []
+        return [delta]
+
+    def end(self) -> list[Event]:
+        if self.done:
+            return []
+        self.held += self.decoder.decode(b"", final=True)
+        events: list[Event] = [TextDelta(self.held, self.held_logprobs)] if self.held else []
+        reason: FinishReason = "length" if self.produced >= self.prepared.sampling.max_tokens else "stop"
+        return [*events, Finished(reason, len(self.prepared.prompt_tokens), self.produced)]
+
+
+def stream_text(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
+    """Text deltas until the end, with stop strings cut out, then `Finished`."""
+    text = TextStream(engine, prepared)
+    for token in engine.generate(prepared.prompt_tokens, prepared.sampling, cancel):
+        yield from text.feed(token)
+        if text.done:
+            return
+    yield from text.end()
 
 
 def _parse_tool_output(text: str) -> tuple[str | None, list[ToolCall]]:
@@ -353,6 +381,15 @@ def _parse_tool_output(text: str) -> tuple[str | None, list[ToolCall]]:
     return text, []
 
 
+def _tool_answer(text: str, finished: Finished) -> list[Event]:
+    """A tool-mode reply, read whole: tool calls, or the answer in words."""
+    content, calls = _parse_tool_output(text)
+    events: list[Event] = [TextDelta(content)] if content else []
+    events += [ToolCallEvent(index, call) for index, call in enumerate(calls)]
+    reason: FinishReason = "tool_calls" if calls else finished.reason
+    return [*events, Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)]
+
+
 def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
     """The events of one chat choice; in tool mode the JSON reply becomes tool calls or text."""
     if not prepared.tool_mode:
@@ -365,10 +402,47 @@ def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Eve
         elif isinstance(event, Finished):
             finished = event
     assert finished is not None
-    content, calls = _parse_tool_output(text)
-    if content:
-        yield TextDelta(content)
-    for index, call in enumerate(calls):
-        yield ToolCallEvent(index, call)
-    reason: FinishReason = "tool_calls" if calls else finished.reason
-    yield Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)
+    yield from _tool_answer(text, finished)
+
+
+# -- on the event loop -----------------------------------------------------------------------
+
+
+async def text_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterator[Event]:
+    """`stream_text`'s events for an async caller: straight from an engine that delivers tokens
+    to the event loop (a batching engine: no thread waits on each stream), else from
+    `stream_text` run in a worker thread."""
+    if not isinstance(engine, AsyncTextGenerator):
+        make = functools.partial(stream_text, engine, prepared)
+        async with contextlib.aclosing(iterate_in_thread(make)) as events:
+            async for event in events:
+                yield event
+        return
+    text = TextStream(engine, prepared)
+    async with contextlib.aclosing(engine.agenerate(prepared.prompt_tokens, prepared.sampling)) as tokens:
+        async for token in tokens:
+            for event in text.feed(token):
+                yield event
+            if text.done:
+                return
+    for event in text.end():
+        yield event
+
+
+async def chat_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterator[Event]:
+    """`stream_chat`'s events for an async caller (see `text_events`)."""
+    if not prepared.tool_mode:
+        async with contextlib.aclosing(text_events(engine, prepared)) as events:
+            async for event in events:
+                yield event
+        return
+    text, finished = "", None
+    async with contextlib.aclosing(text_events(engine, prepared)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text += event.text
+            elif isinstance(event, Finished):
+                finished = event
+    assert finished is not None
+    for event in _tool_answer(text, finished):
+        yield event

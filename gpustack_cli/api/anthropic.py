@@ -30,12 +30,11 @@ from gpustack_cli.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
+    chat_events,
     check_chat,
     count_chat_tokens,
     prepare_chat,
-    stream_chat,
 )
-from gpustack_cli.threads import iterate_in_thread
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -192,7 +191,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     manifest = resolve_model(request, body.model, Category.llm, "messages")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         prepared = await asyncio.to_thread(prepare_chat, engine, chat)
-        events = iterate_in_thread(lambda cancel: stream_chat(engine, prepared, cancel))
+        events = chat_events(engine, prepared)
         return await _respond(request, body, manifest.name, events, len(prepared.prompt_tokens))
 
 

@@ -19,8 +19,7 @@ from gpustack_cli.api.context import context
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
-from gpustack_cli.textgen import Finished, Prepared, TextDelta, capped, fit_context, stream_text
-from gpustack_cli.threads import iterate_in_thread
+from gpustack_cli.textgen import Finished, Prepared, TextDelta, capped, fit_context, text_events
 
 Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
 
@@ -118,7 +117,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
     )
     stop = asked.stop or []
     prepared = Prepared(tokens, sampling, [stop] if isinstance(stop, str) else list(stop))
-    events = iterate_in_thread(lambda cancel: stream_text(engine, prepared, cancel))
+    events = text_events(engine, prepared)
 
     def final(event: Finished, content: str) -> dict[str, Any]:
         kind = "word" if event.stop_sequence else ("limit" if event.reason == "length" else "eos")

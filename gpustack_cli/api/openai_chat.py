@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,7 +23,6 @@ from gpustack_cli.store import Category
 from gpustack_cli.textgen import (
     ChatMessage,
     ChatRequest,
-    Event,
     Finished,
     Prepared,
     TextDelta,
@@ -31,14 +30,13 @@ from gpustack_cli.textgen import (
     ToolCall,
     ToolCallEvent,
     capped,
+    chat_events,
     check_chat,
     check_text_size,
     fit_context,
     prepare_chat,
-    stream_chat,
-    stream_text,
+    text_events,
 )
-from gpustack_cli.threads import iterate_in_thread
 
 T = TypeVar("T")
 
@@ -266,12 +264,6 @@ def _seeded(prepared: Prepared, index: int) -> Prepared:
     return Prepared(prepared.prompt_tokens, sampling, prepared.stop, prepared.tool_mode)
 
 
-async def _events(make: Callable[[Any], Iterator[Event]]) -> AsyncIterator[Event]:
-    async with contextlib.aclosing(iterate_in_thread(make)) as events:
-        async for event in events:
-            yield event
-
-
 async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None) -> list[T]:
     """The choices of one request, decoded together where the engine batches; one after another
     when the request has a seed, so that each choice is what the same request for one would give
@@ -306,14 +298,15 @@ class Envelope:
 
 async def _chat_choice(engine: TextGenerator, prepared: Prepared, index: int) -> tuple[dict[str, Any], Finished]:
     content, calls, logprobs, finished = "", [], [], None
-    async for event in _events(lambda cancel: stream_chat(engine, prepared, cancel)):
-        if isinstance(event, TextDelta):
-            content += event.text
-            logprobs += [_logprob_entry(lp) for lp in event.logprobs]
-        elif isinstance(event, ToolCallEvent):
-            calls.append(_tool_call(event.call))
-        else:
-            finished = event
+    async with contextlib.aclosing(chat_events(engine, prepared)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                content += event.text
+                logprobs += [_logprob_entry(lp) for lp in event.logprobs]
+            elif isinstance(event, ToolCallEvent):
+                calls.append(_tool_call(event.call))
+            else:
+                finished = event
     assert finished is not None
     message: dict[str, Any] = {
         "role": "assistant",
@@ -367,27 +360,28 @@ async def _stream_chat(
     try:
         for index in range(n):
             await chunk(index, {"role": "assistant", "content": "", "refusal": None})
-            async for event in _events(lambda cancel, i=index: stream_chat(engine, _seeded(prepared, i), cancel)):
-                if isinstance(event, TextDelta):
-                    logprobs = None
-                    if prepared.sampling.logprobs is not None:
-                        logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
-                    await chunk(index, {"content": event.text}, logprobs=logprobs)
-                elif isinstance(event, ToolCallEvent):
-                    call = event.call
-                    opening = {
-                        "index": event.index,
-                        "id": call.id,
-                        "type": "function",
-                        "function": {"name": call.name, "arguments": ""},
-                    }
-                    await chunk(index, {"tool_calls": [opening]})
-                    await chunk(
-                        index, {"tool_calls": [{"index": event.index, "function": {"arguments": call.arguments}}]}
-                    )
-                else:
-                    prompt, completion = event.prompt_tokens, completion + event.completion_tokens
-                    await chunk(index, {}, finish=event.reason)
+            async with contextlib.aclosing(chat_events(engine, _seeded(prepared, index))) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        logprobs = None
+                        if prepared.sampling.logprobs is not None:
+                            logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
+                        await chunk(index, {"content": event.text}, logprobs=logprobs)
+                    elif isinstance(event, ToolCallEvent):
+                        call = event.call
+                        opening = {
+                            "index": event.index,
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                        await chunk(index, {"tool_calls": [opening]})
+                        await chunk(
+                            index, {"tool_calls": [{"index": event.index, "function": {"arguments": call.arguments}}]}
+                        )
+                    else:
+                        prompt, completion = event.prompt_tokens, completion + event.completion_tokens
+                        await chunk(index, {}, finish=event.reason)
         if usage:
             await stream.send(envelope.wrap("chat.completion.chunk", choices=[], usage=_usage(prompt, completion)))
         await stream.send("[DONE]")
@@ -444,11 +438,12 @@ async def _completion_choice(
 ) -> tuple[dict[str, Any], Finished, int]:
     """One choice of a completion: prompt `prepared`, the `i`th of its n."""
     deltas, finished = [], None
-    async for event in _events(lambda cancel: stream_text(engine, _seeded(prepared, i), cancel)):
-        if isinstance(event, TextDelta):
-            deltas.append(event)
-        elif isinstance(event, Finished):
-            finished = event
+    async with contextlib.aclosing(text_events(engine, _seeded(prepared, i))) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                deltas.append(event)
+            elif isinstance(event, Finished):
+                finished = event
     assert finished is not None
     head = engine.detokenize(prepared.prompt_tokens) if body.echo else ""
     text = head + "".join(d.text for d in deltas)
@@ -504,17 +499,18 @@ async def _stream_completion(
                 head = engine.detokenize(p.prompt_tokens)
                 await chunk(index, head)
                 offset = len(head)
-            async for event in _events(lambda cancel, p=p, i=i: stream_text(engine, _seeded(p, i), cancel)):
-                if isinstance(event, TextDelta):
-                    logprobs = None
-                    if body.logprobs is not None:
-                        logprobs = _completion_logprobs(engine, [event], offset)
-                    offset += len(event.text)
-                    await chunk(index, event.text, logprobs=logprobs)
-                elif isinstance(event, Finished):
-                    prompt_total += event.prompt_tokens if i == 0 else 0
-                    completion_total += event.completion_tokens
-                    await chunk(index, "", finish=event.reason)
+            async with contextlib.aclosing(text_events(engine, _seeded(p, i))) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        logprobs = None
+                        if body.logprobs is not None:
+                            logprobs = _completion_logprobs(engine, [event], offset)
+                        offset += len(event.text)
+                        await chunk(index, event.text, logprobs=logprobs)
+                    elif isinstance(event, Finished):
+                        prompt_total += event.prompt_tokens if i == 0 else 0
+                        completion_total += event.completion_tokens
+                        await chunk(index, "", finish=event.reason)
         if usage:
             await stream.send(
                 envelope.wrap("text_completion", choices=[], usage=_usage(prompt_total, completion_total))
