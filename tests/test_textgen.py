@@ -1,0 +1,110 @@
+"""The text core against a scripted fake generator (no model): stop strings across tokens, UTF-8
+split across tokens, finish reasons, and the same events from the blocking and the async drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import pytest
+
+from engines.base import AsyncTextGenerator, Sampling, Token
+from gpustack_cli.textgen import Finished, Prepared, TextDelta, ToolCallEvent, chat_events, stream_chat, stream_text
+
+
+class FakeGenerator:
+    """Unit tests only: "generates" the byte pieces it was given, one token each."""
+
+    n_ctx = 512
+    architecture = "fake"
+    chat_template = None
+    bos_text = eos_text = ""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(range(len(text)))
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return ""
+
+    def piece(self, token: int) -> bytes:
+        return self.pieces[token]
+
+    def fim_tokens(self) -> None:
+        return None
+
+    def check_schema(self, schema: dict) -> None:
+        return None
+
+    def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+        for i, piece in enumerate(self.pieces[: sampling.max_tokens]):
+            yield Token(id=i, piece=piece)
+
+
+class AsyncFakeGenerator(FakeGenerator):
+    """Unit tests only: the same, delivered to the event loop."""
+
+    async def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
+        for token in self.generate(prompt, sampling, threading.Event()):
+            await asyncio.sleep(0)
+            yield token
+
+
+def prepared(max_tokens: int = 50, stop: list[str] | None = None, tool_mode: bool = False) -> Prepared:
+    return Prepared([1, 2, 3], Sampling(max_tokens=max_tokens), stop or [], tool_mode)
+
+
+def run(engine: FakeGenerator, job: Prepared) -> list:
+    return list(stream_chat(engine, job, threading.Event()))
+
+
+def text_of(events: list) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def test_a_stop_string_split_across_tokens_is_never_shown() -> None:
+    engine = FakeGenerator([b"Hello", b" wor", b"ld", b"<|e", b"nd|>", b"after"])
+    events = run(engine, prepared(stop=["<|end|>"]))
+    assert text_of(events) == "Hello world"
+    assert events[-1] == Finished("stop", 3, 5, "<|end|>")
+
+
+def test_text_that_only_looked_like_a_stop_is_shown() -> None:
+    events = run(FakeGenerator([b"a <", b"|x", b" b"]), prepared(stop=["<|end|>"]))
+    assert text_of(events) == "a <|x b" and events[-1].reason == "stop" and events[-1].stop_sequence is None
+
+
+def test_utf8_characters_split_across_tokens() -> None:
+    snowman = "☃".encode()
+    events = run(FakeGenerator([b"x", snowman[:1], snowman[1:2], snowman[2:], b"y"]), prepared())
+    assert text_of(events) == "x☃y" and "\ufffd" not in text_of(events)
+
+
+def test_length_is_the_finish_reason_at_max_tokens() -> None:
+    events = run(FakeGenerator([b"a"] * 10), prepared(max_tokens=4))
+    assert text_of(events) == "aaaa" and events[-1] == Finished("length", 3, 4)
+
+
+def test_tool_mode_reads_the_whole_reply() -> None:
+    reply = b'{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}'
+    events = run(FakeGenerator([reply[:10], reply[10:]]), prepared(tool_mode=True))
+    [call] = [e for e in events if isinstance(e, ToolCallEvent)]
+    assert call.call.name == "f" and call.call.arguments == '{"x": 1}' and events[-1].reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [[b"Hello", b" wor", b"ld", b"<|e", b"nd|>", b"after"], [b"a"] * 60, ["é".encode()[:1], "é".encode()[1:], b"!"]],
+)
+def test_the_async_driver_gives_the_blocking_ones_events(pieces: list[bytes]) -> None:
+    engine = AsyncFakeGenerator(pieces)
+    assert isinstance(engine, AsyncTextGenerator)
+    job = prepared(stop=["<|end|>"])
+
+    async def collect() -> list:
+        return [event async for event in chat_events(engine, job)]
+
+    assert asyncio.run(collect()) == list(stream_text(engine, job, threading.Event()))
