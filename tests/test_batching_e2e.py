@@ -105,8 +105,9 @@ def test_a_long_prompt_does_not_stop_running_streams(server: ServerProcess) -> N
     assert max(gaps) < prefill / 2, (max(gaps), prefill)
 
 
-def test_a_client_that_leaves_frees_its_slot(models_home: Path) -> None:
-    with ServerProcess(models_home, "--no-pull", "--preload", MODEL, "--parallel", "1") as one_slot:
+def test_a_full_queue_refuses_and_a_client_that_leaves_frees_its_slot(models_home: Path) -> None:
+    args = ("--no-pull", "--preload", MODEL, "--parallel", "1", "--max-queue", "1")
+    with ServerProcess(models_home, *args) as one_slot:
 
         async def run() -> float:
             async with httpx.AsyncClient(base_url=one_slot.url, timeout=300) as client:
@@ -117,7 +118,10 @@ def test_a_client_that_leaves_frees_its_slot(models_home: Path) -> None:
                         await anext(lines)
                     waiting = asyncio.create_task(client.post("/v1/chat/completions", json=chat("Hi", max_tokens=4)))
                     await asyncio.sleep(1)
-                    assert not waiting.done()  # the only slot is busy
+                    assert not waiting.done()  # the only slot is busy, and the one place in the queue taken
+                    refused = await client.post("/v1/chat/completions", json=chat("Hi", max_tokens=4))
+                    assert refused.status_code == 503 and refused.headers["Retry-After"]
+                    assert refused.json()["error"]["code"] == "model_busy"
                     left = time.monotonic()
                 # the first client is gone: its slot goes to the waiting request
                 answer = await waiting
