@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port, start_server, wait_ready  # noqa: E402
+from benchlib import free_port, start_llama_cpp_python, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.pull import Puller  # noqa: E402
@@ -103,27 +103,6 @@ def start_llama_server(binary: Path, model: Path, n_ctx: int, slots: int, thread
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/health", 300)
-    return process, url
-
-
-def start_llama_cpp_python(model: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str] | None:
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        return None
-    port = free_port()
-    # fmt: off
-    args = [
-        "--model", str(model), "--n_ctx", str(n_ctx), "--n_batch", "512", "--n_ubatch", "512",
-        "--n_threads", str(threads), "--n_threads_batch", str(threads),
-        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
-    ]
-    # fmt: on
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v1/models", 300)
     return process, url
 
 

@@ -23,7 +23,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port, start_server, wait_ready  # noqa: E402
+from benchlib import start_llama_cpp_python, start_server  # noqa: E402
 
 from engines.base import Sampling  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -97,28 +96,6 @@ def api_run(http: httpx.Client, url: str, model: str, eos: int, i: int, tokens: 
     return first - started, (tokens - 1) / (end - first)
 
 
-def start_peer(model_path: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str] | None:
-    """llama-cpp-python's own OpenAI server on the same file and settings, or None if not installed."""
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        return None
-    port = free_port()
-    # fmt: off
-    args = [
-        "--model", str(model_path), "--n_ctx", str(n_ctx), "--n_batch", "512", "--n_ubatch", "512",
-        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_gpu_layers", "-1",
-        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
-    ]
-    # fmt: on
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v1/models", 300)
-    return process, url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -176,7 +153,7 @@ def main() -> None:
     on_asyncio = None
     if importlib.util.find_spec("uvloop") is not None:
         on_asyncio = start_server(settings.home, "--preload", args.model, GPUSTACK_EVENT_LOOP="asyncio")
-    peer = start_peer(model_path, n_ctx, threads)
+    peer = start_llama_cpp_python(model_path, n_ctx, threads)
     # One client for every run, as an application keeps one: creating a client costs tens of
     # milliseconds (it loads the CA bundle), which is no part of a server's time.
     http = httpx.Client()

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a free port, and a `gpustack serve` started and ready."""
+"""What the benchmark scripts share: a free port, a `gpustack serve` started and ready, and the
+peer llama-cpp-python's server started likewise."""
 
 from __future__ import annotations
 
@@ -45,4 +46,27 @@ def start_server(home: Path | str, *args: str, **env: str) -> tuple[subprocess.P
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/healthz", 600)
+    return process, url
+
+
+def start_llama_cpp_python(model_path: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, str] | None:
+    """llama-cpp-python's own OpenAI server on a GGUF with these settings, once it answers; None
+    where its `server` extra is not installed."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        return None
+    port = free_port()
+    # fmt: off
+    args = [
+        "--model", str(model_path), "--n_ctx", str(n_ctx), "--n_batch", "512", "--n_ubatch", "512",
+        "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_gpu_layers", "-1",
+        "--host", "127.0.0.1", "--port", str(port), "--verbose", "False",
+    ]
+    # fmt: on
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/v1/models", 300)
     return process, url
