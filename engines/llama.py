@@ -151,21 +151,21 @@ class LlamaEngine:
 
     # -- generation -----------------------------------------------------------------------
 
-    def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+    def _request(self, prompt: Sequence[int], sampling: Sampling) -> tuple[BatchDecoder, str | None]:
+        """The decoder, and the grammar of the request's schema, once its token ids are checked."""
         self._check(prompt, "the prompt")
         self._check(list(sampling.logit_bias), "logit_bias")
         if self.decoder is None:
             raise RuntimeError("this model was loaded for embeddings, not generation")
-        grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
-        yield from self.decoder.generate(prompt, sampling, cancel, grammar)
+        return self.decoder, None if sampling.json_schema is None else self._grammar(sampling.json_schema)
+
+    def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+        decoder, grammar = self._request(prompt, sampling)
+        yield from decoder.generate(prompt, sampling, cancel, grammar)
 
     async def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
-        self._check(prompt, "the prompt")
-        self._check(list(sampling.logit_bias), "logit_bias")
-        if self.decoder is None:
-            raise RuntimeError("this model was loaded for embeddings, not generation")
-        grammar = None if sampling.json_schema is None else self._grammar(sampling.json_schema)
-        async with contextlib.aclosing(self.decoder.agenerate(prompt, sampling, grammar)) as tokens:
+        decoder, grammar = self._request(prompt, sampling)
+        async with contextlib.aclosing(decoder.agenerate(prompt, sampling, grammar)) as tokens:
             async for token in tokens:
                 yield token
 

@@ -164,7 +164,7 @@ def capped(max_tokens: int | None, settings: Settings) -> int | None:
 def check_text_size(chars: int, settings: Settings, param: str) -> None:
     if chars > settings.max_text_chars:
         raise GenerationError(
-            f"The {param} hold {chars} characters; the limit is {settings.max_text_chars}.", param=param
+            f"'{param}' holds {chars} characters; the limit is {settings.max_text_chars}.", param=param
         )
 
 

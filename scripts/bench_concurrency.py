@@ -9,8 +9,14 @@ medians over rounds of: aggregate generated tokens per second (all answers' toke
 from the first request to the last token), median and p99 time to first token, and the median
 time between tokens; and each side's throughput as a ratio to llama-server's.
 
-llama-server comes from llama.cpp's sources as llama-cpp-python vendors them (build it with
-`../shared/tools/build_llama_server.sh`-like steps, or name any build with --llama-server);
+llama-server is any build named with --llama-server; to compare the same llama.cpp, build it from
+the sources llama-cpp-python vendors, with the flags the README uses:
+
+    pip download --no-deps --no-binary :all: "llama-cpp-python==$(pip show llama-cpp-python | sed -n 's/Version: //p')"
+    tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
+    cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF
+    cmake --build build --target llama-server
+
 llama-cpp-python's server runs when its `server` extra is installed. A side that is missing says
 so in its row.
 

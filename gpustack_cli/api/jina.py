@@ -13,6 +13,7 @@ from gpustack_cli.api.context import context, engine_for, keep_alive_of, read_js
 from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.store import Category
+from gpustack_cli.textgen import check_text_size
 
 MAX_DOCUMENTS = 1024
 
@@ -40,13 +41,7 @@ async def rerank(request: web.Request) -> web.Response:
         raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
     settings = context(request).settings
     # A bi-encoder reads each document once, a cross-encoder reads the query with each of them.
-    chars = sum(map(len, texts)) + len(body.query) * (len(texts) + 1)
-    if chars > settings.max_text_chars:
-        raise bad_request(
-            f"Invalid 'documents': the query and documents make {chars} characters to read; the limit is "
-            f"{settings.max_text_chars}.",
-            param="documents",
-        )
+    check_text_size(sum(map(len, texts)) + len(body.query) * (len(texts) + 1), settings, "documents")
     wait = settings.batch_wait
     async with engine_for(request, manifest, Reranker, keep_alive_of(request, body.keep_alive)) as engine:
         ranking = await batching.call(engine, lambda: engine.rerank(body.query, texts), wait)

@@ -19,7 +19,7 @@ from gpustack_cli.api.context import context
 from gpustack_cli.api.errors import APIError, bad_request, from_validation
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.api.sse import EventStream
-from gpustack_cli.textgen import Finished, Prepared, TextDelta, capped, fit_context, text_events
+from gpustack_cli.textgen import Finished, Prepared, TextDelta, capped, check_text_size, fit_context, text_events
 
 Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
 
@@ -28,14 +28,8 @@ def _list(request: web.Request, value: Any, name: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
         raise bad_request(f"'{name}' must be a non-empty string or list of non-empty strings.", param=name)
-    _sized(request, sum(map(len, items)), name)
+    check_text_size(sum(map(len, items)), context(request).settings, name)
     return items
-
-
-def _sized(request: web.Request, chars: int, name: str) -> None:
-    limit = context(request).settings.max_text_chars
-    if chars > limit:
-        raise bad_request(f"'{name}' holds {chars} characters; the limit is {limit}.", param=name)
 
 
 class CompletionBody(BaseModel):
@@ -76,7 +70,7 @@ async def llama_tokenize(request: web.Request, engine: Tokenizer, body: dict, mo
     content = body.get("content")
     if not isinstance(content, str):
         raise bad_request("'content' must be a string.", param="content")
-    _sized(request, len(content), "content")
+    check_text_size(len(content), context(request).settings, "content")
     tokens = await asyncio.to_thread(engine.tokenize, content, bool(body.get("add_special", False)))
     if body.get("with_pieces"):
         return json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
@@ -96,7 +90,7 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
     except ValidationError as exc:
         raise from_validation(exc) from exc
     if isinstance(asked.prompt, str):
-        _sized(request, len(asked.prompt), "prompt")
+        check_text_size(len(asked.prompt), context(request).settings, "prompt")
         tokens = await asyncio.to_thread(engine.tokenize, asked.prompt)
     else:
         tokens = list(asked.prompt)

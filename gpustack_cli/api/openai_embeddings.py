@@ -22,6 +22,7 @@ from gpustack_cli.api.errors import bad_request
 from gpustack_cli.api.responses import json_response
 from gpustack_cli.config import Settings
 from gpustack_cli.store import Category
+from gpustack_cli.textgen import check_text_size
 
 MAX_INPUTS = 2048
 # Below this many characters, tokens are counted on the event loop (about a tenth of a millisecond).
@@ -89,11 +90,7 @@ def _check_size(body: EmbeddingsBody, settings: Settings) -> None:
     items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
     if len(items) > MAX_INPUTS:
         raise bad_request(f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", param="input")
-    chars = sum(len(item) for item in items if isinstance(item, str))
-    if chars > settings.max_text_chars:
-        raise bad_request(
-            f"Invalid 'input': {chars} characters in all; the limit is {settings.max_text_chars}.", param="input"
-        )
+    check_text_size(sum(len(item) for item in items if isinstance(item, str)), settings, "input")
 
 
 async def embeddings(request: web.Request) -> web.Response:

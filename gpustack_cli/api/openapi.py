@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from gpustack_cli import __version__
 from gpustack_cli.api import admin, anthropic, jina, native, openai_audio, openai_chat, openai_embeddings, openai_images
 from gpustack_cli.api.responses import json_response
+from gpustack_cli.scheduler import LoadedModel
 
 # -- responses ---------------------------------------------------------------------------------
 
@@ -217,16 +218,6 @@ class Tokens(Doc):
 
 class Detokenized(Doc):
     content: str
-
-
-class LoadedModel(Doc):
-    name: str
-    active: int
-    waiting: int
-    concurrency: int
-    loaded_for: float
-    expires_in: float | None
-    context: int | None = None
 
 
 class Loaded(Doc):
