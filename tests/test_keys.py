@@ -59,9 +59,10 @@ def test_revoked_key_stops_working_at_once(tmp_path: Path) -> None:
 
 def test_expired_key(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "keys.json")
-    record, key = store.create(expires_in=0.05)
+    # Long enough for a scrypt check on a busy machine (it took over 50 ms in one CI run).
+    record, key = store.create(expires_in=2.0)
     assert Authenticator(store).verify(key) is not None
-    time.sleep(0.1)
+    time.sleep(max(0.0, record.expires - time.time()) + 0.05)
     assert record.expired()
     assert Authenticator(store).verify(key) is None
 
