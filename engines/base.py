@@ -37,6 +37,11 @@ class LoadSpec:
 
 @runtime_checkable
 class Engine(Protocol):
+    """A loaded model. Optional attributes the server reads: `admits_all` (True: the scheduler
+    admits `max_concurrency` requests at once instead of at most the server's `parallel`) and
+    `merges_calls` (True: concurrent requests' calls are merged into one engine call by
+    `gpustack_cli.batching`)."""
+
     # How many requests this loaded model can usefully run at once.
     max_concurrency: int
 
@@ -63,6 +68,12 @@ class Sampling:
     json_schema: dict[str, Any] | None = None
     # None: no log probabilities; k >= 0: the chosen token's and the k most likely.
     logprobs: int | None = None
+
+    @classmethod
+    def of(cls, max_tokens: int = 1, **given: Any) -> Sampling:
+        """The fields given, and the defaults for those that are None (a request's absent fields):
+        every protocol's request turns into sampling through here."""
+        return cls(max_tokens=max_tokens, **{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass(frozen=True)
@@ -148,8 +159,13 @@ class AsyncTextGenerator(TextGenerator, Protocol):
     """A TextGenerator whose tokens can also come to the event loop as they are made, so that
     no thread waits on each request (an engine that decodes many requests in one loop)."""
 
-    def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
-        """As `generate`; closing the iterator ends the request."""
+    def agenerate(self, prompt: Sequence[int], sampling: Sampling, request_id: str) -> AsyncIterator[Token]:
+        """As `generate`, under an id (the caller's name for the request); closing the iterator
+        ends the request, as `abort(request_id)` does."""
+
+    def abort(self, request_id: str) -> bool:
+        """End the requests of that id from outside their readers (their iterators raise
+        RequestAborted) and free their slots; False when none runs."""
 
 
 @runtime_checkable
@@ -293,6 +309,10 @@ class ImageGenerator(Protocol):
 class InvalidTokens(ValueError):
     """Token ids outside the model's vocabulary (a 400 on the wire: never passed to the engine,
     where llama.cpp would abort the whole process)."""
+
+
+class RequestAborted(RuntimeError):
+    """The engine ended a request before its end: aborted by id, or its model unloaded."""
 
 
 class EngineUnavailable(RuntimeError):

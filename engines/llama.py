@@ -163,11 +163,14 @@ class LlamaEngine:
         decoder, grammar = self._request(prompt, sampling)
         yield from decoder.generate(prompt, sampling, cancel, grammar)
 
-    async def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
+    async def agenerate(self, prompt: Sequence[int], sampling: Sampling, request_id: str) -> AsyncIterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
-        async with contextlib.aclosing(decoder.agenerate(prompt, sampling, grammar)) as tokens:
+        async with contextlib.aclosing(decoder.agenerate(prompt, sampling, request_id, grammar)) as tokens:
             async for token in tokens:
                 yield token
+
+    def abort(self, request_id: str) -> bool:
+        return self.decoder is not None and self.decoder.abort(request_id)
 
     def check_schema(self, schema: dict[str, Any]) -> None:
         self._grammar(schema)

@@ -32,7 +32,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from engines.base import DecodeStats, Sampling, Token
+from engines.base import DecodeStats, RequestAborted, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 RANDOM_SEED = 0xFFFFFFFF
@@ -53,6 +53,9 @@ class _Job:
     deliver: Callable[[object], None]
     # Set by the consumer when it stops reading (the request ended early).
     abandoned: bool = False
+    # Set by `abort`: the consumer is told so instead of seeing a normal end.
+    aborted: bool = False
+    request_id: str | None = None
     slot: _Slot | None = None
     pending: list[int] = field(default_factory=list)
     n_past: int = 0
@@ -64,7 +67,7 @@ class _Job:
 
     @property
     def stopped(self) -> bool:
-        return self.abandoned or self.cancel.is_set()
+        return self.abandoned or self.aborted or self.cancel.is_set()
 
 
 @dataclass
@@ -122,6 +125,9 @@ class BatchDecoder:
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
+        # The async requests by id, from submission to their reader's end (a client may send
+        # the same id twice: `abort` ends all it names).
+        self._requests: dict[str, list[_Job]] = {}
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
@@ -144,7 +150,7 @@ class BatchDecoder:
             self._abandon(job)
 
     async def agenerate(
-        self, prompt: Sequence[int], sampling: Sampling, grammar: str | None = None
+        self, prompt: Sequence[int], sampling: Sampling, request_id: str, grammar: str | None = None
     ) -> AsyncIterator[Token]:
         """As `generate`, delivered to the running event loop: no thread waits on the request.
         The loop is woken only when no wake-up is already on its way, so tokens that come
@@ -171,7 +177,8 @@ class BatchDecoder:
             with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
                 loop.call_soon_threadsafe(wake)
 
-        job = self._submit(_Job(list(prompt), sampling, grammar, threading.Event(), deliver))
+        job = _Job(list(prompt), sampling, grammar, threading.Event(), deliver, request_id=request_id)
+        self._submit(job)
         try:
             while True:
                 await ready.wait()
@@ -189,7 +196,9 @@ class BatchDecoder:
     def _submit(self, job: _Job) -> _Job:
         with self._wake:
             if self._closed:
-                raise RuntimeError("the model was unloaded")
+                raise RequestAborted("the model was unloaded")
+            if job.request_id is not None:
+                self._requests.setdefault(job.request_id, []).append(job)
             self._inbox.append(job)
             self._wake.notify()
         return job
@@ -198,7 +207,22 @@ class BatchDecoder:
         """The caller stopped reading: the loop frees the request's slot at its next step."""
         job.abandoned = True
         with self._wake:
+            named = self._requests.get(job.request_id or "", [])
+            if job in named:
+                named.remove(job)
+                if not named:
+                    del self._requests[job.request_id]
             self._wake.notify()
+
+    def abort(self, request_id: str) -> bool:
+        """End the running or waiting requests of an id: each reader gets RequestAborted, and the
+        loop frees their slots at its next step."""
+        with self._wake:
+            jobs = [job for job in self._requests.get(request_id, []) if not job.stopped]
+            for job in jobs:
+                job.aborted = True
+            self._wake.notify()
+        return bool(jobs)
 
     def decode_stats(self) -> DecodeStats:
         self.stats.busy = sum(slot.job is not None for slot in self.slots)
@@ -232,10 +256,10 @@ class BatchDecoder:
                         slot.cached = []
                         llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, -1, -1)
         for job in self._inbox:
-            job.deliver(RuntimeError("the model was unloaded"))
+            job.deliver(RequestAborted("the model was unloaded"))
         for slot in self.slots:
             if slot.job is not None:
-                self._finish(slot.job, RuntimeError("the model was unloaded"))
+                self._finish(slot.job, RequestAborted("the model was unloaded"))
 
     def _admit(self) -> None:
         """New requests into free slots: the slot whose cache shares the longest prefix with the
@@ -250,7 +274,7 @@ class BatchDecoder:
                 break
             job = self._inbox.popleft()
             if job.stopped:
-                job.deliver(_END)
+                job.deliver(_aborted(job) or _END)
                 continue
             reuse = job.sampling.seed is None
             if reuse and self._being_read(job.prompt):
@@ -418,4 +442,8 @@ class BatchDecoder:
             job.chain = None
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
-        job.deliver(error if error is not None else _END)
+        job.deliver(error or _aborted(job) or _END)
+
+
+def _aborted(job: _Job) -> RequestAborted | None:
+    return RequestAborted(f"request {job.request_id} was aborted") if job.aborted else None

@@ -1,7 +1,7 @@
 """A model served by other servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
 llama-server, another `gpustack serve`). Nothing is loaded here; the engine picks the upstream for
 each request, round robin over its URLs, skipping one for a while after it fails to answer a
-request or a health check (the server's active checks: `gpustack_cli/api/health.py`)."""
+request or a health check (the server's active checks: `gpustack_cli/upstream/health.py`)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class RemoteEngine:
     timeout: float | None = None
     max_concurrency: int = 256
     # Requests are admitted up to max_concurrency: the upstream does the batching.
-    batching: bool = True
+    admits_all: bool = True
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

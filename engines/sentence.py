@@ -33,9 +33,11 @@ def pick_device() -> str:
 
 
 class SentenceEngine:
-    # Requests are admitted together and merged into batches by the server's batcher.
     max_concurrency = 64
-    batching = True
+    # All of max_concurrency requests are admitted at once (not the server's `parallel`)...
+    admits_all = True
+    # ...because the server's batcher merges their calls into one engine call at a time.
+    merges_calls = True
 
     def __init__(self, spec: LoadSpec):
         self.device = pick_device()

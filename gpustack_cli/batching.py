@@ -94,7 +94,7 @@ _BATCHERS: weakref.WeakKeyDictionary[Any, Batcher] = weakref.WeakKeyDictionary()
 def _batcher(engine: Any, wait: float) -> Batcher | None:
     """The one batcher of a loaded engine that batches (it goes when the engine is unloaded);
     None for other engines, or when batching is off (`wait` < 0)."""
-    if not getattr(engine, "batching", False) or wait < 0:
+    if not getattr(engine, "merges_calls", False) or wait < 0:
         return None
     found = _BATCHERS.get(engine)
     if found is None:

@@ -87,8 +87,8 @@ def serve(
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
-    from gpustack_cli.server import StartupError
-    from gpustack_cli.server import serve as run_server
+    from gpustack_cli.serve import StartupError
+    from gpustack_cli.serve import serve as run_server
 
     config = settings(
         host=host,

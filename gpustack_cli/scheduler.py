@@ -2,9 +2,11 @@
 
 - A model is loaded on its first request (or at start with `--preload`), off the event loop.
 - Beyond `max_loaded_models`, the least recently used idle model is unloaded to make room; when
-  every loaded model is busy, the load waits for one to become idle.
+  every loaded model is busy, the load waits for one to become idle. A model served elsewhere
+  (`elsewhere(name)`: a remote model's upstream pool) holds nothing here: it takes no place and is
+  never unloaded for another.
 - Each model runs at most `min(parallel, engine.max_concurrency)` requests at once (engines that
-  batch requests together admit `max_concurrency`); up to
+  set `admits_all` take `max_concurrency`); up to
   `max_queue` more wait; the next one gets `QueueFull` (a 503 on the wire).
 - After its last request a model stays for `keep_alive` seconds (-1: forever, 0: unload at once).
 - A request whose client goes away is cancelled by aiohttp and its slot is freed by `use()`.
@@ -38,6 +40,8 @@ class QueueFull(SchedulerError):
 @dataclass(eq=False)
 class Runner:
     name: str
+    # Served elsewhere: takes no place among the loaded models.
+    elsewhere: bool = False
     engine: Engine | None = None
     loading: asyncio.Task[Engine] | None = None
     slots: asyncio.Semaphore | None = None
@@ -85,8 +89,10 @@ class Scheduler:
         parallel: int = 4,
         max_queue: int = 64,
         keep_alive: float = 300.0,
+        elsewhere: Callable[[str], bool] = lambda name: False,
     ):
         self._loader = loader
+        self._elsewhere = elsewhere
         self.max_loaded_models = max_loaded_models
         self.parallel = parallel
         self.max_queue = max_queue
@@ -103,7 +109,7 @@ class Scheduler:
         """Hold one request slot of model `name` (loading it if need be) for the block's duration."""
         runner = self._runners.get(name)
         if runner is None:
-            runner = self._runners[name] = Runner(name)
+            runner = self._runners[name] = Runner(name, elsewhere=self._elsewhere(name))
         if runner.slots is not None and runner.active >= runner.concurrency and runner.waiting >= self.max_queue:
             raise QueueFull(name, self.max_queue)
         runner.waiting += 1
@@ -198,16 +204,19 @@ class Scheduler:
         limit = int(getattr(engine, "max_concurrency", 1))
         # An engine whose requests are merged into batches runs them as one call: admit its own
         # limit; others run at most `parallel` requests at once.
-        runner.concurrency = max(1, limit if getattr(engine, "batching", False) else min(self.parallel, limit))
+        runner.concurrency = max(1, limit if getattr(engine, "admits_all", False) else min(self.parallel, limit))
         runner.slots = asyncio.Semaphore(runner.concurrency)
         runner.loaded_at = time.monotonic()
         log.info("loaded model %s in %.2fs", runner.name, runner.loaded_at - started)
         return engine
 
     def _resident(self) -> list[Runner]:
-        return [r for r in self._runners.values() if r.engine is not None or r.loading is not None]
+        loaded = (r for r in self._runners.values() if r.engine is not None or r.loading is not None)
+        return [r for r in loaded if not r.elsewhere]
 
     async def _make_room(self, runner: Runner) -> None:
+        if runner.elsewhere:
+            return
         async with self._changed:
             while True:
                 resident = [r for r in self._resident() if r is not runner]

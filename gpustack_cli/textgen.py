@@ -24,6 +24,7 @@ import functools
 import json
 import secrets
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -408,10 +409,11 @@ def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Eve
 # -- on the event loop -----------------------------------------------------------------------
 
 
-async def text_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterator[Event]:
+async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_text`'s events for an async caller: straight from an engine that delivers tokens
     to the event loop (a batching engine: no thread waits on each stream), else from
-    `stream_text` run in a worker thread."""
+    `stream_text` run in a worker thread. `request_id` names the request to the engine (for
+    `abort`); a fresh one when None."""
     if not isinstance(engine, AsyncTextGenerator):
         make = functools.partial(stream_text, engine, prepared)
         async with contextlib.aclosing(iterate_in_thread(make)) as events:
@@ -419,7 +421,8 @@ async def text_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterato
                 yield event
         return
     text = TextStream(engine, prepared)
-    async with contextlib.aclosing(engine.agenerate(prepared.prompt_tokens, prepared.sampling)) as tokens:
+    request_id = request_id or uuid.uuid4().hex
+    async with contextlib.aclosing(engine.agenerate(prepared.prompt_tokens, prepared.sampling, request_id)) as tokens:
         async for token in tokens:
             for event in text.feed(token):
                 yield event
@@ -429,20 +432,44 @@ async def text_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterato
         yield event
 
 
-async def chat_events(engine: TextGenerator, prepared: Prepared) -> AsyncIterator[Event]:
+async def chat_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_chat`'s events for an async caller (see `text_events`)."""
     if not prepared.tool_mode:
-        async with contextlib.aclosing(text_events(engine, prepared)) as events:
+        async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
             async for event in events:
                 yield event
         return
-    text, finished = "", None
-    async with contextlib.aclosing(text_events(engine, prepared)) as events:
+    answer = await collect(text_events(engine, prepared, request_id))
+    for event in _tool_answer(answer.text, answer.finished):
+        yield event
+
+
+@dataclass
+class Answer:
+    """A whole answer, collected from its events."""
+
+    deltas: list[TextDelta]
+    calls: list[ToolCall]
+    finished: Finished
+
+    @property
+    def text(self) -> str:
+        return "".join(delta.text for delta in self.deltas)
+
+
+async def collect(events: AsyncIterator[Event]) -> Answer:
+    """The answer `events` stream, once they end (closing them if the caller is cancelled)."""
+    deltas: list[TextDelta] = []
+    calls: list[ToolCall] = []
+    finished = None
+    async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, TextDelta):
-                text += event.text
-            elif isinstance(event, Finished):
+                deltas.append(event)
+            elif isinstance(event, ToolCallEvent):
+                calls.append(event.call)
+            else:
                 finished = event
-    assert finished is not None
-    for event in _tool_answer(text, finished):
-        yield event
+    if finished is None:
+        raise RuntimeError("the answer ended without its end event")
+    return Answer(deltas, calls, finished)

@@ -10,12 +10,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gpustack_cli.api.app import PUBLIC_ROUTES, create_app
-from gpustack_cli.api.context import ServerContext
+from gpustack_cli.app import create_app
 from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import Scheduler
+from gpustack_cli.server.app import PUBLIC_ROUTES
+from gpustack_cli.server.context import ServerContext
 from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore
 from tests.fake_engine import FakeLoader
 from tests.openapi import validate

@@ -35,8 +35,10 @@ def metric(server: ServerProcess, name: str) -> float:
     return float(found.group(1))
 
 
-async def stream_times(client: httpx.AsyncClient, body: dict) -> tuple[str, list[float]]:
-    """The streamed text and the time each content event came."""
+async def stream_times(
+    client: httpx.AsyncClient, body: dict, first: asyncio.Event | None = None
+) -> tuple[str, list[float]]:
+    """The streamed text and the time each content event came (`first` is set at the first)."""
     text, times = "", []
     async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
         assert response.status_code == 200
@@ -46,6 +48,8 @@ async def stream_times(client: httpx.AsyncClient, body: dict) -> tuple[str, list
                 if delta:
                     text += delta
                     times.append(time.monotonic())
+                    if first is not None:
+                        first.set()
     return text, times
 
 
@@ -85,11 +89,13 @@ def test_a_long_prompt_does_not_stop_running_streams(server: ServerProcess) -> N
 
     async def run() -> tuple[list[list[float]], float, float]:
         async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+            started = [asyncio.Event() for _ in range(3)]
             streams = [
-                asyncio.create_task(stream_times(client, chat(f"Count slowly from {i}.", max_tokens=160)))
+                asyncio.create_task(stream_times(client, chat(f"Count slowly from {i}.", max_tokens=160), started[i]))
                 for i in range(3)
             ]
-            await asyncio.sleep(2)  # the three streams are decoding
+            for event in started:  # the three streams are decoding
+                await event.wait()
             sent = time.monotonic()
             answer = await client.post("/v1/chat/completions", json=chat(long_prompt, max_tokens=1))
             assert answer.status_code == 200, answer.text
@@ -183,3 +189,43 @@ def test_requests_at_once_share_a_prompt_read_once(server: ServerProcess) -> Non
     before = metric(server, "gpustack_prefix_cache_tokens_total")
     asyncio.run(at_once())
     assert metric(server, "gpustack_prefix_cache_tokens_total") - before >= 2 * tokens
+
+
+def test_a_request_is_aborted_by_its_id(models_home: Path) -> None:
+    """The engine's async interface, keyed by request id: `abort` ends one request (its reader
+    is told so) and frees its slot, while the other request decodes on."""
+    from engines.base import LoadSpec, RequestAborted, Sampling
+    from engines.llama import LlamaEngine
+    from gpustack_cli.store import ModelStore
+
+    store = ModelStore(models_home)
+    options = {**store.get(MODEL).options, "parallel": 2}
+    engine = LlamaEngine(LoadSpec(MODEL, store.model_dir(MODEL), ("llm",), options, ctx_size=512))
+    prompt = engine.tokenize("1, 2, 3, 4, 5, 6,")  # a greedy count goes on past 40 tokens
+    sampling = Sampling(max_tokens=40, temperature=0)
+
+    async def read(request_id: str, stop_other_after: int | None = None) -> tuple[int, bool]:
+        count = 0
+        try:
+            async for _ in engine.agenerate(prompt, sampling, request_id):
+                count += 1
+                if count == stop_other_after:
+                    assert engine.abort("first")
+                    assert not engine.abort("first")  # already ending
+        except RequestAborted:
+            return count, True
+        return count, False
+
+    async def run() -> tuple[tuple[int, bool], tuple[int, bool]]:
+        first = asyncio.create_task(read("first"))
+        second = asyncio.create_task(read("second", stop_other_after=3))
+        return await first, await second
+
+    try:
+        (first_count, first_aborted), (second_count, second_aborted) = asyncio.run(run())
+        assert first_aborted and first_count < 40, (first_count, second_count)
+        assert not second_aborted and second_count == 40
+        assert not engine.abort("second")  # ended: nothing to abort
+        assert engine.decode_stats().busy == 0
+    finally:
+        engine.close()

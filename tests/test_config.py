@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gpustack_cli.config import DEFAULT_PORT, Settings, is_loopback, parse_duration
-from gpustack_cli.server import StartupError, event_loop
+from gpustack_cli.serve import StartupError, event_loop
 
 
 @pytest.mark.parametrize(
@@ -91,3 +91,12 @@ def test_event_loop_without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUSTACK_EVENT_LOOP", "libuv")
     with pytest.raises(ValueError, match="event_loop"):
         Settings.load()
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/settings.md names each setting's variable, and each serve flag beside it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`GPUSTACK_{name.upper()}`" in text, name
+    for flag in ("--host", "--port", "--parallel", "--ctx-size", "--keep-alive", "--max-completion-tokens"):
+        assert f"`{flag}`" in text, flag

@@ -6,8 +6,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from engines.remote import RemoteEngine, Upstream
-from gpustack_cli.api.health import probe
-from gpustack_cli.api.upstream_http import UpstreamClient
+from gpustack_cli.upstream.client import UpstreamClient
+from gpustack_cli.upstream.health import probe
 from tests.upstream import closed_port_url
 
 

@@ -90,6 +90,19 @@ async def test_least_recently_used_idle_model_is_evicted() -> None:
     await s.close()
 
 
+async def test_models_served_elsewhere_take_no_place_and_are_not_evicted() -> None:
+    loader = FakeLoader()
+    s = scheduler(loader, max_loaded_models=1, elsewhere=lambda name: name.startswith("remote-"))
+    for name in ("a", "remote-1", "remote-2"):
+        async with s.use(name):
+            pass
+    assert sorted(m.name for m in s.loaded()) == ["a", "remote-1", "remote-2"]  # a kept its place
+    async with s.use("b"):  # the one place goes from a to b; the remote pools stay
+        pass
+    assert sorted(m.name for m in s.loaded()) == ["b", "remote-1", "remote-2"]
+    await s.close()
+
+
 async def test_load_waits_while_every_loaded_model_is_busy() -> None:
     s = scheduler(FakeLoader(), max_loaded_models=1)
     release = asyncio.Event()

@@ -10,7 +10,16 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import pytest
 
 from engines.base import AsyncTextGenerator, Sampling, Token
-from gpustack_cli.textgen import Finished, Prepared, TextDelta, ToolCallEvent, chat_events, stream_chat, stream_text
+from gpustack_cli.textgen import (
+    Finished,
+    Prepared,
+    TextDelta,
+    ToolCallEvent,
+    chat_events,
+    stream_chat,
+    stream_text,
+    text_events,
+)
 
 
 class FakeGenerator:
@@ -47,10 +56,18 @@ class FakeGenerator:
 class AsyncFakeGenerator(FakeGenerator):
     """Unit tests only: the same, delivered to the event loop."""
 
-    async def agenerate(self, prompt: Sequence[int], sampling: Sampling) -> AsyncIterator[Token]:
+    def __init__(self, pieces: list[bytes]):
+        super().__init__(pieces)
+        self.request_ids: list[str] = []
+
+    async def agenerate(self, prompt: Sequence[int], sampling: Sampling, request_id: str) -> AsyncIterator[Token]:
+        self.request_ids.append(request_id)
         for token in self.generate(prompt, sampling, threading.Event()):
             await asyncio.sleep(0)
             yield token
+
+    def abort(self, request_id: str) -> bool:
+        return False
 
 
 def prepared(max_tokens: int = 50, stop: list[str] | None = None, tool_mode: bool = False) -> Prepared:
@@ -108,3 +125,17 @@ def test_the_async_driver_gives_the_blocking_ones_events(pieces: list[bytes]) ->
         return [event async for event in chat_events(engine, job)]
 
     assert asyncio.run(collect()) == list(stream_text(engine, job, threading.Event()))
+
+
+def test_the_async_driver_names_each_request_to_the_engine() -> None:
+    engine = AsyncFakeGenerator([b"a", b"b"])
+
+    async def collect(request_id: str | None) -> None:
+        async for _ in text_events(engine, prepared(), request_id):
+            pass
+
+    asyncio.run(collect("req-7"))
+    asyncio.run(collect(None))
+    asyncio.run(collect(None))
+    assert engine.request_ids[0] == "req-7"
+    assert len(set(engine.request_ids)) == 3  # a fresh id where none is given

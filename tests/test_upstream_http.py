@@ -13,8 +13,8 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gpustack_cli.api import upstream_http
-from gpustack_cli.api.upstream_http import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream import client as upstream_http
+from gpustack_cli.upstream.client import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -432,4 +432,121 @@ async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
                 pass
     finally:
         client.close()
+        await server.close()
+
+
+class ForwardProxy:
+    """An HTTP proxy on loopback: absolute-form requests and CONNECT tunnels, piped to their
+    target; keeps each request head it was sent, and refuses tunnels when told to."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.heads: list[bytes] = []
+        self.refuse = refuse
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://user:p%40ss@127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
+            method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+            if method == "CONNECT":
+                if self.refuse:
+                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                    return
+                host, port = target.rsplit(":", 1)
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                authority = target.split("/")[2]
+                host, port = authority.rsplit(":", 1)
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+                upstream_writer.write(head)
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def test_http_through_the_environments_proxy(scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.head(reader)
+        writer.write(OK)
+        await writer.drain()
+
+    upstream, url = await scripted(answer)
+    proxy = ForwardProxy()
+    monkeypatch.setenv("HTTP_PROXY", await proxy.start())
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = UpstreamClient(read_timeout=5)
+    try:
+        async with client.request("GET", url, "/v1/models?x=1") as got:
+            assert await got.read() == b"ok"
+        # The proxy was asked in absolute form, with the proxy URL's user as Basic credentials.
+        assert proxy.heads[0].startswith(f"GET {url}/v1/models?x=1 HTTP/1.1\r\n".encode())
+        assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in proxy.heads[0]  # user:p@ss
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = UpstreamClient(read_timeout=5)
+        async with direct.request("GET", url, "/direct") as got:
+            assert await got.read() == b"ok"
+        assert len(proxy.heads) == 1 and upstream.heads[-1].startswith(b"GET /direct HTTP/1.1\r\n")
+        direct.close()
+    finally:
+        client.close()
+        proxy.close()
+
+
+async def test_https_through_a_connect_tunnel(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"scheme": request.scheme, "path": request.path_qs})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    server = TestServer(app, scheme="https")
+    await server.start_server(ssl=context)
+    proxy, refusing = ForwardProxy(), ForwardProxy(refuse=True)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", await proxy.start())
+    client = UpstreamClient(read_timeout=5)
+    try:
+        for _ in range(2):  # the second request reuses the tunnelled connection
+            async with client.request("GET", f"https://127.0.0.1:{server.port}", "/x?y=1") as answer:
+                assert await answer.read() == b'{"scheme": "https", "path": "/x?y=1"}'
+        assert len(proxy.heads) == 1 and proxy.heads[0].startswith(f"CONNECT 127.0.0.1:{server.port} ".encode())
+        assert b"Proxy-Authorization: Basic " in proxy.heads[0]
+        monkeypatch.setenv("HTTPS_PROXY", await refusing.start())
+        refused = UpstreamClient(read_timeout=5)
+        with pytest.raises(UpstreamError, match=r"refused the tunnel.*407"):
+            async with refused.request("GET", f"https://127.0.0.1:{server.port}", "/"):
+                pass
+        refused.close()
+    finally:
+        client.close()
+        proxy.close()
+        refusing.close()
         await server.close()

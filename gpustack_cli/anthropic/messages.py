@@ -1,0 +1,298 @@
+"""Anthropic's `POST /v1/messages` and `/v1/messages/count_tokens`: a second translator onto the
+same text core as OpenAI's chat (`gpustack_cli.textgen`), with Anthropic's blocks, stop reasons,
+event stream and error shape. Claude Code's `anthropic-version` header and `?beta=true` are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.base import Sampling, TextGenerator
+from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.sse import EventStream
+from gpustack_cli.server.wire import json_response
+from gpustack_cli.store import Category
+from gpustack_cli.textgen import (
+    Answer,
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finished,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
+    chat_events,
+    check_chat,
+    collect,
+    count_chat_tokens,
+    prepare_chat,
+)
+
+STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextBlock(Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Wire):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultBlock(Wire):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] = ""
+    is_error: bool = False
+
+
+class OtherBlock(Wire):
+    type: Literal["image", "document", "thinking", "redacted_thinking", "search_result"]
+
+
+Block = TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock
+
+
+class Message(Wire):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolDef(Wire):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolChoice(Wire):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+
+
+class CountTokensBody(Wire):
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesBody(CountTokensBody):
+    max_tokens: Annotated[int, Field(ge=1)]
+    stop_sequences: list[str] | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    # Our extension (Anthropic has none): reproducible sampling, as OpenAI's `seed`.
+    seed: int | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool = False
+    keep_alive: str | int | float | None = None
+
+    def sampling(self) -> Sampling:
+        return Sampling.of(
+            self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
+        )
+
+
+def _text(content: str | list[TextBlock]) -> str:
+    return content if isinstance(content, str) else "".join(b.text for b in content)
+
+
+def _messages(body: CountTokensBody) -> list[ChatMessage]:
+    messages = [ChatMessage("system", _text(body.system))] if body.system else []
+    for index, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            messages.append(ChatMessage(message.role, message.content))
+            continue
+        text, calls = "", []
+        for block in message.content:
+            if isinstance(block, OtherBlock):
+                raise bad_request(f"messages.{index}.content: this model reads text only, not '{block.type}' blocks")
+            if isinstance(block, TextBlock):
+                text += block.text
+            elif isinstance(block, ToolUseBlock):
+                calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
+            else:
+                result = _text(block.content)
+                messages.append(
+                    ChatMessage(
+                        "tool", f"Error: {result}" if block.is_error else result, tool_call_id=block.tool_use_id
+                    )
+                )
+        if text or calls:
+            messages.append(ChatMessage(message.role, text, calls))
+    return messages
+
+
+def chat_request(body: CountTokensBody) -> ChatRequest:
+    tools = [Tool(t.name, t.description, t.input_schema) for t in body.tools or []]
+    choice = body.tool_choice or ToolChoice(type="auto")
+    mode = {"auto": "auto", "any": "required", "none": "none", "tool": choice.name or ""}[choice.type]
+    if choice.type == "tool" and mode not in {t.name for t in tools}:
+        raise bad_request(f"tool_choice: no tool named '{choice.name}' in tools")
+    if choice.type == "any" and not tools:
+        raise bad_request("tool_choice: 'any' needs tools")
+    sampling = body.sampling() if isinstance(body, MessagesBody) else Sampling.of()
+    return ChatRequest(
+        messages=_messages(body),
+        sampling=sampling,
+        max_tokens=body.max_tokens if isinstance(body, MessagesBody) else None,
+        stop=list(body.stop_sequences or []) if isinstance(body, MessagesBody) else [],
+        tools=tools,
+        tool_choice=mode,
+    )
+
+
+def checked_chat(request: web.Request, body: CountTokensBody) -> ChatRequest:
+    chat = chat_request(body)
+    check_chat(chat, context(request).settings, tool_field="input_schema")
+    return chat
+
+
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {
+        "type": "tool_use",
+        "id": "toolu_" + call.id.removeprefix("call_"),
+        "name": call.name,
+        "input": json.loads(call.arguments),
+    }
+
+
+def _stop(finished: Finished) -> tuple[str, str | None]:
+    if finished.stop_sequence is not None:
+        return "stop_sequence", finished.stop_sequence
+    return STOP_REASONS.get(finished.reason, "end_turn"), None
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, MessagesBody)
+    chat = checked_chat(request, body)
+    manifest = resolve_model(request, body.model, Category.llm, "messages")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        prepared = await asyncio.to_thread(prepare_chat, engine, chat)
+        events = chat_events(engine, prepared, request[REQUEST_ID])
+        return await _respond(request, body, manifest.name, events, len(prepared.prompt_tokens))
+
+
+async def messages_via(request: web.Request, make_events: Callable[[ChatRequest], AsyncIterator[Event]]):
+    """`/v1/messages` answered by another chat: a remote model's upstream chat completions."""
+    body = await read_json(request, MessagesBody)
+    return await _respond(request, body, body.model, make_events(chat_request(body)), 0)
+
+
+async def _respond(
+    request: web.Request, body: MessagesBody, model: str, events: AsyncIterator[Event], prompt_tokens: int
+) -> web.StreamResponse:
+    message_id = f"msg_{secrets.token_hex(12)}"
+    if body.stream:
+        return await _stream(request, events, message_id, model, prompt_tokens)
+    return json_response(message_of(await collect(events), message_id, model))
+
+
+def message_of(answer: Answer, message_id: str, model: str) -> dict[str, Any]:
+    """Anthropic's `Message` for a whole answer: a text block, then a tool_use block per call."""
+    finished = answer.finished
+    content = [{"type": "text", "text": answer.text}] if answer.text else []
+    content += [_tool_use(call) for call in answer.calls]
+    stop_reason, stop_sequence = _stop(finished)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {"input_tokens": finished.prompt_tokens, "output_tokens": finished.completion_tokens},
+    }
+
+
+async def stream_events(
+    events: AsyncIterator[Event], message_id: str, model: str, prompt_tokens: int
+) -> AsyncIterator[dict[str, Any]]:
+    """Anthropic's stream for the text core's `events`: `message_start`, `ping`, a
+    `content_block_start`/`_delta`/`_stop` run per text or tool_use block, then `message_delta`
+    (stop reason, usage) and `message_stop`. Each item is one event's data; its `type` names it."""
+    start = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+    }
+    yield {"type": "message_start", "message": start}
+    yield {"type": "ping"}
+    index, open_text = -1, False
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, TextDelta):
+                if not open_text:  # a text block opens with its first text, never empty
+                    index, open_text = index + 1, True
+                    yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+                delta = {"type": "text_delta", "text": event.text}
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
+            elif isinstance(event, ToolCallEvent):
+                if open_text:
+                    yield {"type": "content_block_stop", "index": index}
+                    open_text = False
+                index += 1
+                block = {**_tool_use(event.call), "input": {}}
+                yield {"type": "content_block_start", "index": index, "content_block": block}
+                delta = {"type": "input_json_delta", "partial_json": event.call.arguments}
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
+                yield {"type": "content_block_stop", "index": index}
+            else:
+                if open_text:
+                    yield {"type": "content_block_stop", "index": index}
+                stop_reason, stop_sequence = _stop(event)
+                yield {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": {"output_tokens": event.completion_tokens},
+                }
+                yield {"type": "message_stop"}
+
+
+async def _stream(
+    request: web.Request, events: AsyncIterator[Event], message_id: str, model: str, prompt_tokens: int
+) -> web.StreamResponse:
+    stream = EventStream(request)
+    await stream.open()
+    try:
+        async with contextlib.aclosing(stream_events(events, message_id, model, prompt_tokens)) as items:
+            async for item in items:
+                await stream.send(item, event=item["type"])
+    except Exception as exc:
+        await stream.fail(exc, event="error")
+    return await stream.close()
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body = await read_json(request, CountTokensBody)
+    chat = checked_chat(request, body)
+    manifest = resolve_model(request, body.model, Category.llm, "messages")
+    async with engine_for(request, manifest, TextGenerator) as engine:
+        count = await asyncio.to_thread(count_chat_tokens, engine, chat)
+    return json_response({"input_tokens": count})

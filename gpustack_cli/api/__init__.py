@@ -1,1 +1,0 @@
-"""The HTTP server: protocol translators (OpenAI, Anthropic, Jina, proxy) and their routes."""

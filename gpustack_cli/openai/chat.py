@@ -1,0 +1,595 @@
+"""OpenAI's `POST /v1/chat/completions` and `POST /v1/completions`: wire JSON to the text core and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engines.base import Sampling, TextGenerator
+from gpustack_cli import __version__
+from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.routing import model_route
+from gpustack_cli.server.sse import EventStream
+from gpustack_cli.server.wire import json_response
+from gpustack_cli.store import Category
+from gpustack_cli.textgen import (
+    Answer,
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finished,
+    Prepared,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
+    capped,
+    chat_events,
+    check_chat,
+    check_text_size,
+    collect,
+    fit_context,
+    prepare_chat,
+    text_events,
+)
+
+T = TypeVar("T")
+
+# -- wire types --------------------------------------------------------------------------------
+
+
+class Wire(BaseModel):
+    # Clients send fields we do not use (store, metadata, service_tier, ...): accept and ignore.
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(Wire):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(Wire):
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+class FunctionCall(Wire):
+    name: str
+    arguments: str = ""
+
+
+class WireToolCall(Wire):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | OtherPart] | None = None
+    name: str | None = None
+    tool_calls: list[WireToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(Wire):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class WireTool(Wire):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedToolChoice(Wire):
+    type: Literal["function"] = "function"
+    function: dict[str, str]
+
+
+class JsonSchemaFormat(Wire):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StreamOptions(Wire):
+    include_usage: bool = False
+
+
+Stop = str | Annotated[list[str], Field(max_length=16)] | None
+
+
+class SamplingFields(Wire):
+    """The sampling fields chat and completions share (with llama.cpp's extras)."""
+
+    model: str
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    stop: Stop = None
+    n: Annotated[int, Field(ge=1, le=16)] = 1
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    keep_alive: str | int | float | None = None
+
+    def sampling(self, logprobs: int | None) -> Sampling:
+        """The sampling these fields ask for (`max_tokens` is set per prompt, from the context left)."""
+        bias: dict[int, float] = {}
+        for key, value in (self.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise bad_request(f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias")
+            bias[int(key)] = value
+        return Sampling.of(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty or None,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            logit_bias=bias,
+            logprobs=logprobs,
+        )
+
+
+class ChatCompletionBody(SamplingFields):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[WireTool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionBody:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
+        return self
+
+
+Prompt = str | list[str] | Annotated[list[int], Field(min_length=1)] | list[Annotated[list[int], Field(min_length=1)]]
+
+
+class CompletionBody(SamplingFields):
+    prompt: Prompt
+    suffix: str | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    echo: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=16)] | None = None
+
+
+# -- wire to core ------------------------------------------------------------------------------
+
+
+def _stops(stop: Stop) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def _text_of(message: Message, index: int) -> str:
+    if message.content is None or isinstance(message.content, str):
+        return message.content or ""
+    for part in message.content:
+        if isinstance(part, OtherPart):
+            raise bad_request(
+                f"Invalid content part in messages[{index}]: this model reads text only, not '{part.type}'.",
+                param=f"messages[{index}].content",
+                code="unsupported_content",
+            )
+    return "".join(part.text for part in message.content if isinstance(part, TextPart))
+
+
+def chat_request(body: ChatCompletionBody) -> ChatRequest:
+    messages = []
+    for index, m in enumerate(body.messages):
+        calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or []]
+        role = "system" if m.role == "developer" else m.role
+        messages.append(ChatMessage(role, _text_of(m, index), calls, m.tool_call_id))
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []]
+    choice = body.tool_choice or "auto"
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function.get("name", "")
+        if choice not in {t.name for t in tools}:
+            raise bad_request(f"Invalid 'tool_choice': no tool named '{choice}' in 'tools'.", param="tool_choice")
+    elif choice == "required" and not tools:
+        raise bad_request("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
+    schema = None
+    if body.response_format and body.response_format.type == "json_object":
+        schema = {"type": "object"}
+    elif body.response_format and body.response_format.type == "json_schema":
+        if body.response_format.json_schema is None:
+            raise bad_request("Missing required parameter: 'response_format.json_schema'.", param="response_format")
+        schema = body.response_format.json_schema.schema_
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return ChatRequest(
+        messages=messages,
+        sampling=body.sampling(logprobs),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=_stops(body.stop),
+        tools=tools,
+        tool_choice=choice,
+        json_schema=schema,
+    )
+
+
+# -- core to wire ------------------------------------------------------------------------------
+
+
+def chat_body(chat: ChatRequest, model: str) -> dict[str, Any]:
+    """A streamed chat completions request for `chat`, as another OpenAI-compatible server takes
+    it (usage included in the stream)."""
+    messages = [
+        Message(
+            role=m.role,
+            content=m.content,
+            tool_calls=[_wire_call(c) for c in m.tool_calls] or None,
+            tool_call_id=m.tool_call_id,
+        )
+        for m in chat.messages
+    ]
+    tools = [
+        WireTool(type="function", function=FunctionDef(name=t.name, description=t.description, parameters=t.parameters))
+        for t in chat.tools
+    ]
+    choice = chat.tool_choice
+    body = ChatCompletionBody(
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options=StreamOptions(include_usage=True),
+        temperature=chat.sampling.temperature,
+        top_p=chat.sampling.top_p,
+        seed=chat.sampling.seed,
+        max_tokens=chat.max_tokens,
+        stop=chat.stop or None,
+        tools=tools or None,
+        tool_choice=None
+        if not tools
+        else choice
+        if choice in ("auto", "none", "required")
+        else NamedToolChoice(type="function", function={"name": choice}),
+    )
+    return body.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+
+
+def _wire_call(call: ToolCall) -> WireToolCall:
+    return WireToolCall(id=call.id, type="function", function=FunctionCall(name=call.name, arguments=call.arguments))
+
+
+async def events_of_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Event]:
+    """The text core's events of a streamed chat completion's chunks (its first choice): text as
+    it comes, tool calls once their arguments are whole, then the end with the usage reported."""
+    calls: dict[int, list[str]] = {}
+    reason, usage = "stop", {}
+    async for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                yield TextDelta(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                entry = calls.setdefault(call.get("index", 0), ["", "", ""])
+                function = call.get("function") or {}
+                entry[0] = call.get("id") or entry[0]
+                entry[1] += function.get("name") or ""
+                entry[2] += function.get("arguments") or ""
+            reason = choice.get("finish_reason") or reason
+    for index, (call_id, name, arguments) in sorted(calls.items()):
+        yield ToolCallEvent(index, ToolCall(call_id, name, arguments or "{}"))
+    finish = reason if reason in ("stop", "length", "tool_calls") else "stop"
+    yield Finished(finish, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+
+def _logprob_entry(lp: Any) -> dict[str, Any]:
+    return {
+        "token": lp.token,
+        "logprob": lp.logprob,
+        "bytes": lp.bytes,
+        "top_logprobs": [{"token": t, "logprob": p, "bytes": b} for t, b, p in lp.top],
+    }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _seeded(prepared: Prepared, index: int) -> Prepared:
+    """Choice `index` of n: its own seed, so the n choices differ but stay reproducible."""
+    if index == 0:
+        return prepared
+    seed = None if prepared.sampling.seed is None else prepared.sampling.seed + index
+    sampling = replace(prepared.sampling, seed=seed)
+    return Prepared(prepared.prompt_tokens, sampling, prepared.stop, prepared.tool_mode)
+
+
+async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None) -> list[T]:
+    """The choices of one request, decoded together where the engine batches; one after another
+    when the request has a seed, so that each choice is what the same request for one would give
+    (a batch of several rounds its arithmetic differently from a batch of one)."""
+    if seed is None:
+        return list(await asyncio.gather(*(make() for make in choices)))
+    return [await make() for make in choices]
+
+
+# Changes when the serving code changes, as OpenAI's does with its backend.
+FINGERPRINT = f"fp_gpustack_{__version__}"
+
+
+class Envelope:
+    """The id, timestamp and model every object of one response shares."""
+
+    def __init__(self, prefix: str, model: str):
+        self.id = f"{prefix}-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self.model = model
+
+    def wrap(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            **fields,
+        }
+
+
+def chat_choice(answer: Answer, index: int, with_logprobs: bool) -> dict[str, Any]:
+    """A chat completion's `choices[index]` for a whole answer."""
+    calls = [_tool_call(call) for call in answer.calls]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": answer.text if answer.text or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = calls
+    logprobs = [_logprob_entry(lp) for delta in answer.deltas for lp in delta.logprobs]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": {"content": logprobs, "refusal": None} if with_logprobs else None,
+        "finish_reason": answer.finished.reason,
+    }
+
+
+def chunk_deltas(event: Event, with_logprobs: bool) -> list[tuple[dict[str, Any], str | None, Any]]:
+    """The `(delta, finish_reason, logprobs)` of the chunks that stream one event of a choice: a
+    text piece; a tool call as OpenAI streams one (its id and name, then its arguments); the end."""
+    if isinstance(event, TextDelta):
+        logprobs = None
+        if with_logprobs:
+            logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
+        return [({"content": event.text}, None, logprobs)]
+    if isinstance(event, ToolCallEvent):
+        call = event.call
+        function = {"name": call.name, "arguments": ""}
+        opening = {"index": event.index, "id": call.id, "type": "function", "function": function}
+        arguments = {"index": event.index, "function": {"arguments": call.arguments}}
+        return [({"tool_calls": [opening]}, None, None), ({"tool_calls": [arguments]}, None, None)]
+    return [({}, event.reason, None)]
+
+
+async def _chat_choice(
+    engine: TextGenerator, prepared: Prepared, index: int, request_id: str
+) -> tuple[dict[str, Any], Finished]:
+    answer = await collect(chat_events(engine, prepared, request_id))
+    return chat_choice(answer, index, prepared.sampling.logprobs is not None), answer.finished
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    rid = request[REQUEST_ID]
+    body = await read_json(request, ChatCompletionBody)
+    chat = chat_request(body)
+    check_chat(chat, context(request).settings)
+    manifest = resolve_model(request, body.model, Category.llm, "chat completions")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        prepared = await asyncio.to_thread(prepare_chat, engine, chat)
+        envelope = Envelope("chatcmpl", manifest.name)
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream_chat(request, engine, prepared, body.n, envelope, usage)
+        answers = await _together(
+            [lambda i=i: _chat_choice(engine, _seeded(prepared, i), i, f"{rid}-{i}") for i in range(body.n)],
+            prepared.sampling.seed,
+        )
+        choices = [choice for choice, _ in answers]
+        prompt = answers[0][1].prompt_tokens
+        completion = sum(finished.completion_tokens for _, finished in answers)
+        return json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
+
+
+async def _stream_chat(
+    request: web.Request, engine: TextGenerator, prepared: Prepared, n: int, envelope: Envelope, usage: bool
+) -> web.StreamResponse:
+    rid = request[REQUEST_ID]
+    stream = EventStream(request)
+    await stream.open()
+
+    async def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> None:
+        choice = {"index": index, "delta": delta, "finish_reason": finish}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        await stream.send(envelope.wrap("chat.completion.chunk", choices=[choice]))
+
+    prompt = completion = 0
+    try:
+        for index in range(n):
+            await chunk(index, {"role": "assistant", "content": "", "refusal": None})
+            async with contextlib.aclosing(chat_events(engine, _seeded(prepared, index), f"{rid}-{index}")) as events:
+                async for event in events:
+                    for delta, finish, logprobs in chunk_deltas(event, prepared.sampling.logprobs is not None):
+                        await chunk(index, delta, finish, logprobs)
+                    if isinstance(event, Finished):
+                        prompt, completion = event.prompt_tokens, completion + event.completion_tokens
+        if usage:
+            await stream.send(envelope.wrap("chat.completion.chunk", choices=[], usage=_usage(prompt, completion)))
+        await stream.send("[DONE]")
+    except Exception as exc:
+        # Headers are gone: report in the stream, as OpenAI does, and end it cleanly.
+        await stream.fail(exc)
+    return await stream.close()
+
+
+# -- legacy completions ------------------------------------------------------------------------
+
+
+def _prompts(body: CompletionBody, engine: TextGenerator) -> list[list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        texts: list[str | list[int]] = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        texts = [prompt]  # type: ignore[list-item]
+    else:
+        texts = list(prompt)  # type: ignore[arg-type]
+    if not texts:
+        raise bad_request("Invalid 'prompt': it is empty.", param="prompt")
+    return [engine.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
+
+
+def _prompt_chars(prompt: Prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(p) for p in prompt if isinstance(p, str | list))
+
+
+def _with_suffix(engine: TextGenerator, tokens: list[int], suffix: str) -> list[int]:
+    fim = engine.fim_tokens()
+    if fim is None:
+        raise bad_request("This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix")
+    pre, suf, mid = fim
+    return [pre, *tokens, suf, *engine.tokenize(suffix, special=False), mid]
+
+
+def completion_logprobs(deltas: list[TextDelta], offset: int) -> dict[str, Any]:
+    """A legacy completion's `logprobs` for the text `deltas` hold, which begins at character
+    `offset` of the choice's text (after an echoed prompt)."""
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for delta in deltas:
+        for lp in delta.logprobs:
+            offsets.append(offset)
+            offset += len(lp.token)
+            tokens.append(lp.token)
+            token_logprobs.append(lp.logprob)
+            top.append({t: p for t, _b, p in lp.top})
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+async def _completion_choice(
+    engine: TextGenerator, body: CompletionBody, index: int, prepared: Prepared, i: int, request_id: str
+) -> tuple[dict[str, Any], Finished, int]:
+    """One choice of a completion: prompt `prepared`, the `i`th of its n."""
+    answer = await collect(text_events(engine, _seeded(prepared, i), request_id))
+    deltas, finished = answer.deltas, answer.finished
+    head = engine.detokenize(prepared.prompt_tokens) if body.echo else ""
+    text = head + "".join(d.text for d in deltas)
+    logprobs = completion_logprobs(deltas, len(head)) if body.logprobs is not None else None
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finished.reason}, finished, i
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    rid = request[REQUEST_ID]
+    body = await read_json(request, CompletionBody)
+    if body.best_of is not None and body.best_of != body.n:
+        raise bad_request("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
+    if body.echo and body.logprobs is not None:
+        raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
+    settings = context(request).settings
+    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings, "prompt")
+    manifest = resolve_model(request, body.model, Category.llm, "completions")
+    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
+        sampling = body.sampling(body.logprobs)
+        prompts = await asyncio.to_thread(_prompts, body, engine)
+        if body.suffix:
+            prompts = [_with_suffix(engine, p, body.suffix) for p in prompts]
+        prepared = []
+        for tokens in prompts:
+            budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings), what="prompt")
+            prepared.append(Prepared(tokens, replace(sampling, max_tokens=budget), _stops(body.stop)))
+        envelope = Envelope("cmpl", manifest.name)
+        jobs = [(p_index * body.n + i, p, i) for p_index, p in enumerate(prepared) for i in range(body.n)]
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream_completion(request, engine, jobs, body, envelope, usage)
+        answers = await _together(
+            [lambda job=job: _completion_choice(engine, body, *job, f"{rid}-{job[0]}") for job in jobs], body.seed
+        )
+        choices = [choice for choice, _, _ in answers]
+        prompt_total = sum(finished.prompt_tokens for _, finished, i in answers if i == 0)
+        usage = _usage(prompt_total, sum(finished.completion_tokens for _, finished, _ in answers))
+        return json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
+
+
+async def _stream_completion(
+    request: web.Request, engine: TextGenerator, jobs: list, body: CompletionBody, envelope: Envelope, usage: bool
+) -> web.StreamResponse:
+    rid = request[REQUEST_ID]
+    stream = EventStream(request)
+    await stream.open()
+
+    async def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> None:
+        choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        await stream.send(envelope.wrap("text_completion", choices=[choice]))
+
+    prompt_total = completion_total = 0
+    try:
+        for index, p, i in jobs:
+            offset = 0
+            if body.echo:
+                head = engine.detokenize(p.prompt_tokens)
+                await chunk(index, head)
+                offset = len(head)
+            async with contextlib.aclosing(text_events(engine, _seeded(p, i), f"{rid}-{index}")) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        logprobs = None
+                        if body.logprobs is not None:
+                            logprobs = completion_logprobs([event], offset)
+                        offset += len(event.text)
+                        await chunk(index, event.text, logprobs=logprobs)
+                    elif isinstance(event, Finished):
+                        prompt_total += event.prompt_tokens if i == 0 else 0
+                        completion_total += event.completion_tokens
+                        await chunk(index, "", finish=event.reason)
+        if usage:
+            await stream.send(
+                envelope.wrap("text_completion", choices=[], usage=_usage(prompt_total, completion_total))
+            )
+        await stream.send("[DONE]")
+    except Exception as exc:
+        await stream.fail(exc)
+    return await stream.close()
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", model_route(Category.llm, "chat completions")(chat_completions))
+    app.router.add_post("/v1/completions", model_route(Category.llm, "completions")(completions))

@@ -1,0 +1,58 @@
+"""OpenAI-compatible routes under `/v1` and their wire shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gpustack_cli.scheduler import Scheduler
+from gpustack_cli.server.context import context, principal, resolve_model
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.wire import json_response
+from gpustack_cli.store import Category, Manifest
+
+
+def model_object(manifest: Manifest, scheduler: Scheduler) -> dict[str, Any]:
+    """A `Model` as OpenAI lists it, plus our extras `categories` and `loaded`."""
+    return {
+        "id": manifest.name,
+        "object": "model",
+        "created": int(manifest.created),
+        "owned_by": "gpustack",
+        "categories": [c.value for c in manifest.categories],
+        "loaded": scheduler.is_loaded(manifest.name),
+    }
+
+
+def _category_filter(request: web.Request) -> set[Category] | None:
+    values = [v for raw in request.query.getall("categories", []) for v in raw.split(",") if v.strip()]
+    if not values:
+        return None
+    try:
+        return {Category(v.strip()) for v in values}
+    except ValueError:
+        known = ", ".join(c.value for c in Category)
+        raise bad_request(f"Invalid value for 'categories': use one or more of {known}.", param="categories") from None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    ctx, who = context(request), principal(request)
+    wanted = _category_filter(request)
+    data = [
+        model_object(m, ctx.scheduler)
+        for m in ctx.store.list()
+        if who.may_use(m.name) and (wanted is None or wanted & set(m.categories))
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    manifest = resolve_model(request, request.match_info["model"])
+    return json_response(model_object(manifest, context(request).scheduler))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    # Model ids may hold '/', as in OpenAI's fine-tuned names and Hugging Face repos.
+    app.router.add_get("/v1/models/{model:.+}", get_model)

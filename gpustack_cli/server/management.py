@@ -1,0 +1,35 @@
+"""Management routes under `/api/`: what is loaded (`gpustack ps`) and unloading (`gpustack stop`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from gpustack_cli.server.context import context, read_json, resolve_model
+from gpustack_cli.server.errors import APIError
+from gpustack_cli.server.wire import json_response
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+
+
+async def ps(request: web.Request) -> web.Response:
+    loaded = context(request).scheduler.loaded()
+    return json_response({"models": [asdict(m) for m in loaded]})
+
+
+async def stop(request: web.Request) -> web.Response:
+    body = await read_json(request, StopRequest)
+    resolve_model(request, body.model)
+    if not await context(request).scheduler.unload(body.model):
+        raise APIError(404, f"Model '{body.model}' is not loaded.", param="model", code="model_not_loaded")
+    return json_response({"model": body.model, "unloaded": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/stop", stop)

@@ -1,0 +1,232 @@
+"""Requests for remote models go to their upstream servers, byte for byte.
+
+Every `/v1` model route is forwarded as it came (the `model` field rewritten when the upstream
+names the model otherwise), streaming included; the Generic Proxy forwards its path. Anthropic's
+`/v1/messages` goes to the upstream's own route when it has one, else it is translated onto the
+upstream's chat completions through the same text core events the local engines produce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from engines.remote import RemoteEngine, Upstream
+from gpustack_cli.server.context import CONTEXT, REQUEST_ID, read_form, read_json_object
+from gpustack_cli.server.errors import APIError
+from gpustack_cli.store import Manifest
+from gpustack_cli.upstream.client import Response as UpstreamResponse
+from gpustack_cli.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
+
+# Answers a request whose model's upstreams lack its route: (request, engine, manifest).
+Fallback = Callable[[web.Request, RemoteEngine, Manifest], Awaitable[web.StreamResponse]]
+# Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+}
+CLIENT = web.AppKey("upstream_client", UpstreamClient)
+SMALL_ANSWER = 1024 * 1024
+# Characters kept as they are when a decoded proxy path is encoded again for the upstream.
+PATH_SAFE = "/!$&'()*+,;=:@"
+
+
+class UpstreamMissing(Exception):
+    """The upstream has no such route (a 404 or 405 before any byte was sent on)."""
+
+
+def credentials(engine: RemoteEngine) -> list[tuple[str, str]]:
+    """The upstream's own key, sent in place of ours (which never leaves this server)."""
+    return [("Authorization", f"Bearer {engine.api_key}")] if engine.api_key else []
+
+
+def _timed_out(upstream: Upstream) -> APIError:
+    message = f"The upstream of this model did not answer in time ({upstream.url})."
+    return APIError(504, message, code="upstream_timeout")
+
+
+def _headers(request: web.Request, engine: RemoteEngine, content_type: str | None) -> list[tuple[str, str]]:
+    """The client's headers for the upstream: hop-by-hop ones and our credentials left out, the
+    request's id as ours (so that both servers' logs name the request alike)."""
+    replaced = HOP_BY_HOP | {"x-request-id"} | ({"content-type"} if content_type is not None else set())
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in replaced]
+    headers.append(("X-Request-Id", request[REQUEST_ID]))
+    if content_type is not None:  # a form encoded anew has a boundary of its own
+        headers.append(("Content-Type", content_type))
+    return headers + credentials(engine)
+
+
+async def _body(request: web.Request, engine: RemoteEngine) -> tuple[bytes, str | None]:
+    """The body to send on, with the model renamed for the upstream; and a form's new Content-Type."""
+    if request.content_type.startswith("multipart/form-data"):
+        form = await read_form(request)
+        data = aiohttp.FormData()
+        for key, value in form.items():
+            if isinstance(value, str):
+                data.add_field(key, engine.upstream_model if key == "model" and engine.upstream_model else value)
+            else:
+                data.add_field(key, value.file.read(), filename=value.filename, content_type=value.content_type)
+        payload = data()
+        return await payload.as_bytes(), payload.content_type
+    raw = await request.read()
+    if engine.upstream_model and raw:
+        body = await read_json_object(request)
+        if body is not None and "model" in body:
+            body = {**body, "model": engine.upstream_model}
+            return orjson.dumps(body), None
+    return raw, None
+
+
+def upstream_target(path: str, request: web.Request) -> str:
+    """`path` (decoded) percent-encoded again, with the request's query as the client sent it."""
+    query = request.raw_path.partition("?")[2]
+    return quote(path, safe=PATH_SAFE) + (f"?{query}" if query else "")
+
+
+class FramedResponse(web.StreamResponse):
+    """An answer whose body is written already framed: an upstream's chunked body passed on as
+    it came, so that aiohttp neither frames it again nor counts its length (the switch is the one
+    aiohttp's WebSocketResponse and its own tests of raw chunked bodies use: an internal, hence
+    the bound on aiohttp's version in pyproject.toml)."""
+
+    _length_check = False
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, reason=reason, headers=headers)
+        self.headers["Transfer-Encoding"] = "chunked"
+
+
+async def forward(
+    request: web.Request, engine: RemoteEngine, path: str, missing_ok: bool = False
+) -> web.StreamResponse:
+    """Send the request to the first upstream that answers and stream its answer back."""
+    client = request.app[CLIENT]
+    body, content_type = await _body(request, engine)
+    headers = _headers(request, engine, content_type)
+    target = upstream_target(path, request)
+    # An HTTP/1.1 client takes a chunked answer as the upstream framed it (no copies here).
+    framing = not missing_ok and request.version == aiohttp.HttpVersion11 and request.method != "HEAD"
+    failure: Exception | None = None
+    for upstream in engine.order():
+        response: web.StreamResponse | None = None
+        try:
+            async with client.request(
+                request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
+            ) as answer:
+                kept = None
+                if missing_ok and answer.status in (404, 405):
+                    kept = await answer.read()
+                    if _route_missing(answer.status, kept):
+                        raise UpstreamMissing()
+                back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
+                if kept is not None or (answer.content_length is not None and answer.content_length <= SMALL_ANSWER):
+                    # A small answer of known length goes back in one write: less per-request overhead.
+                    whole = kept if kept is not None else await answer.read()
+                    return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
+                # Framed, or of a declared length: the body passes as it comes (`_relay`).
+                relayed = answer.framed or answer.content_length is not None
+                if answer.framed:
+                    response = FramedResponse(answer.status, answer.reason, back)
+                else:
+                    if answer.content_length is not None:
+                        back["Content-Length"] = str(answer.content_length)
+                    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
+                await response.prepare(request)  # a StreamResponse sends its head at once
+                if relayed:
+                    await _relay(request, answer)
+                else:  # aiohttp frames a body of unknown length (chunked, to HTTP/1.1 clients)
+                    async for chunk in answer.iter_chunks():
+                        await response.write(chunk)
+                await response.write_eof()
+                return response
+        except UpstreamError as exc:
+            if response is not None:  # the answer had begun: it is cut short for the client too
+                raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
+            if isinstance(exc, UpstreamTimeout):
+                raise _timed_out(upstream) from exc
+            engine.failed(upstream)
+            failure = exc
+    raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
+
+
+async def _relay(request: web.Request, answer: UpstreamResponse) -> None:
+    """The body from the upstream's connection straight into the client's, as it arrives. It is
+    framed already, or of a declared length, so aiohttp's writer has nothing to add: it is only
+    told how much went by (for the access log)."""
+    if request.transport is None:
+        raise ConnectionResetError("the client closed the connection")
+    request.writer.output_size += await answer.relay(request.transport, request.writer.drain)
+
+
+def _route_missing(status: int, body: bytes) -> bool:
+    """Whether the upstream lacks the route (not: lacks the model, or refused the request)."""
+    if status == 405:
+        return True
+    return b"model_not_found" not in body and b"not_found_error" not in body
+
+
+async def forward_model(request: web.Request, manifest: Manifest, fallback: Fallback | None) -> web.StreamResponse:
+    """The application's forwarder (`gpustack_cli.server.routing`): the request goes to the
+    upstreams of `manifest`'s model, on the path it came on. With a `fallback`, an upstream that
+    lacks the route (a 404 or 405 of its own) has the request answered by `fallback` instead."""
+    async with request.app[CONTEXT].scheduler.use(manifest.name) as engine:
+        if fallback is None:
+            return await forward(request, engine, request.path)
+        try:
+            return await forward(request, engine, request.path, missing_ok=True)
+        except UpstreamMissing:
+            return await fallback(request, engine, manifest)
+
+
+# -- a chat on an upstream's chat completions, as a stream of chunks ------------------------------
+
+
+async def upstream_chunks(request: web.Request, engine: RemoteEngine, body: dict[str, Any]) -> AsyncIterator[dict]:
+    """The chunks an upstream streams for a chat completions request `body` (`stream` set),
+    from the first upstream that answers."""
+    client = request.app[CLIENT]
+    headers = [("Content-Type", "application/json"), *credentials(engine)]
+    payload = orjson.dumps(body)
+    for upstream in engine.order():
+        try:
+            async with client.request(
+                "POST", upstream.url, "/v1/chat/completions", headers, payload, timeout=engine.timeout
+            ) as answer:
+                if answer.status >= 400:
+                    text = (await answer.read()).decode(errors="replace")
+                    raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")
+                async for line in answer.lines():
+                    if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                        yield orjson.loads(line[6:])
+            return
+        except UpstreamTimeout as exc:
+            raise _timed_out(upstream) from exc
+        except UpstreamError:
+            engine.failed(upstream)
+    raise APIError(502, "No upstream of this model answers.", code="upstream_unavailable")
+
+
+async def open_client(app: web.Application) -> None:
+    # No cookie jar, by design: cookies one user's answer sets must never ride along on another's request.
+    app[CLIENT] = UpstreamClient(read_timeout=app[CONTEXT].settings.upstream_timeout)
+
+
+async def close_client(app: web.Application) -> None:
+    app[CLIENT].close()
