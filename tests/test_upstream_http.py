@@ -406,11 +406,12 @@ async def test_a_relay_stops_when_its_client_leaves(scripted, sink) -> None:
     client.close()
 
 
-async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+async def tls_hello_server(monkeypatch: pytest.MonkeyPatch, tmp_path) -> TestServer:
+    """An https server on loopback, with a certificate of a CA the system trust store is made to
+    hold, answering any GET with its scheme and path."""
     authority = trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certificate.configure_cert(context)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
     authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # the system trust store's override
 
@@ -421,6 +422,11 @@ async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     app.router.add_get("/{tail:.*}", hello)
     server = TestServer(app, scheme="https")
     await server.start_server(ssl=context)
+    return server
+
+
+async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    server = await tls_hello_server(monkeypatch, tmp_path)
     client = UpstreamClient(read_timeout=5)
     try:
         async with client.request("GET", f"https://127.0.0.1:{server.port}", "/x?y=1") as answer:
@@ -515,19 +521,7 @@ async def test_http_through_the_environments_proxy(scripted, monkeypatch: pytest
 
 
 async def test_https_through_a_connect_tunnel(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-
-    async def hello(request: web.Request) -> web.Response:
-        return web.json_response({"scheme": request.scheme, "path": request.path_qs})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", hello)
-    server = TestServer(app, scheme="https")
-    await server.start_server(ssl=context)
+    server = await tls_hello_server(monkeypatch, tmp_path)
     proxy, refusing = ForwardProxy(), ForwardProxy(refuse=True)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
