@@ -78,7 +78,10 @@ class LlamaEngine:
             n_ctx = trained
         self.n_ctx = self.llm.n_ctx() if self.embedding_mode else n_ctx
         self.architecture = metadata.get("general.architecture", "")
+        self.name = spec.name
         self.chat_template = options.get("chat_template") or metadata.get("tokenizer.chat_template")
+        # Variables the model's template gets unless a request sets them (`enable_thinking`, ...).
+        self.template_kwargs: dict[str, Any] = dict(options.get("chat_template_kwargs") or {})
         self.bos_text = self._token_text(self.llm.token_bos())
         self.eos_text = self._token_text(self.llm.token_eos())
         self.max_input_tokens = self.n_ctx

@@ -16,7 +16,8 @@ from rich.table import Table
 from gpustack_cli import __version__
 from gpustack_cli.config import Settings, parse_duration
 from gpustack_cli.keys import KeyStore, Scope
-from gpustack_cli.store import Manifest, ModelStore, StoreError
+from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots
+from gpustack_cli.store import ModelStore, StoreError
 
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True, add_completion=False)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -84,6 +85,10 @@ def serve(
     max_completion_tokens: Annotated[
         int | None, typer.Option(help="Tokens one answer may generate at most (default: what the context leaves).")
     ] = None,
+    reasoning_format: Annotated[
+        str | None,
+        typer.Option(help="A reasoning model's thinking: apart from the answer (auto) or in it (none)."),
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
@@ -105,6 +110,7 @@ def serve(
         generic_proxy=generic_proxy or None,
         max_completion_tokens=max_completion_tokens,
         ctx_size=ctx_size,
+        reasoning_format=reasoning_format,
         pull_defaults=False if no_pull else None,
     )
     try:
@@ -135,7 +141,7 @@ def pull(
     try:
         manifest = puller.pull(source, name=name, force=force, generic_proxy=generic_proxy)
         if ctx_size is not None or parallel is not None:
-            manifest = _set_slots(ModelStore(config.home), manifest.name, ctx_size, parallel)
+            manifest = set_slots(ModelStore(config.home), manifest.name, ctx_size, parallel)
     except (PullError, StoreError) as exc:
         raise fail(str(exc)) from exc
     except KeyboardInterrupt:
@@ -220,6 +226,10 @@ def show(name: str, as_json: JsonFlag = False) -> None:
             data["gguf"]["has_chat_template"] = "tokenizer.chat_template" in meta
         except (GGUFError, OSError) as exc:
             data["gguf"] = {"error": str(exc)}
+    template = chat_template_status(store, manifest)
+    if template is not None:
+        data["chat_template"] = template
+        data["options"] = {k: ("…" if k == "chat_template" else v) for k, v in data["options"].items()}
     if as_json:
         print_json(data)
         return
@@ -228,6 +238,9 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         table.add_row(f"[bold]{key}[/]", json.dumps(data[key]) if not isinstance(data[key], str) else data[key])
     table.add_row("[bold]created[/]", datetime.fromtimestamp(manifest.created).isoformat(timespec="seconds"))
     table.add_row("[bold]size[/]", human_size(manifest.size))
+    if template is not None:
+        state = "compiles" if template["compiles"] else f"[red]cannot be used[/]: {template['error']}"
+        table.add_row("[bold]chat template[/]", f"from {template['origin']}; {state}")
     console.print(table)
     files = Table("FILE", "SIZE", "SHA256", box=None)
     for f in manifest.files:
@@ -433,23 +446,6 @@ def _run_once(config: Settings, categories: list, name: str, query: str | None, 
     raise fail(f"`gpustack run` does not drive {', '.join(categories)} models yet; use `gpustack serve` and the API")
 
 
-def _set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int | None) -> Manifest:
-    """A llama.cpp model's own context per slot and slots (0 clears one: the server's then)."""
-    manifest = store.get(name)
-    if manifest.engine != "llama.cpp":
-        raise StoreError(f"'{name}' is a {manifest.engine} model: --ctx-size and --parallel are for llama.cpp models")
-    options = dict(manifest.options)
-    trained = options.get("n_ctx_train")
-    if ctx_size and trained and ctx_size > trained:
-        raise StoreError(f"'{name}' was trained for {trained} tokens of context: --ctx-size {ctx_size} is past it")
-    for key, value in (("n_ctx", ctx_size), ("parallel", parallel)):
-        if value == 0:
-            options.pop(key, None)
-        elif value is not None:
-            options[key] = value
-    return store.update(name, options=options)
-
-
 @model_app.command("set")
 def model_set(
     name: str,
@@ -458,19 +454,34 @@ def model_set(
     ] = None,
     ctx_size: CtxSize = None,
     parallel: Parallel = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(help="llama.cpp: a Jinja chat template file used in place of the GGUF's ('' clears it)."),
+    ] = None,
+    chat_template_kwargs: Annotated[
+        str | None,
+        typer.Option(help='llama.cpp: the template\'s default variables, as JSON: {"enable_thinking": false}.'),
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
-    if generic_proxy is None and ctx_size is None and parallel is None:
-        raise fail("nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N or --parallel N")
+    if all(v is None for v in (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs)):
+        raise fail(
+            "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
+            "--chat-template FILE or --chat-template-kwargs JSON"
+        )
     store = ModelStore(settings().home)
     try:
         if generic_proxy is not None:
             store.update(name, generic_proxy=generic_proxy)
             console.print(f"{name}: generic proxy {'on' if generic_proxy else 'off'}")
         if ctx_size is not None or parallel is not None:
-            options = _set_slots(store, name, ctx_size, parallel).options
+            options = set_slots(store, name, ctx_size, parallel).options
             slots = options.get("parallel", "the server's --parallel")
             console.print(f"{name}: context {options.get('n_ctx', 'default')} per slot, {slots} slots")
+        if chat_template is not None or chat_template_kwargs is not None:
+            options = set_chat_template(store, name, chat_template, chat_template_kwargs).options
+            origin = "its own" if "chat_template" in options else "the GGUF's"
+            console.print(f"{name}: {origin} chat template, variables {options.get('chat_template_kwargs', {})}")
     except StoreError as exc:
         raise fail(str(exc)) from exc
 

@@ -73,6 +73,8 @@ class Settings(BaseModel):
     # CPU threads llama.cpp decodes with (a model's own `n_threads` option comes first); unset:
     # every core this process may use. Physical cores only is often faster on machines with SMT.
     threads: int | None = Field(None, ge=1)
+    # A reasoning model's thinking: apart from its answer (auto), or left in the text (none).
+    reasoning_format: Literal["auto", "none"] = "auto"
     # Seconds an embedding request waits for others to share its batch; negative: no batching.
     batch_wait: float = Field(0.005, le=1.0)
 

@@ -14,6 +14,9 @@ and the reply format are described in the system prompt, and the output is held 
   `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` or, when the model may also answer
   in words (`tool_choice: auto`), `{"response": "..."}`.
 The schema guarantees the output parses and that arguments match each tool's parameters.
+
+A reasoning model's thinking section (see `reasoning.py`) comes apart from its answer as
+`ReasoningDelta` events, and is counted in `Finished.reasoning_tokens`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenera
 from gpustack_cli import templates
 from gpustack_cli.config import Settings
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
+from gpustack_cli.reasoning import Part, ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -82,6 +86,11 @@ class ChatRequest:
     tool_choice: str = "auto"
     # A JSON schema the reply must match ({"type": "object"} for JSON mode), or None.
     json_schema: dict[str, Any] | None = None
+    # Extra variables for the chat template (`enable_thinking`, `reasoning_effort`, ...), over
+    # the model's own defaults.
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Keep a reasoning model's thinking apart from its answer (False: leave it in the text).
+    split_reasoning: bool = True
 
 
 @dataclass
@@ -99,6 +108,13 @@ class TextDelta:
 
 
 @dataclass
+class ReasoningDelta:
+    """A piece of the model's reasoning, written before its answer."""
+
+    text: str
+
+
+@dataclass
 class ToolCallEvent:
     index: int
     call: ToolCall
@@ -111,9 +127,11 @@ class Finished:
     completion_tokens: int
     # The stop string that ended the text, when one did.
     stop_sequence: str | None = None
+    # Of the completion tokens, those of the reasoning.
+    reasoning_tokens: int = 0
 
 
-Event = TextDelta | ToolCallEvent | Finished
+Event = TextDelta | ReasoningDelta | ToolCallEvent | Finished
 
 
 @dataclass
@@ -125,6 +143,8 @@ class Prepared:
     stop: list[str]
     # How to read the output: plain text, or the JSON of the tool-call format above.
     tool_mode: bool = False
+    # The model's reasoning tags, when its reasoning is to be kept apart from its answer.
+    reasoning: ReasoningFormat | None = None
 
 
 def new_call_id() -> str:
@@ -138,9 +158,11 @@ def check_chat(
     request: ChatRequest, settings: Settings, schema_param: str = "response_format", tool_field: str = "parameters"
 ) -> None:
     """The limits of one chat request, checked before a model is loaded or a slot taken: its
-    messages, the characters to render and tokenize, and its schemas (a GenerationError); its
-    completion budget is capped by the server's."""
+    messages, the characters to render and tokenize, and its schemas (a GenerationError). The
+    server's settings apply to it here too: its completion budget is capped by the server's,
+    and reasoning is split off unless the server keeps it in the text (`reasoning_format`)."""
     request.max_tokens = capped(request.max_tokens, settings)
+    request.split_reasoning = settings.reasoning_format != "none"
     if len(request.messages) > settings.max_messages:
         raise GenerationError(
             f"Too many messages: {len(request.messages)}; the limit is {settings.max_messages}.", param="messages"
@@ -247,16 +269,23 @@ def _loads(arguments: str) -> Any:
 
 
 def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
-    template = templates.template_for(engine.chat_template, engine.architecture)
+    template = _template(engine)
+    variables = {**getattr(engine, "template_kwargs", {}), **request.template_kwargs}
     try:
         return templates.render(
             template,
             _wire_messages(request, template),
             bos_token=engine.bos_text,
             eos_token=engine.eos_text,
+            variables=variables,
         )
     except templates.TemplateFailure as exc:
-        raise GenerationError(str(exc), param="messages") from exc
+        name = getattr(engine, "name", "")
+        raise GenerationError(f"Model '{name}': {exc}", param="messages", code="chat_template_error") from exc
+
+
+def _template(engine: TextGenerator) -> str:
+    return templates.template_for(engine.chat_template, engine.architecture)
 
 
 def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | None, what: str = "messages") -> int:
@@ -283,7 +312,8 @@ def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | Non
 
 
 def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
-    prompt = engine.tokenize(render_chat(engine, request))
+    text = render_chat(engine, request)
+    prompt = engine.tokenize(text)
     budget = fit_context(engine, len(prompt), request.max_tokens)
     tool_mode = bool(request.tools) and request.tool_choice != "none"
     schema = _tool_schema(request.tools, request.tool_choice) if tool_mode else request.json_schema
@@ -294,7 +324,9 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
             param = "tools" if tool_mode else "response_format"
             raise GenerationError(f"Invalid schema: {exc}", param=param, code="invalid_schema") from exc
     sampling = replace(request.sampling, max_tokens=budget, json_schema=schema)
-    return Prepared(prompt_tokens=prompt, sampling=sampling, stop=request.stop, tool_mode=tool_mode)
+    # A reply held to a schema from its first token has no reasoning section to find.
+    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and schema is None else None
+    return Prepared(prompt_tokens=prompt, sampling=sampling, stop=request.stop, tool_mode=tool_mode, reasoning=thinking)
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
@@ -391,10 +423,45 @@ def _tool_answer(text: str, finished: Finished) -> list[Event]:
     return [*events, Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)]
 
 
+class Reasoning:
+    """A chat answer's events with its reasoning split off: text deltas in, reasoning and text
+    deltas out, and the end with the reasoning's token count."""
+
+    def __init__(self, engine: TextGenerator, fmt: ReasoningFormat):
+        self.engine = engine
+        self.splitter = ReasoningSplitter(fmt)
+        self.reasoning = ""
+
+    def feed(self, event: Event) -> list[Event]:
+        if isinstance(event, TextDelta):
+            return self._events(self.splitter.feed(event.text), event.logprobs)
+        if not isinstance(event, Finished):
+            return [event]
+        events = self._events(self.splitter.end(), [])
+        tokens = len(self.engine.tokenize(self.reasoning, special=False)) if self.reasoning else 0
+        return [*events, replace(event, reasoning_tokens=min(tokens, event.completion_tokens))]
+
+    def _events(self, parts: list[Part], logprobs: list[TokenLogprob]) -> list[Event]:
+        events: list[Event] = []
+        for thinking, text in parts:
+            if thinking:
+                self.reasoning += text
+                events.append(ReasoningDelta(text))
+            else:  # the delta's log probabilities go with its answer text
+                events.append(TextDelta(text, logprobs))
+                logprobs = []
+        return events
+
+
 def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
     """The events of one chat choice; in tool mode the JSON reply becomes tool calls or text."""
     if not prepared.tool_mode:
-        yield from stream_text(engine, prepared, cancel)
+        if prepared.reasoning is None:
+            yield from stream_text(engine, prepared, cancel)
+            return
+        reasoning = Reasoning(engine, prepared.reasoning)
+        for event in stream_text(engine, prepared, cancel):
+            yield from reasoning.feed(event)
         return
     text, finished = "", None
     for event in stream_text(engine, prepared, cancel):
@@ -435,9 +502,11 @@ async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str
 async def chat_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_chat`'s events for an async caller (see `text_events`)."""
     if not prepared.tool_mode:
+        reasoning = None if prepared.reasoning is None else Reasoning(engine, prepared.reasoning)
         async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
             async for event in events:
-                yield event
+                for out in [event] if reasoning is None else reasoning.feed(event):
+                    yield out
         return
     answer = await collect(text_events(engine, prepared, request_id))
     for event in _tool_answer(answer.text, answer.finished):
@@ -451,6 +520,7 @@ class Answer:
     deltas: list[TextDelta]
     calls: list[ToolCall]
     finished: Finished
+    reasoning: str = ""
 
     @property
     def text(self) -> str:
@@ -461,15 +531,17 @@ async def collect(events: AsyncIterator[Event]) -> Answer:
     """The answer `events` stream, once they end (closing them if the caller is cancelled)."""
     deltas: list[TextDelta] = []
     calls: list[ToolCall] = []
-    finished = None
+    reasoning, finished = "", None
     async with contextlib.aclosing(events):
         async for event in events:
             if isinstance(event, TextDelta):
                 deltas.append(event)
+            elif isinstance(event, ReasoningDelta):
+                reasoning += event.text
             elif isinstance(event, ToolCallEvent):
                 calls.append(event.call)
             else:
                 finished = event
     if finished is None:
         raise RuntimeError("the answer ended without its end event")
-    return Answer(deltas, calls, finished)
+    return Answer(deltas, calls, finished, reasoning)

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -166,44 +166,40 @@ def models_home() -> Path:
     return path
 
 
-def _converter(workdir: Path) -> Path:
-    """llama.cpp's own convert_hf_to_gguf.py, from the sdist of the llama-cpp-python installed."""
-    import tarfile
+def llama_cpp_sdist() -> Path:
+    """The source distribution of the llama-cpp-python installed (it vendors llama.cpp: its
+    converter, its real chat templates), downloaded once into the tests' cache."""
     from importlib.metadata import version
 
+    folder = CACHE / "sdist"
     release = version("llama-cpp-python")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={release}",
-            "-d",
-            str(workdir),
-        ],
-        check=True,
-        env=clean_env(),
-        timeout=600,
-    )
-    [sdist] = workdir.glob("llama_cpp_python-*.tar.gz")
+    found = list(folder.glob(f"llama_cpp_python-{release}.tar.gz"))
+    if not found:
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+        command += [f"llama-cpp-python=={release}", "-d", str(folder)]
+        subprocess.run(command, check=True, env=clean_env(), timeout=600)
+        found = list(folder.glob(f"llama_cpp_python-{release}.tar.gz"))
+    return found[0]
+
+
+def extract_llama_cpp(target: Path, wanted: Callable[[str], bool]) -> Path:
+    """The files of the sdist's vendored llama.cpp whose paths (under it) `wanted` takes,
+    extracted under `target`; the extracted llama.cpp folder."""
+    import tarfile
+
+    sdist = llama_cpp_sdist()
     prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
     with tarfile.open(sdist) as archive:
-        members = [
-            m
-            for m in archive.getmembers()
-            if m.name.startswith(prefix)
-            and (
-                m.name == prefix + "convert_hf_to_gguf.py"
-                or m.name.startswith((prefix + "gguf-py/", prefix + "conversion/"))
-            )
-        ]
-        archive.extractall(workdir, members=members, filter="data")
-    return workdir / prefix
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix) and wanted(m.name[len(prefix) :])]
+        archive.extractall(target, members=members, filter="data")
+    return target / prefix
+
+
+def _converter(workdir: Path) -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py, from the sdist of the llama-cpp-python installed."""
+    return extract_llama_cpp(
+        workdir, lambda path: path == "convert_hf_to_gguf.py" or path.startswith(("gguf-py/", "conversion/"))
+    )
 
 
 def convert_to_gguf(folder: Path, target: Path, outtype: str, workdir: Path) -> Path:
@@ -327,3 +323,11 @@ def seeds_proxy_example(server_url: str, key: str) -> list:
         env={**ORIGINAL_ENV, "GPUSTACK_API_KEY": key},
     )
     return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def chat_templates() -> dict[str, str]:
+    """llama.cpp's collection of real chat templates (models/templates/*.jinja in the sdist), by
+    file name: Llama 3.x, Qwen, Mistral, Gemma, DeepSeek, Granite, Hermes, Command R, ..."""
+    folder = extract_llama_cpp(CACHE / "templates", lambda path: path.startswith("models/templates/"))
+    return {path.name: path.read_text() for path in sorted((folder / "models" / "templates").glob("*.jinja"))}

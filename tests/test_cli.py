@@ -62,3 +62,32 @@ def test_version_and_bad_settings(tmp_path: Path) -> None:
     assert gpustack("version", env=env).stdout.strip() == f"gpustack {__version__}"
     result = gpustack("list", env={**env, "GPUSTACK_MAX_LOADED_MODELS": "zero"})
     assert result.returncode == 1 and "max_loaded_models" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_models_chat_template_is_set_shown_and_checked(tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(tmp_path / "home"), COLUMNS="200")
+    model = write_gguf(
+        tmp_path / "Broken.gguf",
+        {"general.architecture": "llama", "llama.context_length": 4096, "tokenizer.chat_template": "{% for %}"},
+    )
+    assert gpustack("pull", str(model), "--name", "t", env=env).returncode == 0
+    shown = json.loads(gpustack("show", "t", "--json", env=env).stdout)["chat_template"]
+    assert shown["origin"] == "the GGUF file" and shown["compiles"] is False and "does not compile" in shown["error"]
+    assert "cannot be used" in gpustack("show", "t", env=env).stdout
+
+    (tmp_path / "bad.jinja").write_text("{% if %}")
+    refused = gpustack("model", "set", "t", "--chat-template", str(tmp_path / "bad.jinja"), env=env)
+    assert refused.returncode == 1 and "does not compile" in refused.stderr
+    refused = gpustack("model", "set", "t", "--chat-template-kwargs", "[1]", env=env)
+    assert refused.returncode == 1 and "JSON object" in refused.stderr
+
+    (tmp_path / "good.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    args = ("--chat-template", str(tmp_path / "good.jinja"), "--chat-template-kwargs", '{"enable_thinking": false}')
+    assert gpustack("model", "set", "t", *args, env=env).returncode == 0
+    shown = json.loads(gpustack("show", "t", "--json", env=env).stdout)
+    assert shown["chat_template"]["compiles"] is True and "model set" in shown["chat_template"]["origin"]
+    assert shown["options"]["chat_template_kwargs"] == {"enable_thinking": False}
+
+    assert gpustack("model", "set", "t", "--chat-template", "", "--chat-template-kwargs", "{}", env=env).returncode == 0
+    shown = json.loads(gpustack("show", "t", "--json", env=env).stdout)
+    assert shown["chat_template"]["origin"] == "the GGUF file" and "chat_template_kwargs" not in shown["options"]

@@ -21,6 +21,7 @@ from gpustack_cli.textgen import (
     ChatRequest,
     Event,
     Finished,
+    ReasoningDelta,
     TextDelta,
     TokenLogprob,
     Tool,
@@ -339,3 +340,75 @@ def test_legacy_completion_logprobs_count_offsets_from_the_echoed_prompt() -> No
     assert logprobs["tokens"] == ["Hi", " there"] and logprobs["token_logprobs"] == [-0.1, -0.7]
     assert logprobs["text_offset"] == [10, 12]
     assert logprobs["top_logprobs"][1] == {" there": -0.7, " you": -1.2}
+
+
+# -- reasoning -----------------------------------------------------------------------------------
+
+
+def test_reasoning_in_openai_answers_and_chunks() -> None:
+    answer = Answer([TextDelta("4")], [], Finished("stop", 5, 9, reasoning_tokens=7), reasoning="2+2 is 4.")
+    message = openai.chat_choice(answer, 0, with_logprobs=False)["message"]
+    assert message["reasoning_content"] == "2+2 is 4." and message["content"] == "4"
+    assert (
+        "reasoning_content"
+        not in openai.chat_choice(Answer([TextDelta("4")], [], Finished("stop", 5, 1)), 0, False)["message"]
+    )
+    assert openai.chunk_deltas(ReasoningDelta("Hmm"), False) == [({"reasoning_content": "Hmm"}, None, None)]
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "Hmm."}}]},
+        {"choices": [{"index": 0, "delta": {"content": "4"}, "finish_reason": "stop"}]},
+    ]
+    upstream = run(collect(openai.events_of_chunks(aiter(chunks))))
+    assert (upstream.reasoning, upstream.text) == ("Hmm.", "4")
+
+
+def test_an_openai_body_passes_its_template_variables() -> None:
+    body = openai.ChatCompletionBody.model_validate(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "chat_template_kwargs": {"enable_thinking": False},
+            "reasoning_effort": "low",
+        }
+    )
+    assert openai.chat_request(body).template_kwargs == {"enable_thinking": False, "reasoning_effort": "low"}
+
+
+def test_anthropic_thinking_blocks_when_asked_for() -> None:
+    answer = Answer([TextDelta("4")], [], Finished("stop", 5, 9, reasoning_tokens=7), reasoning="2+2 is 4.")
+    assert anthropic.message_of(answer, "m1", "m", thinking=True)["content"] == [
+        {"type": "thinking", "thinking": "2+2 is 4.", "signature": ""},
+        {"type": "text", "text": "4"},
+    ]
+    assert anthropic.message_of(answer, "m1", "m")["content"] == [{"type": "text", "text": "4"}]
+    body = anthropic_body(
+        messages=[{"role": "user", "content": "hi"}], thinking={"type": "enabled", "budget_tokens": 1024}
+    )
+    assert anthropic.chat_request(body).template_kwargs == {"enable_thinking": True}
+    assert anthropic.chat_request(anthropic_body(messages=[{"role": "user", "content": "hi"}])).template_kwargs == {}
+
+    events = [ReasoningDelta("2+2"), ReasoningDelta(" is 4."), TextDelta("4"), Finished("stop", 5, 9)]
+
+    async def items(thinking: bool) -> list[dict]:
+        return [i async for i in anthropic.stream_events(aiter(events), "m1", "m", 5, thinking)]
+
+    shown = run(items(True))
+    assert [(i["type"], i.get("index")) for i in shown][2:9] == [
+        ("content_block_start", 0),
+        ("content_block_delta", 0),
+        ("content_block_delta", 0),
+        ("content_block_stop", 0),
+        ("content_block_start", 1),
+        ("content_block_delta", 1),
+        ("content_block_stop", 1),
+    ]
+    assert shown[2]["content_block"]["type"] == "thinking" and shown[4]["delta"] == {
+        "type": "thinking_delta",
+        "thinking": " is 4.",
+    }
+    hidden = run(items(False))
+    assert [i["type"] for i in hidden if i["type"].startswith("content_block")] == [
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+    ]

@@ -139,3 +139,20 @@ def test_the_async_driver_names_each_request_to_the_engine() -> None:
     asyncio.run(collect(None))
     assert engine.request_ids[0] == "req-7"
     assert len(set(engine.request_ids)) == 3  # a fresh id where none is given
+
+
+def test_reasoning_is_split_off_in_both_drivers() -> None:
+    from gpustack_cli.reasoning import ReasoningFormat
+    from gpustack_cli.textgen import ReasoningDelta
+
+    pieces = [b"<think>", b"So", b" 4.", b"</thi", b"nk>\n\n", b"Four", b"."]
+    engine = AsyncFakeGenerator(pieces)
+    job = Prepared([1, 2, 3], Sampling(max_tokens=50), [], reasoning=ReasoningFormat("<think>", "</think>", False))
+
+    async def collect_async() -> list:
+        return [event async for event in chat_events(engine, job)]
+
+    for events in (run(engine, job), asyncio.run(collect_async())):
+        assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "So 4."
+        assert text_of(events) == "Four."
+        assert events[-1].completion_tokens == 7 and events[-1].reasoning_tokens == len("So 4.")

@@ -27,6 +27,7 @@ from gpustack_cli.textgen import (
     ChatRequest,
     Event,
     Finished,
+    ReasoningDelta,
     TextDelta,
     Tool,
     ToolCall,
@@ -95,8 +96,16 @@ class CountTokensBody(Wire):
     tool_choice: ToolChoice | None = None
 
 
+class ThinkingConfig(Wire):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
 class MessagesBody(CountTokensBody):
     max_tokens: Annotated[int, Field(ge=1)]
+    # Extended thinking: the model's reasoning comes back as `thinking` blocks, and a template
+    # that can switch thinking on or off (`enable_thinking`) is told which.
+    thinking: ThinkingConfig | None = None
     stop_sequences: list[str] | None = None
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -106,6 +115,10 @@ class MessagesBody(CountTokensBody):
     metadata: dict[str, Any] | None = None
     stream: bool = False
     keep_alive: str | int | float | None = None
+
+    @property
+    def thinking_shown(self) -> bool:
+        return self.thinking is not None and self.thinking.type != "disabled"
 
     def sampling(self) -> Sampling:
         return Sampling.of(
@@ -152,6 +165,9 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
     if choice.type == "any" and not tools:
         raise bad_request("tool_choice: 'any' needs tools")
     sampling = body.sampling() if isinstance(body, MessagesBody) else Sampling.of()
+    variables = {}
+    if isinstance(body, MessagesBody) and body.thinking is not None:
+        variables["enable_thinking"] = body.thinking_shown
     return ChatRequest(
         messages=_messages(body),
         sampling=sampling,
@@ -159,6 +175,7 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
         stop=list(body.stop_sequences or []) if isinstance(body, MessagesBody) else [],
         tools=tools,
         tool_choice=mode,
+        template_kwargs=variables,
     )
 
 
@@ -203,15 +220,21 @@ async def _respond(
     request: web.Request, body: MessagesBody, model: str, events: AsyncIterator[Event], prompt_tokens: int
 ) -> web.StreamResponse:
     message_id = f"msg_{secrets.token_hex(12)}"
+    thinking = body.thinking_shown
     if body.stream:
-        return await _stream(request, events, message_id, model, prompt_tokens)
-    return json_response(message_of(await collect(events), message_id, model))
+        return await _stream(request, stream_events(events, message_id, model, prompt_tokens, thinking))
+    return json_response(message_of(await collect(events), message_id, model, thinking))
 
 
-def message_of(answer: Answer, message_id: str, model: str) -> dict[str, Any]:
-    """Anthropic's `Message` for a whole answer: a text block, then a tool_use block per call."""
+def message_of(answer: Answer, message_id: str, model: str, thinking: bool = False) -> dict[str, Any]:
+    """Anthropic's `Message` for a whole answer: its thinking (when asked for), a text block, then
+    a tool_use block per call."""
     finished = answer.finished
-    content = [{"type": "text", "text": answer.text}] if answer.text else []
+    content: list[dict[str, Any]] = []
+    if thinking and answer.reasoning:
+        content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
+    if answer.text:
+        content.append({"type": "text", "text": answer.text})
     content += [_tool_use(call) for call in answer.calls]
     stop_reason, stop_sequence = _stop(finished)
     return {
@@ -227,11 +250,12 @@ def message_of(answer: Answer, message_id: str, model: str) -> dict[str, Any]:
 
 
 async def stream_events(
-    events: AsyncIterator[Event], message_id: str, model: str, prompt_tokens: int
+    events: AsyncIterator[Event], message_id: str, model: str, prompt_tokens: int, thinking: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
     """Anthropic's stream for the text core's `events`: `message_start`, `ping`, a
-    `content_block_start`/`_delta`/`_stop` run per text or tool_use block, then `message_delta`
-    (stop reason, usage) and `message_stop`. Each item is one event's data; its `type` names it."""
+    `content_block_start`/`_delta`/`_stop` run per thinking (when asked for), text or tool_use
+    block, then `message_delta` (stop reason, usage) and `message_stop`. Each item is one event's
+    data; its `type` names it."""
     start = {
         "id": message_id,
         "type": "message",
@@ -244,19 +268,30 @@ async def stream_events(
     }
     yield {"type": "message_start", "message": start}
     yield {"type": "ping"}
-    index, open_text = -1, False
+    index, open_kind = -1, None  # the block being written: "thinking" or "text"
     async with contextlib.aclosing(events):
         async for event in events:
-            if isinstance(event, TextDelta):
-                if not open_text:  # a text block opens with its first text, never empty
-                    index, open_text = index + 1, True
-                    yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
-                delta = {"type": "text_delta", "text": event.text}
+            if isinstance(event, ReasoningDelta) and not thinking:
+                continue
+            kind = "thinking" if isinstance(event, ReasoningDelta) else "text" if isinstance(event, TextDelta) else None
+            if open_kind is not None and kind != open_kind:
+                yield {"type": "content_block_stop", "index": index}
+                open_kind = None
+            if isinstance(event, ReasoningDelta | TextDelta):
+                if open_kind is None:  # a block opens with its first piece, never empty
+                    index, open_kind = index + 1, kind
+                    block = (
+                        {"type": "thinking", "thinking": "", "signature": ""}
+                        if kind == "thinking"
+                        else {"type": "text", "text": ""}
+                    )
+                    yield {"type": "content_block_start", "index": index, "content_block": block}
+                if isinstance(event, ReasoningDelta):
+                    delta = {"type": "thinking_delta", "thinking": event.text}
+                else:
+                    delta = {"type": "text_delta", "text": event.text}
                 yield {"type": "content_block_delta", "index": index, "delta": delta}
             elif isinstance(event, ToolCallEvent):
-                if open_text:
-                    yield {"type": "content_block_stop", "index": index}
-                    open_text = False
                 index += 1
                 block = {**_tool_use(event.call), "input": {}}
                 yield {"type": "content_block_start", "index": index, "content_block": block}
@@ -264,8 +299,6 @@ async def stream_events(
                 yield {"type": "content_block_delta", "index": index, "delta": delta}
                 yield {"type": "content_block_stop", "index": index}
             else:
-                if open_text:
-                    yield {"type": "content_block_stop", "index": index}
                 stop_reason, stop_sequence = _stop(event)
                 yield {
                     "type": "message_delta",
@@ -275,13 +308,11 @@ async def stream_events(
                 yield {"type": "message_stop"}
 
 
-async def _stream(
-    request: web.Request, events: AsyncIterator[Event], message_id: str, model: str, prompt_tokens: int
-) -> web.StreamResponse:
+async def _stream(request: web.Request, items: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
     stream = EventStream(request)
     await stream.open()
     try:
-        async with contextlib.aclosing(stream_events(events, message_id, model, prompt_tokens)) as items:
+        async with contextlib.aclosing(items):
             async for item in items:
                 await stream.send(item, event=item["type"])
     except Exception as exc:

@@ -28,6 +28,7 @@ from gpustack_cli.textgen import (
     Event,
     Finished,
     Prepared,
+    ReasoningDelta,
     TextDelta,
     Tool,
     ToolCall,
@@ -164,6 +165,10 @@ class ChatCompletionBody(SamplingFields):
     response_format: ResponseFormat | None = None
     tools: list[WireTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    # Variables for the model's chat template (vLLM's and llama-server's extension), such as
+    # `enable_thinking`; `reasoning_effort` reaches the template under its own name.
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionBody:
@@ -226,6 +231,9 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
             raise bad_request("Missing required parameter: 'response_format.json_schema'.", param="response_format")
         schema = body.response_format.json_schema.schema_
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    variables = dict(body.chat_template_kwargs or {})
+    if body.reasoning_effort is not None:
+        variables.setdefault("reasoning_effort", body.reasoning_effort)
     return ChatRequest(
         messages=messages,
         sampling=body.sampling(logprobs),
@@ -234,6 +242,7 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
         tools=tools,
         tool_choice=choice,
         json_schema=schema,
+        template_kwargs=variables,
     )
 
 
@@ -282,14 +291,17 @@ def _wire_call(call: ToolCall) -> WireToolCall:
 
 
 async def events_of_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Event]:
-    """The text core's events of a streamed chat completion's chunks (its first choice): text as
-    it comes, tool calls once their arguments are whole, then the end with the usage reported."""
+    """The text core's events of a streamed chat completion's chunks (its first choice): text and
+    reasoning as they come, tool calls once their arguments are whole, then the end with the usage
+    reported."""
     calls: dict[int, list[str]] = {}
     reason, usage = "stop", {}
     async for chunk in chunks:
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                yield ReasoningDelta(delta["reasoning_content"])
             if delta.get("content"):
                 yield TextDelta(delta["content"])
             for call in delta.get("tool_calls") or []:
@@ -314,8 +326,15 @@ def _logprob_entry(lp: Any) -> dict[str, Any]:
     }
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int, reasoning: int = 0) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if reasoning:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return usage
 
 
 def _tool_call(call: ToolCall) -> dict[str, Any]:
@@ -371,6 +390,8 @@ def chat_choice(answer: Answer, index: int, with_logprobs: bool) -> dict[str, An
         "content": answer.text if answer.text or not calls else None,
         "refusal": None,
     }
+    if answer.reasoning:
+        message["reasoning_content"] = answer.reasoning
     if calls:
         message["tool_calls"] = calls
     logprobs = [_logprob_entry(lp) for delta in answer.deltas for lp in delta.logprobs]
@@ -384,12 +405,15 @@ def chat_choice(answer: Answer, index: int, with_logprobs: bool) -> dict[str, An
 
 def chunk_deltas(event: Event, with_logprobs: bool) -> list[tuple[dict[str, Any], str | None, Any]]:
     """The `(delta, finish_reason, logprobs)` of the chunks that stream one event of a choice: a
-    text piece; a tool call as OpenAI streams one (its id and name, then its arguments); the end."""
+    text piece; a piece of reasoning (`reasoning_content`, as DeepSeek's API and vLLM stream it);
+    a tool call as OpenAI streams one (its id and name, then its arguments); the end."""
     if isinstance(event, TextDelta):
         logprobs = None
         if with_logprobs:
             logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
         return [({"content": event.text}, None, logprobs)]
+    if isinstance(event, ReasoningDelta):
+        return [({"reasoning_content": event.text}, None, None)]
     if isinstance(event, ToolCallEvent):
         call = event.call
         function = {"name": call.name, "arguments": ""}
@@ -425,7 +449,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         choices = [choice for choice, _ in answers]
         prompt = answers[0][1].prompt_tokens
         completion = sum(finished.completion_tokens for _, finished in answers)
-        return json_response(envelope.wrap("chat.completion", choices=choices, usage=_usage(prompt, completion)))
+        reasoning = sum(finished.reasoning_tokens for _, finished in answers)
+        usage = _usage(prompt, completion, reasoning)
+        return json_response(envelope.wrap("chat.completion", choices=choices, usage=usage))
 
 
 async def _stream_chat(
@@ -441,7 +467,7 @@ async def _stream_chat(
             choice["logprobs"] = logprobs
         await stream.send(envelope.wrap("chat.completion.chunk", choices=[choice]))
 
-    prompt = completion = 0
+    prompt = completion = reasoning = 0
     try:
         for index in range(n):
             await chunk(index, {"role": "assistant", "content": "", "refusal": None})
@@ -451,8 +477,12 @@ async def _stream_chat(
                         await chunk(index, delta, finish, logprobs)
                     if isinstance(event, Finished):
                         prompt, completion = event.prompt_tokens, completion + event.completion_tokens
+                        reasoning += event.reasoning_tokens
         if usage:
-            await stream.send(envelope.wrap("chat.completion.chunk", choices=[], usage=_usage(prompt, completion)))
+            usage_chunk = envelope.wrap(
+                "chat.completion.chunk", choices=[], usage=_usage(prompt, completion, reasoning)
+            )
+            await stream.send(usage_chunk)
         await stream.send("[DONE]")
     except Exception as exc:
         # Headers are gone: report in the stream, as OpenAI does, and end it cleanly.

@@ -1,0 +1,90 @@
+"""A model's own settings, kept in its manifest's options and read at its next load: llama.cpp's
+context per slot and slots, and the chat template with its default variables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gpustack_cli import templates
+from gpustack_cli.detect import main_gguf
+from gpustack_cli.gguf_meta import GGUFError, read_metadata
+from gpustack_cli.store import Manifest, ModelStore, StoreError
+
+LLAMA = "llama.cpp"
+
+
+def _llama_options(store: ModelStore, name: str, what: str) -> dict[str, Any]:
+    manifest = store.get(name)
+    if manifest.engine != LLAMA:
+        raise StoreError(f"'{name}' is a {manifest.engine} model: {what} are for llama.cpp models")
+    return dict(manifest.options)
+
+
+def set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int | None) -> Manifest:
+    """A llama.cpp model's own context per slot and slots (0 clears one: the server's then)."""
+    options = _llama_options(store, name, "--ctx-size and --parallel")
+    trained = options.get("n_ctx_train")
+    if ctx_size and trained and ctx_size > trained:
+        raise StoreError(f"'{name}' was trained for {trained} tokens of context: --ctx-size {ctx_size} is past it")
+    for key, value in (("n_ctx", ctx_size), ("parallel", parallel)):
+        if value == 0:
+            options.pop(key, None)
+        elif value is not None:
+            options[key] = value
+    return store.update(name, options=options)
+
+
+def set_chat_template(store: ModelStore, name: str, source: str | None, kwargs: str | None) -> Manifest:
+    """A llama.cpp model's chat template, from a file, in place of its GGUF's (an empty path
+    clears it), and the template variables it gets unless a request sets them (a JSON object;
+    `{}` clears them). A template that does not compile is refused."""
+    options = _llama_options(store, name, "chat templates")
+    if source is not None:
+        if source == "":
+            options.pop("chat_template", None)
+        else:
+            try:
+                text = Path(source).expanduser().read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StoreError(f"cannot read the chat template {source}: {exc}") from exc
+            problem = templates.check(text)
+            if problem:
+                raise StoreError(f"{source}: {problem}")
+            options["chat_template"] = text
+    if kwargs is not None:
+        try:
+            variables = json.loads(kwargs)
+        except ValueError as exc:
+            raise StoreError(f"--chat-template-kwargs is not JSON: {exc}") from exc
+        if not isinstance(variables, dict):
+            raise StoreError('--chat-template-kwargs must be a JSON object, such as {"enable_thinking": false}')
+        if variables:
+            options["chat_template_kwargs"] = variables
+        else:
+            options.pop("chat_template_kwargs", None)
+    return store.update(name, options=options)
+
+
+def chat_template_status(store: ModelStore, manifest: Manifest) -> dict[str, Any] | None:
+    """Where a llama.cpp model's chat template comes from and whether it compiles; None for
+    other engines."""
+    if manifest.engine != LLAMA:
+        return None
+    source = manifest.options.get("chat_template")
+    origin = "the model's settings (model set --chat-template)"
+    if source is None:
+        gguf = main_gguf(store.model_dir(manifest.name))
+        try:
+            source = read_metadata(gguf).get("tokenizer.chat_template") if gguf else None
+        except (GGUFError, OSError):
+            source = None
+        origin = "the GGUF file"
+    if source is None:
+        return {"origin": "none: a default for the architecture (ChatML for most)", "compiles": True}
+    problem = templates.check(str(source))
+    status: dict[str, Any] = {"origin": origin, "characters": len(str(source)), "compiles": problem is None}
+    if problem:
+        status["error"] = problem
+    return status
