@@ -49,6 +49,20 @@ class Engine(Protocol):
         """Free the model's memory (and GPU memory)."""
 
 
+@dataclass(frozen=True)
+class Structure:
+    """Output held to a shape: `prefix`, then JSON matching `schema`, then `suffix`; again and
+    again, joined by `separator`, when that is set. With `lazy`, the text is free until `prefix`
+    (which must not be empty) appears, and the shape holds from there: a model's own tool-call
+    format, where it may answer in words or call a tool."""
+
+    schema: dict[str, Any]
+    prefix: str = ""
+    suffix: str = ""
+    separator: str | None = None
+    lazy: bool = False
+
+
 @dataclass
 class Sampling:
     """How to pick each next token; one per request (and per choice)."""
@@ -66,6 +80,8 @@ class Sampling:
     # A JSON schema the output must match (JSON mode, structured output, tool calls); engines
     # enforce it while sampling.
     json_schema: dict[str, Any] | None = None
+    # A shape around JSON the output must take instead (a tool call in the model's own format).
+    structure: Structure | None = None
     # None: no log probabilities; k >= 0: the chosen token's and the k most likely.
     logprobs: int | None = None
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -21,12 +22,21 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from engines.base import DecodeStats, InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Token
-from engines.llama_batch import BatchDecoder
+from engines.base import DecodeStats, InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Structure, Token
+from engines.llama_batch import BatchDecoder, Grammar
 
 log = logging.getLogger("gpustack.engines.llama")
 # Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
 GRAMMAR_CACHE = 32
+# The root rule of a converted schema's grammar (a schema that refers to itself as a whole,
+# `$ref: "#"`, would refer to the structure's root instead: tool parameters do not).
+_ROOT = re.compile(r"^root ::=", re.MULTILINE)
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in text) + '"'
 
 
 def _threads() -> int:
@@ -160,7 +170,9 @@ class LlamaEngine:
         self._check(list(sampling.logit_bias), "logit_bias")
         if self.decoder is None:
             raise RuntimeError("this model was loaded for embeddings, not generation")
-        return self.decoder, None if sampling.json_schema is None else self._grammar(sampling.json_schema)
+        if sampling.structure is not None:
+            return self.decoder, self._structure(sampling.structure)
+        return self.decoder, None if sampling.json_schema is None else Grammar(self._grammar(sampling.json_schema))
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
@@ -177,6 +189,20 @@ class LlamaEngine:
 
     def check_schema(self, schema: dict[str, Any]) -> None:
         self._grammar(schema)
+
+    def _structure(self, structure: Structure) -> Grammar:
+        """The grammar of a structure: the schema's own grammar, its root renamed, inside the
+        structure's literals; lazy ones wait for the prefix (llama.cpp's trigger patterns are
+        searched for in the text generated so far)."""
+        body = _ROOT.sub("structure-body ::=", self._grammar(structure.schema))
+        item = f"{_literal(structure.prefix)} structure-body {_literal(structure.suffix)}"
+        if structure.separator is None:
+            rules = f"root ::= {item}\n"
+        else:
+            separator = _literal(structure.separator)
+            rules = f"root ::= structure-item ({separator} structure-item)*\nstructure-item ::= {item}\n"
+        trigger = re.escape(structure.prefix) if structure.lazy and structure.prefix else None
+        return Grammar(rules + body, trigger)
 
     def _grammar(self, schema: dict[str, Any]) -> str:
         """The sampling grammar of a JSON schema, made by llama-cpp-python's converter and parsed

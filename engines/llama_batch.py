@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import queue
 import threading
@@ -43,11 +44,20 @@ MIN_SHARED = 32
 _END = object()
 
 
+@dataclass(frozen=True)
+class Grammar:
+    """A GBNF grammar for a request's sampler; with a `trigger` (a regular expression), it holds
+    only from where the trigger first appears in the generated text."""
+
+    text: str
+    trigger: str | None = None
+
+
 @dataclass
 class _Job:
     prompt: list[int]
     sampling: Sampling
-    grammar: str | None
+    grammar: Grammar | None
     cancel: threading.Event
     # Takes each token, then an exception or _END, on the decode loop's thread.
     deliver: Callable[[object], None]
@@ -136,7 +146,7 @@ class BatchDecoder:
     # -- the callers' side -------------------------------------------------------------------
 
     def generate(
-        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, grammar: str | None = None
+        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, grammar: Grammar | None = None
     ) -> Iterator[Token]:
         """The request's tokens until an end-of-generation token, `max_tokens` or `cancel`."""
         out: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -150,7 +160,7 @@ class BatchDecoder:
             self._abandon(job)
 
     async def agenerate(
-        self, prompt: Sequence[int], sampling: Sampling, request_id: str, grammar: str | None = None
+        self, prompt: Sequence[int], sampling: Sampling, request_id: str, grammar: Grammar | None = None
     ) -> AsyncIterator[Token]:
         """As `generate`, delivered to the running event loop: no thread waits on the request.
         The loop is woken only when no wake-up is already on its way, so tokens that come
@@ -331,7 +341,7 @@ class BatchDecoder:
                 llama_cpp.llama_sampler_accept(penalties, token)
             add(chain, penalties)
         if job.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, job.grammar.encode(), b"root")
+            grammar = _grammar_sampler(self._vocab, job.grammar)
             if not grammar:
                 llama_cpp.llama_sampler_free(chain)
                 raise ValueError("llama.cpp cannot parse the grammar")
@@ -443,6 +453,15 @@ class BatchDecoder:
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
         job.deliver(error or _aborted(job) or _END)
+
+
+def _grammar_sampler(vocab: Any, grammar: Grammar) -> Any:
+    if grammar.trigger is None:
+        return llama_cpp.llama_sampler_init_grammar(vocab, grammar.text.encode(), b"root")
+    patterns = (ctypes.c_char_p * 1)(grammar.trigger.encode())
+    return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        vocab, grammar.text.encode(), b"root", patterns, 1, None, 0
+    )
 
 
 def _aborted(job: _Job) -> RequestAborted | None:

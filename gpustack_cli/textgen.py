@@ -7,10 +7,11 @@ one `Finished`. It knows nothing of HTTP. The blocking drivers (`stream_text`, `
 in a worker thread; the async ones (`text_events`, `chat_events`) take tokens on the event loop
 from engines that deliver them there.
 
-Tool calls use grammar-constrained generation rather than each template's own tool syntax, so
-they work the same on every model, even ones whose template knows nothing of tools: the tools
-and the reply format are described in the system prompt, and the output is held to a JSON schema
-(converted to a llama.cpp grammar by the engine):
+Tool calls: a model whose template takes `tools` and shows a format `tool_calls.py` reads gets
+the tools through its template and calls them in its own format. Every other model gets the
+generic format, grammar-constrained so that it works the same even where the template knows
+nothing of tools: the tools and the reply format are described in the system prompt, and the
+output is held to a JSON schema (converted to a llama.cpp grammar by the engine):
   `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` or, when the model may also answer
   in words (`tool_choice: auto`), `{"response": "..."}`.
 The schema guarantees the output parses and that arguments match each tool's parameters.
@@ -38,6 +39,7 @@ from gpustack_cli.config import Settings
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
 from gpustack_cli.reasoning import Part, ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
+from gpustack_cli.tool_calls import Piece, ToolCallReader, ToolFormat, ToolSpec, tool_format
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -91,6 +93,8 @@ class ChatRequest:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # Keep a reasoning model's thinking apart from its answer (False: leave it in the text).
     split_reasoning: bool = True
+    # Whether the model may call several tools in one answer.
+    parallel_tool_calls: bool = True
 
 
 @dataclass
@@ -141,8 +145,10 @@ class Prepared:
     prompt_tokens: list[int]
     sampling: Sampling
     stop: list[str]
-    # How to read the output: plain text, or the JSON of the tool-call format above.
+    # How to read the output: plain text, or the JSON of the generic tool-call format above...
     tool_mode: bool = False
+    # ...or text with tool calls in the model's own format.
+    tool_format: ToolFormat | None = None
     # The model's reasoning tags, when its reasoning is to be kept apart from its answer.
     reasoning: ReasoningFormat | None = None
 
@@ -194,7 +200,7 @@ def check_text_size(chars: int, settings: Settings, param: str) -> None:
 # -- prompts ---------------------------------------------------------------------------------
 
 
-def _tool_schema(tools: list[Tool], choice: str) -> dict[str, Any]:
+def _tool_schema(tools: list[Tool], choice: str, parallel: bool = True) -> dict[str, Any]:
     chosen = [t for t in tools if choice in ("auto", "required") or t.name == choice]
     call = {
         "anyOf": [
@@ -209,7 +215,9 @@ def _tool_schema(tools: list[Tool], choice: str) -> dict[str, Any]:
     }
     calls = {
         "type": "object",
-        "properties": {"tool_calls": {"type": "array", "items": call, "minItems": 1}},
+        "properties": {
+            "tool_calls": {"type": "array", "items": call, "minItems": 1, **({} if parallel else {"maxItems": 1})}
+        },
         "required": ["tool_calls"],
         "additionalProperties": False,
     }
@@ -271,12 +279,16 @@ def _loads(arguments: str) -> Any:
 def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
     template = _template(engine)
     variables = {**getattr(engine, "template_kwargs", {}), **request.template_kwargs}
+    native = tool_format(template) is not None and _has_tools(request)
+    active = native and request.tool_choice != "none"
+    tools = [_wire_tool(t) for t in request.tools] if active else None
     try:
         return templates.render(
             template,
-            _wire_messages(request, template),
+            _native_messages(request) if native else _wire_messages(request, template),
             bos_token=engine.bos_text,
             eos_token=engine.eos_text,
+            tools=tools,
             variables=variables,
         )
     except templates.TemplateFailure as exc:
@@ -286,6 +298,45 @@ def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
 
 def _template(engine: TextGenerator) -> str:
     return templates.template_for(engine.chat_template, engine.architecture)
+
+
+def _has_tools(request: ChatRequest) -> bool:
+    """Whether the chat offers tools or has called them: a template with tools renders it."""
+    return bool(request.tools) or any(m.tool_calls or m.role == "tool" for m in request.messages)
+
+
+def _native_format(request: ChatRequest, template: str) -> ToolFormat | None:
+    """The model's own tool-call format, when the request offers tools (`tool_choice` other than
+    `none`) and the template has one."""
+    if not request.tools or request.tool_choice == "none":
+        return None
+    return tool_format(template)
+
+
+def _wire_tool(tool: Tool) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
+
+
+def _native_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """Our messages as templates with tools take them (transformers' shape): an assistant's calls
+    with their arguments as objects, a tool's result with the name of the tool it answers."""
+    names = {c.id: c.name for m in request.messages for c in m.tool_calls}
+    messages: list[dict[str, Any]] = []
+    for message in request.messages:
+        wire: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.tool_calls:
+            wire["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _loads(c.arguments)}}
+                for c in message.tool_calls
+            ]
+        if message.role == "tool":
+            wire["tool_call_id"] = message.tool_call_id
+            wire["name"] = names.get(message.tool_call_id or "", "")
+        messages.append(wire)
+    return messages
 
 
 def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | None, what: str = "messages") -> int:
@@ -315,18 +366,34 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     text = render_chat(engine, request)
     prompt = engine.tokenize(text)
     budget = fit_context(engine, len(prompt), request.max_tokens)
-    tool_mode = bool(request.tools) and request.tool_choice != "none"
-    schema = _tool_schema(request.tools, request.tool_choice) if tool_mode else request.json_schema
+    native = _native_format(request, _template(engine))
+    tool_mode = bool(request.tools) and request.tool_choice != "none" and native is None
+    schema = (
+        _tool_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
+        if tool_mode
+        else request.json_schema
+    )
+    structure = None
+    if native is not None:
+        specs = [ToolSpec(t.name, t.parameters) for t in request.tools]
+        structure = native.structure(specs, request.tool_choice, request.parallel_tool_calls)
+        schema = None  # the structure holds the output; a JSON answer is not asked for too
     if schema is not None:
         try:
             engine.check_schema(schema)
         except InvalidSchema as exc:
             param = "tools" if tool_mode else "response_format"
             raise GenerationError(f"Invalid schema: {exc}", param=param, code="invalid_schema") from exc
-    sampling = replace(request.sampling, max_tokens=budget, json_schema=schema)
-    # A reply held to a schema from its first token has no reasoning section to find.
-    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and schema is None else None
-    return Prepared(prompt_tokens=prompt, sampling=sampling, stop=request.stop, tool_mode=tool_mode, reasoning=thinking)
+    if structure is not None:
+        try:
+            engine.check_schema(structure.schema)
+        except InvalidSchema as exc:
+            raise GenerationError(f"Invalid schema: {exc}", param="tools", code="invalid_schema") from exc
+    sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure)
+    # A reply held to a shape from its first token has no reasoning section to find.
+    free = schema is None and (structure is None or structure.lazy)
+    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free else None
+    return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking)
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
@@ -453,15 +520,59 @@ class Reasoning:
         return events
 
 
+class NativeToolCalls:
+    """A chat answer's text deltas in, its text and tool calls (in the model's own format) out;
+    the end says `tool_calls` when the model called any."""
+
+    def __init__(self, fmt: ToolFormat):
+        self.fmt = fmt
+        self.reader = ToolCallReader(fmt)
+        self.calls = 0
+
+    def feed(self, event: Event) -> list[Event]:
+        if isinstance(event, TextDelta):
+            return self._events(self.reader.feed(event.text), event.logprobs)
+        if not isinstance(event, Finished):
+            return [event]
+        events = self._events(self.reader.end(), [])
+        return [*events, replace(event, reason="tool_calls") if self.calls else event]
+
+    def _events(self, pieces: list[Piece], logprobs: list[TokenLogprob]) -> list[Event]:
+        events: list[Event] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                events.append(TextDelta(piece, logprobs))
+                logprobs = []
+            else:
+                events.append(ToolCallEvent(self.calls, ToolCall(self.fmt.call_id(), piece.name, piece.arguments)))
+                self.calls += 1
+        return events
+
+
+def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Reasoning | NativeToolCalls]:
+    """What a chat answer's text events go through: reasoning split off, then native tool calls read."""
+    stages: list[Reasoning | NativeToolCalls] = []
+    if prepared.reasoning is not None:
+        stages.append(Reasoning(engine, prepared.reasoning))
+    if prepared.tool_format is not None:
+        stages.append(NativeToolCalls(prepared.tool_format))
+    return stages
+
+
+def _through(stages: list[Reasoning | NativeToolCalls], event: Event) -> list[Event]:
+    events = [event]
+    for stage in stages:
+        events = [out for e in events for out in stage.feed(e)]
+    return events
+
+
 def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
-    """The events of one chat choice; in tool mode the JSON reply becomes tool calls or text."""
+    """The events of one chat choice; in the generic tool mode the JSON reply becomes tool calls
+    or text."""
     if not prepared.tool_mode:
-        if prepared.reasoning is None:
-            yield from stream_text(engine, prepared, cancel)
-            return
-        reasoning = Reasoning(engine, prepared.reasoning)
+        stages = _chat_stages(engine, prepared)
         for event in stream_text(engine, prepared, cancel):
-            yield from reasoning.feed(event)
+            yield from _through(stages, event)
         return
     text, finished = "", None
     for event in stream_text(engine, prepared, cancel):
@@ -502,10 +613,10 @@ async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str
 async def chat_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_chat`'s events for an async caller (see `text_events`)."""
     if not prepared.tool_mode:
-        reasoning = None if prepared.reasoning is None else Reasoning(engine, prepared.reasoning)
+        stages = _chat_stages(engine, prepared)
         async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
             async for event in events:
-                for out in [event] if reasoning is None else reasoning.feed(event):
+                for out in _through(stages, event):
                     yield out
         return
     answer = await collect(text_events(engine, prepared, request_id))

@@ -86,6 +86,7 @@ class ToolDef(Wire):
 class ToolChoice(Wire):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
+    disable_parallel_tool_use: bool = False
 
 
 class CountTokensBody(Wire):
@@ -176,6 +177,7 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
         tools=tools,
         tool_choice=mode,
         template_kwargs=variables,
+        parallel_tool_calls=not choice.disable_parallel_tool_use,
     )
 
 

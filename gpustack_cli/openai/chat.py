@@ -165,6 +165,7 @@ class ChatCompletionBody(SamplingFields):
     response_format: ResponseFormat | None = None
     tools: list[WireTool] | None = None
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Variables for the model's chat template (vLLM's and llama-server's extension), such as
     # `enable_thinking`; `reasoning_effort` reaches the template under its own name.
     chat_template_kwargs: dict[str, Any] | None = None
@@ -243,6 +244,7 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
         tool_choice=choice,
         json_schema=schema,
         template_kwargs=variables,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
     )
 
 
@@ -347,7 +349,7 @@ def _seeded(prepared: Prepared, index: int) -> Prepared:
         return prepared
     seed = None if prepared.sampling.seed is None else prepared.sampling.seed + index
     sampling = replace(prepared.sampling, seed=seed)
-    return Prepared(prepared.prompt_tokens, sampling, prepared.stop, prepared.tool_mode)
+    return replace(prepared, sampling=sampling)
 
 
 async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None) -> list[T]:

@@ -1,10 +1,13 @@
-"""Reasoning models and chat templates end to end: SmolLM2's weights served under real reasoning
-models' templates (set with `gpustack model set --chat-template`), called with the official
-openai and anthropic clients.
+"""Real models' chat templates end to end: SmolLM2's weights served under the templates of
+reasoning and tool-calling models (set with `gpustack model set --chat-template`), called with the
+official openai and anthropic clients.
 
 Under DeepSeek-R1's template the prompt opens the thinking section (`<think>` ends the assistant's
 header), and SmolLM2, which was never trained to close it, writes only reasoning: what it writes
-must come back as reasoning, apart from the (empty) answer."""
+must come back as reasoning, apart from the (empty) answer. Under Qwen 2.5's, Llama 3.1's and
+Mistral Nemo's templates the tools reach the template, and a required tool call is held by
+grammar to the model's own format, which the server reads back into OpenAI's and Anthropic's
+tool calls."""
 
 from __future__ import annotations
 
@@ -21,18 +24,25 @@ from tests.conftest import ServerProcess, clean_env, gpustack
 
 R1 = "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"
 QWEN3 = "Qwen-Qwen3-0.6B.jinja"
+# Models named for the tool-call format their template shows.
+TOOL_TEMPLATES = {
+    "hermes": "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "llama3": "meta-llama-Llama-3.1-8B-Instruct.jinja",
+    "mistral": "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+}
 HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 
 
 @pytest.fixture(scope="module")
 def home(models_home: Path, chat_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store of SmolLM2 under three names: with R1's template, Qwen3's, and one that refuses."""
+    """A store of SmolLM2 under several names: with R1's template, Qwen3's, one that refuses, and
+    one per tool-call format."""
     folder = tmp_path_factory.mktemp("reasoning")
     home = folder / "home"
     env = clean_env(GPUSTACK_HOME=str(home))
     weights = next((models_home / "models" / "smollm2").glob("*.gguf"))
     (folder / "refuses.jinja").write_text("{{ raise_exception('This model takes no system messages.') }}")
-    for name, template in (("r1", R1), ("qwen3", QWEN3), ("refuses", None)):
+    for name, template in (("r1", R1), ("qwen3", QWEN3), ("refuses", None), *TOOL_TEMPLATES.items()):
         assert gpustack("pull", str(weights), "--name", name, env=env).returncode == 0
         path = folder / f"{name}.jinja"
         if template is not None:
@@ -130,3 +140,77 @@ def test_reasoning_can_stay_in_the_text(home: Path) -> None:
     assert message["content"].strip() and "reasoning_content" not in message
     assert "completion_tokens_details" not in reply["usage"]
     assert json.dumps(reply)  # a plain answer
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The time now", "parameters": {}}}
+ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
+
+
+@pytest.mark.parametrize("model", sorted(TOOL_TEMPLATES))
+def test_a_tool_call_in_the_models_own_format_round_trips(client: openai.OpenAI, model: str) -> None:
+    asked = {"model": model, "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 60}
+    reply = client.chat.completions.create(**asked, temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    # The tools reach the template: the prompt is longer than the same chat's without them.
+    plain = client.chat.completions.create(model=model, messages=ASK, max_tokens=1)
+    assert reply.usage.prompt_tokens > plain.usage.prompt_tokens
+
+    chunks = list(client.chat.completions.create(**asked, temperature=0, stream=True))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].function.name == "get_weather"  # name first, then arguments
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    result = {"role": "tool", "tool_call_id": call.id, "content": "Cold and clear, -3 C."}
+    history = [*ASK, choice.message.model_dump(exclude_none=True), result]
+    final = client.chat.completions.create(
+        model=model, messages=history, tools=[WEATHER], tool_choice="none", max_tokens=12, temperature=0
+    )
+    assert final.choices[0].finish_reason in ("stop", "length") and not final.choices[0].message.tool_calls
+
+
+def test_a_named_tool_is_the_one_called(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="hermes",
+        messages=ASK,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+    )
+    message = reply.choices[0].message
+    assert [c.function.name for c in message.tool_calls or []] == ["get_time"], message
+
+
+def test_anthropic_tool_use_in_the_models_own_format(claude: anthropic.Anthropic) -> None:
+    tool = {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "input_schema": WEATHER["function"]["parameters"],
+    }
+    message = claude.messages.create(
+        model="hermes", max_tokens=60, messages=ASK, tools=[tool], tool_choice={"type": "any"}
+    )
+    assert message.stop_reason == "tool_use"
+    [use] = [block for block in message.content if block.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
+    history = [
+        *ASK,
+        {"role": "assistant", "content": [block.model_dump() for block in message.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Cold."}]},
+    ]
+    final = claude.messages.create(model="hermes", max_tokens=12, messages=history, tools=[tool])
+    assert final.stop_reason in ("end_turn", "max_tokens", "tool_use")
