@@ -50,17 +50,26 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One kind of item a structure holds: `before`, then JSON matching `schema`, then `after`."""
+
+    before: str
+    schema: dict[str, Any]
+    after: str = ""
+
+
+@dataclass(frozen=True)
 class Structure:
-    """Output held to a shape: `prefix`, then JSON matching `schema`, then `suffix`; again and
-    again, joined by `separator`, when that is set. With `lazy`, the text is free until `prefix`
-    (which must not be empty) appears, and the shape holds from there: a model's own tool-call
+    """Output held to a shape: `opening`, then items (each one of `choices`), joined by
+    `separator` (one item only when that is None), then `closing`. With a `trigger`, the text is
+    free until the trigger appears, and the shape holds from there on: a model's own tool-call
     format, where it may answer in words or call a tool."""
 
-    schema: dict[str, Any]
-    prefix: str = ""
-    suffix: str = ""
+    choices: tuple[Choice, ...]
+    opening: str = ""
+    closing: str = ""
     separator: str | None = None
-    lazy: bool = False
+    trigger: str | None = None
 
 
 @dataclass

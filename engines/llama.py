@@ -20,7 +20,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from llama_cpp.llama_grammar import SchemaConverter, json_schema_to_gbnf
 
 from engines.base import DecodeStats, InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Structure, Token
 from engines.llama_batch import BatchDecoder, Grammar
@@ -28,9 +28,6 @@ from engines.llama_batch import BatchDecoder, Grammar
 log = logging.getLogger("gpustack.engines.llama")
 # Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
 GRAMMAR_CACHE = 32
-# The root rule of a converted schema's grammar (a schema that refers to itself as a whole,
-# `$ref: "#"`, would refer to the structure's root instead: tool parameters do not).
-_ROOT = re.compile(r"^root ::=", re.MULTILINE)
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -99,6 +96,7 @@ class LlamaEngine:
         self.truncatable = False
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._grammars: dict[str, str] = {}
+        self._structures: dict[str, Grammar] = {}
         self._pieces: dict[int, bytes] = {}
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
@@ -191,18 +189,44 @@ class LlamaEngine:
         self._grammar(schema)
 
     def _structure(self, structure: Structure) -> Grammar:
-        """The grammar of a structure: the schema's own grammar, its root renamed, inside the
-        structure's literals; lazy ones wait for the prefix (llama.cpp's trigger patterns are
-        searched for in the text generated so far)."""
-        body = _ROOT.sub("structure-body ::=", self._grammar(structure.schema))
-        item = f"{_literal(structure.prefix)} structure-body {_literal(structure.suffix)}"
-        if structure.separator is None:
-            rules = f"root ::= {item}\n"
-        else:
-            separator = _literal(structure.separator)
-            rules = f"root ::= structure-item ({separator} structure-item)*\nstructure-item ::= {item}\n"
-        trigger = re.escape(structure.prefix) if structure.lazy and structure.prefix else None
-        return Grammar(rules + body, trigger)
+        """The grammar of a structure: one converter turns every choice's schema into rules of
+        its own name (the shared ones, strings and spaces, once), and the structure's literals
+        go around them; one with a trigger waits for it (llama.cpp searches the text generated so
+        far for the trigger's pattern, and the grammar holds from where it matched)."""
+        key = repr(structure)
+        found = self._structures.get(key)
+        if found is not None:
+            return found
+        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        alternatives = []
+        try:
+            for index, choice in enumerate(structure.choices):
+                rule = converter.visit(converter.resolve_refs(choice.schema, "tools"), f"choice-{index}")
+                alternatives.append(f"{_literal(choice.before)} {rule} {_literal(choice.after)}")
+        except RecursionError as exc:
+            raise InvalidSchema("it has too many optional properties in one object for the grammar converter") from exc
+        except Exception as exc:  # as for `_grammar`: the converter raises many kinds
+            raise InvalidSchema(f"it cannot be turned into a grammar ({type(exc).__name__}: {exc})") from exc
+        items = (
+            "structure-item"
+            if structure.separator is None
+            else (f"structure-item ({_literal(structure.separator)} structure-item)*")
+        )
+        rules = (
+            f"root ::= {_literal(structure.opening)} {items} {_literal(structure.closing)}\n"
+            f"structure-item ::= {' | '.join(alternatives)}\n"
+        )
+        grammar = Grammar(
+            rules + converter.format_grammar(), None if structure.trigger is None else re.escape(structure.trigger)
+        )
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.text.encode(), b"root")
+        if not sampler:
+            raise InvalidSchema("llama.cpp cannot parse the grammar made from the tools")
+        llama_cpp.llama_sampler_free(sampler)
+        if len(self._structures) >= GRAMMAR_CACHE:
+            self._structures.pop(next(iter(self._structures)))
+        self._structures[key] = grammar
+        return grammar
 
     def _grammar(self, schema: dict[str, Any]) -> str:
         """The sampling grammar of a JSON schema, made by llama-cpp-python's converter and parsed

@@ -1,6 +1,6 @@
 """Reasoning kept apart from the answer: the thinking section a reasoning model writes before its
 answer (`<think>...</think>` in DeepSeek-R1 distills, Qwen3, QwQ, SmolLM3; `[THINK]` in Mistral's
-reasoning models; ByteDance Seed's and Kimi's own tags).
+reasoning models; ByteDance Seed's, Kimi's and Command R7B's own tags).
 
 The tags come from the chat template: a template that writes one of the known pairs has a model
 that reasons with them. Where the rendered prompt ends inside an open section (DeepSeek-R1's
@@ -14,7 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Known (opening, closing) tags, the most common first.
-TAGS = (("<think>", "</think>"), ("[THINK]", "[/THINK]"), ("<seed:think>", "</seed:think>"), ("◁think▷", "◁/think▷"))
+TAGS = (
+    ("<think>", "</think>"),
+    ("[THINK]", "[/THINK]"),
+    ("<seed:think>", "</seed:think>"),
+    ("◁think▷", "◁/think▷"),
+    ("<|START_THINKING|>", "<|END_THINKING|>"),
+)
 # A piece of an answer: (whether it is reasoning, its text).
 Part = tuple[bool, str]
 

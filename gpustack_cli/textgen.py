@@ -386,12 +386,13 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
             raise GenerationError(f"Invalid schema: {exc}", param=param, code="invalid_schema") from exc
     if structure is not None:
         try:
-            engine.check_schema(structure.schema)
+            for choice in structure.choices:
+                engine.check_schema(choice.schema)
         except InvalidSchema as exc:
             raise GenerationError(f"Invalid schema: {exc}", param="tools", code="invalid_schema") from exc
     sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure)
     # A reply held to a shape from its first token has no reasoning section to find.
-    free = schema is None and (structure is None or structure.lazy)
+    free = schema is None and (structure is None or structure.trigger is not None)
     thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free else None
     return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking)
 

@@ -1,20 +1,27 @@
 """Tool calls in a model's own format, for models whose chat template takes `tools`.
 
 A model trained for tool calling calls tools far better in the format its template shows it
-(llama.cpp's `common/chat.cpp` and vLLM's tool parsers read the same formats). Three are read here:
+(llama.cpp's `common/chat.cpp` and vLLM's tool parsers read the same formats). Read here:
 
-- Hermes (Qwen 2.5 and 3, Hermes 2 and 3, and the many fine-tunes of them): each call is
+- Hermes (Qwen 2.5 and 3, Hermes 2 and 3, Granite 4, and their fine-tunes): each call is
   `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>`, after optional text;
 - Llama 3.x: the whole answer is one JSON object `{"name": ..., "parameters": {...}}`;
-- Mistral (Nemo and the models of its template): `[TOOL_CALLS]` then a JSON list of
-  `{"name": ..., "arguments": {...}}`.
+- Mistral Nemo: `[TOOL_CALLS]` then a JSON list of `{"name": ..., "arguments": {...}}`; newer
+  Mistrals (Small 3.2, Devstral, Magistral): `[TOOL_CALLS]name[ARGS]{...}` per call;
+- DeepSeek R1: `<｜tool▁calls▁begin｜>` then per call
+  `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` and the arguments in a json code block;
+  DeepSeek V3.1: `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>` (for templates that
+  render the tools: DeepSeek's own render only past calls, so they keep the generic format);
+- Functionary v3.1: `<function=name>{...}</function>`;
+- Command R7B: `<|START_ACTION|>` then a JSON list of `{"tool_name": ..., "parameters": {...}}`.
 
-Other templates (and every template without tools) keep the text core's generic format: the
-tools described in the system prompt and the answer held to a JSON schema.
+Other templates (GPT-OSS's channels, Kimi, GLM, MiniMax, Qwen3-Coder's XML calls) and
+every template without tools keep the text core's generic format: the tools described in the
+system prompt and the answer held to a JSON schema.
 
-`tool_choice` constrains the output with a `Structure` (a grammar around the call's JSON):
-`required` or a named tool from the first token; `auto` lazily, once the format's opening marker
-appears (text before it stays free; Llama 3.x has no marker, so its `auto` is not constrained).
+`tool_choice` constrains the output with a `Structure` (a grammar around each call's JSON):
+`required` or a named tool from the first token; `auto` once the format's opening marker appears
+(text before it stays free; Llama 3.x has no marker, so its `auto` is not constrained).
 `parallel_tool_calls: false` allows one call (Llama 3.x makes one call an answer in any case).
 """
 
@@ -26,9 +33,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engines.base import Structure
+from engines.base import Choice, Structure
 
-FormatName = Literal["hermes", "llama3", "mistral"]
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # The arguments of a tool whose parameters are `{}`: none (an empty schema would allow any JSON).
 _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -49,47 +55,105 @@ class Call:
 
 @dataclass(frozen=True)
 class ToolFormat:
-    name: FormatName
-    # What opens the calls in the output ("" where the whole answer is the call).
-    opening: str
-    # What closes each call, and the key its arguments are under.
-    closing: str
-    arguments_key: str
+    """How a model writes its calls. `kind`: "object" (each call a JSON object with the name and
+    the arguments under `arguments_key`), "list" (one JSON list of such objects) or "named"
+    (the name outside the JSON: `call_open` name `name_end` arguments `call_close`)."""
+
+    name: str
+    kind: Literal["object", "list", "named"]
+    # What opens and closes the section of calls ("" where there is none) ...
+    opening: str = ""
+    closing: str = ""
+    # ... and each call in it.
+    call_open: str = ""
+    call_close: str = ""
+    name_end: str = ""
+    name_key: str = "name"
+    arguments_key: str = "arguments"
+    # Between calls; None: one call an answer.
+    separator: str | None = "\n"
+    # Mistral's templates take only ids of 9 letters and digits.
+    short_ids: bool = False
+
+    @property
+    def marker(self) -> str:
+        """What shows that the calls begin."""
+        return (self.opening or self.call_open).strip()
 
     def call_id(self) -> str:
-        """A new id for a call, as the model's template expects ids (Mistral's: 9 letters and digits)."""
-        if self.name == "mistral":
+        if self.short_ids:
             return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(9))
         return f"call_{secrets.token_hex(12)}"
 
     def structure(self, tools: list[ToolSpec], choice: str, parallel: bool) -> Structure | None:
         """How the output is held for `tool_choice` (`auto`, `required` or a tool's name)."""
         chosen = [t for t in tools if choice in ("auto", "required") or t.name == choice]
+        trigger = self.marker if choice == "auto" else None
+        if choice == "auto" and not trigger:
+            return None
+        separator = self.separator if parallel else None
+        if self.kind == "named":
+            choices = tuple(
+                Choice(self.call_open + t.name + self.name_end, t.parameters or _NO_ARGUMENTS, self.call_close)
+                for t in chosen
+            )
+            return Structure(choices, self.opening, self.closing, separator, trigger)
         call = {
             "anyOf": [
                 {
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, self.arguments_key: t.parameters or _NO_ARGUMENTS},
-                    "required": ["name", self.arguments_key],
+                    "properties": {self.name_key: {"const": t.name}, self.arguments_key: t.parameters or _NO_ARGUMENTS},
+                    "required": [self.name_key, self.arguments_key],
                 }
                 for t in chosen
             ]
         }
-        lazy = choice == "auto"
-        if lazy and not self.opening:
-            return None
-        if self.name == "mistral":  # one list of calls after the marker
+        if self.kind == "list":
             calls = {"type": "array", "items": call, "minItems": 1, **({} if parallel else {"maxItems": 1})}
-            return Structure(calls, prefix=self.opening, lazy=lazy)
-        # Llama 3.x calls one tool per answer: its answer is the call.
-        several = parallel and self.name != "llama3"
-        separator = "\n" if several else None
-        return Structure(call, prefix=self.opening, suffix=self.closing, separator=separator, lazy=lazy)
+            return Structure((Choice("", calls),), self.opening, self.closing, None, trigger)
+        return Structure(
+            (Choice(self.call_open, call, self.call_close),), self.opening, self.closing, separator, trigger
+        )
 
 
-HERMES = ToolFormat("hermes", "<tool_call>\n", "\n</tool_call>", "arguments")
-LLAMA3 = ToolFormat("llama3", "", "", "parameters")
-MISTRAL = ToolFormat("mistral", "[TOOL_CALLS]", "", "arguments")
+HERMES = ToolFormat("hermes", "object", call_open="<tool_call>\n", call_close="\n</tool_call>")
+LLAMA3 = ToolFormat("llama3", "object", arguments_key="parameters", separator=None)
+MISTRAL = ToolFormat("mistral", "list", opening="[TOOL_CALLS]", separator=None, short_ids=True)
+MISTRAL_ARGS = ToolFormat(
+    "mistral-args", "named", call_open="[TOOL_CALLS]", name_end="[ARGS]", separator="", short_ids=True
+)
+DEEPSEEK_R1 = ToolFormat(
+    "deepseek-r1",
+    "named",
+    opening="<｜tool▁calls▁begin｜>",
+    closing="<｜tool▁calls▁end｜>",
+    call_open="<｜tool▁call▁begin｜>function<｜tool▁sep｜>",
+    name_end="\n```json\n",
+    call_close="\n```<｜tool▁call▁end｜>",
+)
+DEEPSEEK_V31 = ToolFormat(
+    "deepseek-v3.1",
+    "named",
+    opening="<｜tool▁calls▁begin｜>",
+    closing="<｜tool▁calls▁end｜>",
+    call_open="<｜tool▁call▁begin｜>",
+    name_end="<｜tool▁sep｜>",
+    call_close="<｜tool▁call▁end｜>",
+    separator="",
+)
+# Functionary v3.1's template tells its model to call one function at a time.
+COMMAND_R = ToolFormat(
+    "command-r",
+    "list",
+    opening="<|START_ACTION|>",
+    closing="<|END_ACTION|>",
+    name_key="tool_name",
+    arguments_key="parameters",
+    separator=None,
+)
+FUNCTIONARY = ToolFormat(
+    "functionary", "named", call_open="<function=", name_end=">", call_close="</function>", separator=None
+)
 
 
 def tool_format(template: str) -> ToolFormat | None:
@@ -97,20 +161,19 @@ def tool_format(template: str) -> ToolFormat | None:
     read (or a template without tools)."""
     if "tools" not in template:
         return None
-    if "<tool_call>" in template and "<function=" not in template:  # Qwen3-Coder writes XML calls
-        return HERMES
-    if "[TOOL_CALLS]" in template and "[ARGS]" not in template:  # newer Mistrals write name[ARGS]{...}
-        return MISTRAL
+    if "<|START_ACTION|>" in template:
+        return COMMAND_R
+    if "<｜tool▁sep｜>" in template:
+        return DEEPSEEK_R1 if "```json" in template else DEEPSEEK_V31
+    if "[TOOL_CALLS]" in template:
+        return MISTRAL_ARGS if "[ARGS]" in template else MISTRAL
+    if "<function=" in template:  # Qwen3-Coder writes each parameter as XML: not read here
+        return None if "<parameter=" in template else FUNCTIONARY
+    if "<tool_call>" in template:  # GLM writes its arguments as XML: not read here
+        return None if "<arg_key>" in template else HERMES
     if "<|start_header_id|>" in template and '"parameters"' in template:
         return LLAMA3
     return None
-
-
-def _call(data: Any, arguments_key: str) -> Call | None:
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    arguments = data.get(arguments_key, data.get("arguments", {}))
-    return Call(data["name"], arguments if isinstance(arguments, str) else json.dumps(arguments))
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -123,31 +186,42 @@ Piece = str | Call
 
 class ToolCallReader:
     """One answer's text in, as it streams; its free text and its calls out. Text is passed on
-    as it comes, except what could be the start of a call's opening marker; a call is passed on
-    once whole. A call that does not parse is handed back as the text it was."""
+    as it comes, except what could be the start of the calls' marker; calls are passed on once
+    whole (a section at its closing, a call at its own, else at the answer's end). Calls that do
+    not parse are handed back as the text they were."""
 
     def __init__(self, fmt: ToolFormat):
         self.fmt = fmt
         self.held = ""
-        self.in_call = False
-        self.after_call = False
-        self.started = False  # any text seen yet (Llama 3.x: a call is the whole answer)
+        self.in_calls = False
+        self.after_calls = False
+        self.marker = fmt.marker
+        # The end of one region of calls: the section's, or each call's (Hermes, Functionary),
+        # or none (the calls run to the answer's end).
+        self.region_end = (fmt.closing or (fmt.call_close if fmt.kind != "list" else "")).strip()
 
     def feed(self, text: str) -> list[Piece]:
         self.held += text
         pieces: list[Piece] = []
         while self.held:
-            if self.fmt.name == "llama3":
-                return pieces + self._llama3()
-            if not self.in_call:
-                marker = self.fmt.opening.strip()
-                if self.after_call:  # blank lines between calls are not text
+            marker = self.marker
+            if not self.in_calls:
+                if not marker:  # Llama 3.x: the answer is a call if it is a JSON object
+                    stripped = self.held.lstrip().removeprefix("<|python_tag|>").lstrip()
+                    if not stripped or "<|python_tag|>".startswith(stripped):
+                        return pieces
+                    if stripped.startswith("{"):
+                        self.held, self.in_calls = stripped, True
+                        return pieces
+                    self.marker = "\0"  # plain text, to the end
+                    continue
+                if self.after_calls:  # blank lines between calls are not text
                     stripped = self.held.lstrip()
                     if not stripped:
                         return pieces
                     if stripped.startswith(marker) or marker.startswith(stripped):
                         self.held = stripped
-                    self.after_call = False
+                    self.after_calls = False
                 at = self.held.find(marker)
                 if at == -1:
                     keep = _partial_suffix(self.held, marker)
@@ -155,50 +229,60 @@ class ToolCallReader:
                     return pieces + ([ready] if ready else [])
                 if at:
                     pieces.append(self.held[:at])
-                self.held, self.in_call = self.held[at:], True
-            closing = self.fmt.closing.strip()
-            if not closing:  # the calls run to the end of the answer
+                self.held, self.in_calls = self.held[at:], True
+            if not self.region_end:  # the calls run to the end of the answer
                 return pieces
-            end = self.held.find(closing)
+            end = self.held.find(self.region_end)
             if end == -1:
                 return pieces
-            whole, self.held = self.held[: end + len(closing)], self.held[end + len(closing) :]
-            pieces += self._parse(whole)
-            self.in_call, self.after_call = False, True
+            region, self.held = self.held[: end + len(self.region_end)], self.held[end + len(self.region_end) :]
+            pieces += self._parse(region)
+            self.in_calls, self.after_calls = False, True
         return pieces
-
-    def _llama3(self) -> list[Piece]:
-        if not self.started:
-            stripped = self.held.lstrip().removeprefix("<|python_tag|>").lstrip()
-            if not stripped or "<|python_tag|>".startswith(stripped):
-                return []
-            self.started, self.in_call = True, stripped.startswith("{")
-            if self.in_call:
-                self.held = stripped
-        if self.in_call:
-            return []
-        ready, self.held = self.held, ""
-        return [ready]
 
     def end(self) -> list[Piece]:
         held, self.held = self.held, ""
-        if not held or (self.after_call and not held.strip()):
+        if not held or (self.after_calls and not held.strip()):
             return []
-        return self._parse(held) if self.in_call else [held]
+        return self._parse(held) if self.in_calls else [held]
 
     def _parse(self, text: str) -> list[Piece]:
-        """The calls in one call's text (with its markers), or the text itself if it has none."""
-        body = text.strip()
-        if self.fmt.opening:
-            body = body.removeprefix(self.fmt.opening.strip())
-        if self.fmt.closing:
-            body = body.removesuffix(self.fmt.closing.strip())
+        """The calls in a region of the output (with its markers), or its text if they do not parse."""
+        fmt = self.fmt
+        body = text.strip().removeprefix(fmt.opening.strip()).removesuffix(fmt.closing.strip()).strip()
+        calls = self._named(body) if fmt.kind == "named" else self._objects(body)
+        return calls if calls else [text]
+
+    def _objects(self, body: str) -> list[Piece]:
+        body = body.removeprefix(self.fmt.call_open.strip()).removesuffix(self.fmt.call_close.strip())
         try:
             data = json.loads(body)
         except ValueError:
-            return [text]
+            return []
         items = data if isinstance(data, list) else [data]
-        calls = [_call(item, self.fmt.arguments_key) for item in items]
-        if not calls or any(c is None for c in calls):
-            return [text]
-        return [c for c in calls if c is not None]
+        calls = [_call(item, self.fmt.name_key, self.fmt.arguments_key) for item in items]
+        return [] if any(c is None for c in calls) else [c for c in calls if c is not None]
+
+    def _named(self, body: str) -> list[Piece]:
+        opening, name_end = self.fmt.call_open.strip(), self.fmt.name_end.strip()
+        calls: list[Piece] = []
+        for part in body.split(opening)[1:]:
+            name, found, arguments = part.partition(name_end)
+            arguments = arguments.strip().removesuffix(self.fmt.call_close.strip()).strip()
+            arguments = arguments.removeprefix("```json").removesuffix("```").strip()
+            name = name.split("[CALL_ID]")[0].strip()  # newer Mistrals may write an id after the name
+            try:
+                parsed = json.loads(arguments)
+            except ValueError:
+                return []
+            if not found or not name or not isinstance(parsed, dict):
+                return []
+            calls.append(Call(name, json.dumps(parsed)))
+        return calls
+
+
+def _call(data: Any, name_key: str, arguments_key: str) -> Call | None:
+    if not isinstance(data, dict) or not isinstance(data.get(name_key), str):
+        return None
+    arguments = data.get(arguments_key, data.get("arguments", {}))
+    return Call(data[name_key], arguments if isinstance(arguments, str) else json.dumps(arguments))

@@ -7,10 +7,24 @@ import json
 
 import pytest
 
-from gpustack_cli.tool_calls import HERMES, LLAMA3, MISTRAL, Call, ToolCallReader, ToolFormat, ToolSpec, tool_format
+from gpustack_cli.tool_calls import (
+    COMMAND_R,
+    DEEPSEEK_R1,
+    DEEPSEEK_V31,
+    FUNCTIONARY,
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    MISTRAL_ARGS,
+    Call,
+    ToolCallReader,
+    ToolFormat,
+    ToolSpec,
+    tool_format,
+)
 
 WEATHER = ToolSpec("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}})
-TIME = ToolSpec("get_time", {"type": "object", "properties": {}})
+TIME = ToolSpec("get_time", {})  # no parameters
 
 
 def read(fmt: ToolFormat, pieces: list[str]) -> list:
@@ -62,24 +76,76 @@ def test_mistral_calls_are_a_list() -> None:
     assert read(MISTRAL, ["Just text [TOOL"]) == ["Just text [TOOL"]
 
 
+def test_named_formats() -> None:
+    weather = Call("get_weather", '{"city": "Oslo"}')
+    r1 = (
+        "Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+        '{"city": "Oslo"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>'
+    )
+    assert read(DEEPSEEK_R1, [r1[i : i + 4] for i in range(0, len(r1), 4)]) == ["Checking.", weather]
+    v31 = (
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Oslo"}<｜tool▁call▁end｜>'
+        "<｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+    )
+    assert read(DEEPSEEK_V31, [v31]) == [weather, Call("get_time", "{}")]
+    mistral = '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}[TOOL_CALLS]get_time[CALL_ID]a1b2c3d4e[ARGS]{}'
+    assert read(MISTRAL_ARGS, [mistral[:20], mistral[20:]]) == [weather, Call("get_time", "{}")]
+    functionary = 'Sure. <function=get_weather>{"city": "Oslo"}</function>'
+    assert read(FUNCTIONARY, [functionary]) == ["Sure. ", weather]
+    assert read(FUNCTIONARY, ["<function=get_weather>{broken</function>"]) == [
+        "<function=get_weather>{broken</function>"
+    ]
+
+
+def test_command_r_calls_are_a_list_of_tool_names() -> None:
+    output = (
+        '<|START_ACTION|>[\n    {"tool_call_id": "0", "tool_name": "get_weather", "parameters": {"city": "Oslo"}}\n]'
+        "<|END_ACTION|>"
+    )
+    assert read(COMMAND_R, ["I will look it up.", output]) == [
+        "I will look it up.",
+        Call("get_weather", '{"city": "Oslo"}'),
+    ]
+    required = COMMAND_R.structure([WEATHER], "required", parallel=True)
+    assert required.choices[0].schema["items"]["anyOf"][0]["required"] == ["tool_name", "parameters"]
+
+
+def test_llama3_text_that_later_holds_braces_stays_text() -> None:
+    assert read(LLAMA3, ["It is ", "{cold}", ' {"name": "x", "parameters": {}}']) == [
+        'It is {cold} {"name": "x", "parameters": {}}'
+    ]
+
+
 def test_structures_for_each_choice() -> None:
     required = HERMES.structure([WEATHER, TIME], "required", parallel=True)
-    assert (required.prefix, required.suffix, required.separator, required.lazy) == (
+    [choice] = required.choices
+    assert (choice.before, choice.after, required.separator, required.trigger) == (
         "<tool_call>\n",
         "\n</tool_call>",
         "\n",
-        False,
+        None,
     )
-    assert len(required.schema["anyOf"]) == 2
+    assert len(choice.schema["anyOf"]) == 2
     named = HERMES.structure([WEATHER, TIME], "get_time", parallel=False)
-    assert [option["properties"]["name"]["const"] for option in named.schema["anyOf"]] == ["get_time"]
+    assert [option["properties"]["name"]["const"] for option in named.choices[0].schema["anyOf"]] == ["get_time"]
     assert named.separator is None
-    assert HERMES.structure([WEATHER], "auto", parallel=True).lazy is True
+    assert named.choices[0].schema["anyOf"][0]["properties"]["arguments"]["additionalProperties"] is False
+    assert HERMES.structure([WEATHER], "auto", parallel=True).trigger == "<tool_call>"
     assert LLAMA3.structure([WEATHER], "auto", parallel=True) is None  # no marker to wait for
     llama = LLAMA3.structure([WEATHER], "required", parallel=True)
-    assert llama.schema["anyOf"][0]["required"] == ["name", "parameters"] and llama.separator is None
+    assert llama.choices[0].schema["anyOf"][0]["required"] == ["name", "parameters"] and llama.separator is None
     one = MISTRAL.structure([WEATHER], "required", parallel=False)
-    assert one.prefix == "[TOOL_CALLS]" and one.schema["maxItems"] == 1
+    assert one.opening == "[TOOL_CALLS]" and one.choices[0].schema["maxItems"] == 1
+    r1 = DEEPSEEK_R1.structure([WEATHER, TIME], "auto", parallel=True)
+    assert [c.before for c in r1.choices] == [
+        "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n",
+        "<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n",
+    ]
+    assert (r1.opening, r1.closing, r1.trigger) == (
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁calls▁begin｜>",
+    )
 
 
 def test_formats_from_real_templates(chat_templates: dict[str, str]) -> None:
@@ -90,8 +156,18 @@ def test_formats_from_real_templates(chat_templates: dict[str, str]) -> None:
         "meta-llama-Llama-3.1-8B-Instruct.jinja": LLAMA3,
         "meta-llama-Llama-3.2-3B-Instruct.jinja": LLAMA3,
         "mistralai-Mistral-Nemo-Instruct-2407.jinja": MISTRAL,
+        "Mistral-Small-3.2-24B-Instruct-2506.jinja": MISTRAL_ARGS,
+        "unsloth-mistral-Devstral-Small-2507.jinja": MISTRAL_ARGS,
+        # DeepSeek's own templates render tool calls but never the tools: the generic format,
+        # which describes them in the system prompt.
+        "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja": None,
+        "deepseek-ai-DeepSeek-V3.1.jinja": None,
+        "llama-cpp-deepseek-r1.jinja": DEEPSEEK_R1,
+        "meetkai-functionary-medium-v3.1.jinja": FUNCTIONARY,
+        "ibm-granite-granite-4.0.jinja": HERMES,
+        "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja": COMMAND_R,
         "Qwen3-Coder.jinja": None,  # XML calls: the generic format
-        "Mistral-Small-3.2-24B-Instruct-2506.jinja": None,  # name[ARGS]{...}: the generic format
+        "GLM-4.6.jinja": None,  # XML arguments: the generic format
         "google-gemma-2-2b-it.jinja": None,  # no tools
     }
     assert {name: tool_format(chat_templates[name]) for name in expected} == expected
