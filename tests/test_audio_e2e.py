@@ -181,7 +181,9 @@ def test_voices(server: ServerProcess) -> None:
 
 def test_audio_errors(client: openai.OpenAI, server: ServerProcess) -> None:
     def speech_error(**fields) -> dict:
-        response = httpx.post(server.url + "/v1/audio/speech", json={"model": VOICE, "input": "Hi", **fields})
+        response = httpx.post(
+            server.url + "/v1/audio/speech", json={"model": VOICE, "input": "Hi", **fields}, timeout=120
+        )
         assert response.status_code == 400, response.text
         validate(response.json(), "ErrorResponse")
         return response.json()["error"]
@@ -211,7 +213,7 @@ def test_audio_errors(client: openai.OpenAI, server: ServerProcess) -> None:
     assert transcription_error({"other": ("a.wav", b"x")})["param"] == "file"
     assert transcription_error({"file": ("a.wav", b"x")}, response_format="docx")["param"] == "response_format"
     assert transcription_error({"file": ("a.wav", b"x")}, model="smollm2")["code"] == "model_not_supported"
-    response = httpx.post(server.url + "/v1/audio/transcriptions", json={"model": WHISPER})
+    response = httpx.post(server.url + "/v1/audio/transcriptions", json={"model": WHISPER}, timeout=120)
     assert response.status_code == 415 and response.json()["error"]["param"] == "file"
     assert client.audio.transcriptions.create(model=WHISPER, file=("s.wav", speak(client, "Still here.", "wav"))).text
 

@@ -169,7 +169,9 @@ def test_requests_at_once_share_a_prompt_read_once(server: ServerProcess) -> Non
     """The n choices of one request, and requests that open with the same long system prompt,
     read it once: the others copy its cells (llama_memory_seq_cp) instead of reading it again."""
     system = "You answer questions about lighthouses, ships and the sea, briefly and kindly. " * 12
-    tokens = len(httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": system}).json()["tokens"])
+    tokens = len(
+        httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": system}, timeout=120).json()["tokens"]
+    )
 
     def body(question: str, **fields) -> dict:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]

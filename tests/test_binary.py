@@ -68,7 +68,9 @@ def test_the_binary_serves_chat(served: ServerProcess) -> None:
 
 
 def test_an_engine_left_out_says_how_to_get_it(served: ServerProcess) -> None:
-    answer = httpx.post(served.url + "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hello"})
+    answer = httpx.post(
+        served.url + "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hello"}, timeout=120
+    )
     assert answer.status_code == 503
     message = answer.json()["error"]["message"]
     assert "not part of this gpustack binary" in message and "--engines embeddings" in message

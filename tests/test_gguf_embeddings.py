@@ -48,11 +48,13 @@ def test_embeddings_match_sentence_transformers(client: openai.OpenAI, minilm_gg
 
 
 def test_wire_format_and_base64(client: openai.OpenAI, server: ServerProcess, minilm_gguf: str) -> None:
-    raw = httpx.post(server.url + "/v1/embeddings", json={"model": minilm_gguf, "input": "hello"}).json()
+    raw = httpx.post(server.url + "/v1/embeddings", json={"model": minilm_gguf, "input": "hello"}, timeout=120).json()
     validate(raw, "CreateEmbeddingResponse")
     assert raw["object"] == "list" and raw["data"][0]["object"] == "embedding" and raw["model"] == minilm_gguf
     encoded = httpx.post(
-        server.url + "/v1/embeddings", json={"model": minilm_gguf, "input": "hello", "encoding_format": "base64"}
+        server.url + "/v1/embeddings",
+        json={"model": minilm_gguf, "input": "hello", "encoding_format": "base64"},
+        timeout=120,
     ).json()
     # The spec types `embedding` as an array only; with base64 OpenAI sends (and clients expect) a string.
     assert isinstance(encoded["data"][0]["embedding"], str) and encoded["usage"] == raw["usage"]
@@ -65,18 +67,22 @@ def test_wire_format_and_base64(client: openai.OpenAI, server: ServerProcess, mi
 
 def test_token_inputs_and_usage(client: openai.OpenAI, server: ServerProcess, minilm_gguf: str) -> None:
     tokens = httpx.post(
-        server.url + "/tokenize", json={"model": minilm_gguf, "content": "hello world", "add_special": True}
+        server.url + "/tokenize",
+        json={"model": minilm_gguf, "content": "hello world", "add_special": True},
+        timeout=120,
     ).json()["tokens"]
     by_text = client.embeddings.create(model=minilm_gguf, input="hello world", encoding_format="float")
     assert by_text.usage.prompt_tokens == len(tokens) == by_text.usage.total_tokens
-    plain = httpx.post(server.url + "/tokenize", json={"model": minilm_gguf, "content": "hello world"}).json()
+    plain = httpx.post(
+        server.url + "/tokenize", json={"model": minilm_gguf, "content": "hello world"}, timeout=120
+    ).json()
     by_tokens = client.embeddings.create(model=minilm_gguf, input=[plain["tokens"]], encoding_format="float")
     assert cosine(by_tokens.data[0].embedding, by_text.data[0].embedding) > 0.999
 
 
 def test_bad_inputs(client: openai.OpenAI, server: ServerProcess, minilm_gguf: str) -> None:
     def error(body: dict) -> dict:
-        response = httpx.post(server.url + "/v1/embeddings", json={"model": minilm_gguf, **body})
+        response = httpx.post(server.url + "/v1/embeddings", json={"model": minilm_gguf, **body}, timeout=120)
         assert response.status_code == 400, response.text
         validate(response.json(), "ErrorResponse")
         return response.json()["error"]

@@ -320,7 +320,9 @@ def test_completions(client: openai.OpenAI, server: ServerProcess) -> None:
     assert [c.index for c in several.choices] == [0, 1, 2, 3]
     tokens = client.completions.create(model=MODEL, prompt=[[504, 3575, 282]], max_tokens=2, temperature=0, seed=0)
     assert tokens.usage.prompt_tokens == 3
-    default = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "Once upon"}).json()
+    default = httpx.post(
+        server.url + "/v1/completions", json={"model": MODEL, "prompt": "Once upon"}, timeout=120
+    ).json()
     assert default["usage"]["completion_tokens"] <= 16  # OpenAI's default max_tokens
     stream = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=6, temperature=0, seed=0, stream=True)
     streamed = "".join(c.choices[0].text for c in stream)
@@ -525,7 +527,9 @@ def test_anthropic_errors(claude: anthropic.Anthropic, server: ServerProcess) ->
 
 
 def test_tokenize_routes(server: ServerProcess, vocab) -> None:
-    tokens = httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": "Hello world"}).json()["tokens"]
+    tokens = httpx.post(server.url + "/tokenize", json={"model": MODEL, "content": "Hello world"}, timeout=120).json()[
+        "tokens"
+    ]
     assert tokens == vocab.tokenize(b"Hello world", add_bos=False, special=False)
     pieces = httpx.post(
         server.url + "/tokenize", json={"model": MODEL, "content": "Hello world", "with_pieces": True}
