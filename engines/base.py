@@ -91,6 +91,9 @@ class Sampling:
     json_schema: dict[str, Any] | None = None
     # A shape around JSON the output must take instead (a tool call in the model's own format).
     structure: Structure | None = None
+    # Special tokens whose text the output shows (a format's markers, which a model's vocabulary
+    # may hold as control tokens: those are left out of the text otherwise).
+    preserve: tuple[str, ...] = ()
     # None: no log probabilities; k >= 0: the chosen token's and the k most likely.
     logprobs: int | None = None
 

@@ -111,6 +111,7 @@ class LlamaEngine:
                 threads=threads,
                 is_eog=self.is_eog,
                 piece=self.piece,
+                special_piece=self._special_piece,
             )
         log.info(
             "loaded %s: %s, context %d x %d slots, %s, %d threads",
@@ -149,6 +150,14 @@ class LlamaEngine:
             found = self._pieces[token] = self.llm.detokenize([token], special=False)
         return found
 
+    def _special_piece(self, token: int) -> bytes:
+        return self.llm.detokenize([token], special=True)
+
+    def _shown(self, texts: Sequence[str]) -> frozenset[int]:
+        """The ids of those `texts` that are one token of this model's vocabulary each."""
+        ids = (self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in texts)
+        return frozenset(found[0] for found in ids if len(found) == 1)
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
@@ -174,11 +183,12 @@ class LlamaEngine:
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
-        yield from decoder.generate(prompt, sampling, cancel, grammar)
+        yield from decoder.generate(prompt, sampling, cancel, grammar, self._shown(sampling.preserve))
 
     async def agenerate(self, prompt: Sequence[int], sampling: Sampling, request_id: str) -> AsyncIterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
-        async with contextlib.aclosing(decoder.agenerate(prompt, sampling, request_id, grammar)) as tokens:
+        shown = self._shown(sampling.preserve)
+        async with contextlib.aclosing(decoder.agenerate(prompt, sampling, request_id, grammar, shown)) as tokens:
             async for token in tokens:
                 yield token
 

@@ -74,6 +74,8 @@ class _Job:
     chain: Any = None
     # When the request came, and when it got its latest token (time.monotonic).
     since: float = field(default_factory=time.monotonic)
+    # Special tokens shown as their text (see Sampling.preserve).
+    shown: frozenset[int] = frozenset()
 
     @property
     def stopped(self) -> bool:
@@ -110,12 +112,14 @@ class BatchDecoder:
         threads: int,
         is_eog: Callable[[int], bool],
         piece: Callable[[int], bytes],
+        special_piece: Callable[[int], bytes],
     ):
         self.n_ctx = n_ctx
         self.parallel = parallel
         self.n_batch = n_batch
         self._is_eog = is_eog
         self._piece = piece
+        self._special_piece = special_piece
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         params = llama_cpp.llama_context_default_params()
@@ -146,11 +150,16 @@ class BatchDecoder:
     # -- the callers' side -------------------------------------------------------------------
 
     def generate(
-        self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event, grammar: Grammar | None = None
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        cancel: threading.Event,
+        grammar: Grammar | None = None,
+        shown: frozenset[int] = frozenset(),
     ) -> Iterator[Token]:
         """The request's tokens until an end-of-generation token, `max_tokens` or `cancel`."""
         out: queue.SimpleQueue[object] = queue.SimpleQueue()
-        job = self._submit(_Job(list(prompt), sampling, grammar, cancel, out.put))
+        job = self._submit(_Job(list(prompt), sampling, grammar, cancel, out.put, shown=shown))
         try:
             while (item := out.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -160,7 +169,12 @@ class BatchDecoder:
             self._abandon(job)
 
     async def agenerate(
-        self, prompt: Sequence[int], sampling: Sampling, request_id: str, grammar: Grammar | None = None
+        self,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        request_id: str,
+        grammar: Grammar | None = None,
+        shown: frozenset[int] = frozenset(),
     ) -> AsyncIterator[Token]:
         """As `generate`, delivered to the running event loop: no thread waits on the request.
         The loop is woken only when no wake-up is already on its way, so tokens that come
@@ -187,7 +201,7 @@ class BatchDecoder:
             with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
                 loop.call_soon_threadsafe(wake)
 
-        job = _Job(list(prompt), sampling, grammar, threading.Event(), deliver, request_id=request_id)
+        job = _Job(list(prompt), sampling, grammar, threading.Event(), deliver, request_id=request_id, shown=shown)
         self._submit(job)
         try:
             while True:
@@ -420,7 +434,8 @@ class BatchDecoder:
         (self.stats.time_to_first_token if job.produced == 1 else self.stats.inter_token).observe(now - job.since)
         job.since = now
         logprob = None if logprobs is None else float(logprobs[token])
-        job.deliver(Token(id=token, piece=self._piece(token), logprob=logprob, top=top))
+        piece = self._special_piece(token) if token in job.shown else self._piece(token)
+        job.deliver(Token(id=token, piece=piece, logprob=logprob, top=top))
         if job.produced >= job.sampling.max_tokens:
             self._finish(job)
         else:

@@ -390,10 +390,12 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
                 engine.check_schema(choice.schema)
         except InvalidSchema as exc:
             raise GenerationError(f"Invalid schema: {exc}", param="tools", code="invalid_schema") from exc
-    sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure)
     # A reply held to a shape from its first token has no reasoning section to find.
     free = schema is None and (structure is None or structure.trigger is not None)
     thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free else None
+    # The markers the output is read by are shown even where they are special tokens.
+    preserve = (native.markers if native else ()) + ((thinking.start, thinking.end) if thinking else ())
+    sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure, preserve=preserve)
     return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking)
 
 

@@ -80,6 +80,13 @@ class ToolFormat:
         """What shows that the calls begin."""
         return (self.opening or self.call_open).strip()
 
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """The format's marker strings: a model's vocabulary may hold them as special tokens,
+        which the output must show for them to be read."""
+        texts = (self.opening, self.closing, self.call_open, self.call_close, self.name_end, "[CALL_ID]")
+        return tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
+
     def call_id(self) -> str:
         if self.short_ids:
             return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(9))

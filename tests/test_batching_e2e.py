@@ -231,3 +231,29 @@ def test_a_request_is_aborted_by_its_id(models_home: Path) -> None:
         assert engine.decode_stats().busy == 0
     finally:
         engine.close()
+
+
+def test_special_tokens_are_shown_only_when_asked_for(models_home: Path) -> None:
+    """A format's markers may be control tokens of a model's vocabulary (ChatML's <|im_start|>
+    here), left out of the text unless the request preserves them."""
+    import threading
+    from dataclasses import replace
+
+    from engines.base import LoadSpec, Sampling
+    from engines.llama import LlamaEngine
+    from gpustack_cli.store import ModelStore
+
+    store = ModelStore(models_home)
+    engine = LlamaEngine(
+        LoadSpec(MODEL, store.model_dir(MODEL), ("llm",), dict(store.get(MODEL).options), ctx_size=256)
+    )
+    try:
+        [marker] = engine.llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
+        forced = Sampling(max_tokens=1, temperature=0, logit_bias={marker: 100.0})
+        prompt = engine.tokenize("Hello")
+        hidden = [t.piece for t in engine.generate(prompt, forced, threading.Event())]
+        kept = replace(forced, preserve=("<|im_start|>", "<tool_call>"))  # the second is no single token
+        shown = [t.piece for t in engine.generate(prompt, kept, threading.Event())]
+        assert hidden == [b""] and shown == [b"<|im_start|>"]
+    finally:
+        engine.close()
