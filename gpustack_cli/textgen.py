@@ -36,10 +36,21 @@ from typing import Any, Literal
 from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenerator
 from gpustack_cli import templates
 from gpustack_cli.config import Settings
+from gpustack_cli.harmony import HarmonyReader
+from gpustack_cli.harmony import Part as HarmonyPart
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
 from gpustack_cli.reasoning import Part, ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
-from gpustack_cli.tool_calls import Piece, ToolCallReader, ToolFormat, ToolSpec, tool_format
+from gpustack_cli.tool_calls import (
+    HARMONY,
+    Call,
+    Piece,
+    ToolCallReader,
+    ToolFormat,
+    ToolSpec,
+    is_harmony,
+    tool_format,
+)
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -151,6 +162,8 @@ class Prepared:
     tool_format: ToolFormat | None = None
     # The model's reasoning tags, when its reasoning is to be kept apart from its answer.
     reasoning: ReasoningFormat | None = None
+    # GPT-OSS's channelled messages, read for reasoning, answer and calls (harmony.py).
+    harmony: bool = False
 
 
 def new_call_id() -> str:
@@ -392,11 +405,14 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
             raise GenerationError(f"Invalid schema: {exc}", param="tools", code="invalid_schema") from exc
     # A reply held to a shape from its first token has no reasoning section to find.
     free = schema is None and (structure is None or structure.trigger is not None)
-    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free else None
+    harmony = is_harmony(_template(engine)) and request.split_reasoning
+    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free and not harmony else None
     # The markers the output is read by are shown even where they are special tokens.
     preserve = (native.markers if native else ()) + ((thinking.start, thinking.end) if thinking else ())
+    if harmony:
+        preserve += HARMONY.markers
     sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure, preserve=preserve)
-    return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking)
+    return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking, harmony)
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
@@ -552,9 +568,49 @@ class NativeToolCalls:
         return events
 
 
-def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Reasoning | NativeToolCalls]:
-    """What a chat answer's text events go through: reasoning split off, then native tool calls read."""
-    stages: list[Reasoning | NativeToolCalls] = []
+class Harmony:
+    """GPT-OSS's answer in: its text deltas; its reasoning, answer text and calls out."""
+
+    def __init__(self, engine: TextGenerator):
+        self.engine = engine
+        self.reader = HarmonyReader()
+        self.reasoning = ""
+        self.calls = 0
+
+    def feed(self, event: Event) -> list[Event]:
+        if isinstance(event, TextDelta):
+            return self._events(self.reader.feed(event.text), event.logprobs)
+        if not isinstance(event, Finished):
+            return [event]
+        events = self._events(self.reader.end(), [])
+        tokens = len(self.engine.tokenize(self.reasoning, special=False)) if self.reasoning else 0
+        finished = replace(event, reasoning_tokens=min(tokens, event.completion_tokens))
+        return [*events, replace(finished, reason="tool_calls") if self.calls else finished]
+
+    def _events(self, parts: list[HarmonyPart], logprobs: list[TokenLogprob]) -> list[Event]:
+        events: list[Event] = []
+        for part in parts:
+            if isinstance(part, Call):
+                events.append(ToolCallEvent(self.calls, ToolCall(HARMONY.call_id(), part.name, part.arguments)))
+                self.calls += 1
+            elif part[0] == "reasoning":
+                self.reasoning += part[1]
+                events.append(ReasoningDelta(part[1]))
+            else:
+                events.append(TextDelta(part[1], logprobs))
+                logprobs = []
+        return events
+
+
+Stage = Reasoning | NativeToolCalls | Harmony
+
+
+def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Stage]:
+    """What a chat answer's text events go through: reasoning split off, then native tool calls
+    read; or GPT-OSS's channels read for both."""
+    if prepared.harmony:
+        return [Harmony(engine)]
+    stages: list[Stage] = []
     if prepared.reasoning is not None:
         stages.append(Reasoning(engine, prepared.reasoning))
     if prepared.tool_format is not None:
@@ -562,7 +618,7 @@ def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Reasoning | 
     return stages
 
 
-def _through(stages: list[Reasoning | NativeToolCalls], event: Event) -> list[Event]:
+def _through(stages: list[Stage], event: Event) -> list[Event]:
     events = [event]
     for stage in stages:
         events = [out for e in events for out in stage.feed(e)]

@@ -15,7 +15,9 @@ A model trained for tool calling calls tools far better in the format its templa
 - Functionary v3.1: `<function=name>{...}</function>`;
 - Command R7B: `<|START_ACTION|>` then a JSON list of `{"tool_name": ..., "parameters": {...}}`.
 
-Other templates (GPT-OSS's channels, Kimi, GLM, MiniMax, Qwen3-Coder's XML calls) and
+- GPT-OSS: a `commentary` message `to=functions.name` (read with its channels by harmony.py).
+
+Other templates (Kimi, GLM, MiniMax, Qwen3-Coder's XML calls) and
 every template without tools keep the text core's generic format: the tools described in the
 system prompt and the answer held to a JSON schema.
 
@@ -74,6 +76,8 @@ class ToolFormat:
     separator: str | None = "\n"
     # Mistral's templates take only ids of 9 letters and digits.
     short_ids: bool = False
+    # Further markers the output must show (GPT-OSS's message tokens).
+    more_markers: tuple[str, ...] = ()
 
     @property
     def marker(self) -> str:
@@ -84,7 +88,15 @@ class ToolFormat:
     def markers(self) -> tuple[str, ...]:
         """The format's marker strings: a model's vocabulary may hold them as special tokens,
         which the output must show for them to be read."""
-        texts = (self.opening, self.closing, self.call_open, self.call_close, self.name_end, "[CALL_ID]")
+        texts = (
+            self.opening,
+            self.closing,
+            self.call_open,
+            self.call_close,
+            self.name_end,
+            "[CALL_ID]",
+            *self.more_markers,
+        )
         return tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
 
     def call_id(self) -> str:
@@ -163,11 +175,29 @@ FUNCTIONARY = ToolFormat(
 )
 
 
+# GPT-OSS: a commentary message to the tool (see harmony.py, which reads its answers).
+HARMONY = ToolFormat(
+    "harmony",
+    "named",
+    call_open="<|channel|>commentary to=functions.",
+    name_end=" <|constrain|>json<|message|>",
+    separator=None,
+    more_markers=("<|channel|>", "<|message|>", "<|end|>", "<|start|>", "<|constrain|>", "<|call|>", "<|return|>"),
+)
+
+
+def is_harmony(template: str) -> bool:
+    """Whether a template is GPT-OSS's, whose answers are channelled messages (harmony.py)."""
+    return "<|channel|>" in template and "<|message|>" in template
+
+
 def tool_format(template: str) -> ToolFormat | None:
     """The tool-call format a chat template shows its model, or None for one this module does not
     read (or a template without tools)."""
     if "tools" not in template:
         return None
+    if is_harmony(template):
+        return HARMONY
     if "<|START_ACTION|>" in template:
         return COMMAND_R
     if "<｜tool▁sep｜>" in template:

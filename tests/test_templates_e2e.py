@@ -5,9 +5,9 @@ official openai and anthropic clients.
 Under DeepSeek-R1's template the prompt opens the thinking section (`<think>` ends the assistant's
 header), and SmolLM2, which was never trained to close it, writes only reasoning: what it writes
 must come back as reasoning, apart from the (empty) answer. Under the templates of Qwen 2.5,
-Llama 3.1, Mistral Nemo, Mistral Small 3.2, Functionary and Command R7B the tools reach the template, and a
-required tool call is held by grammar to the model's own format, which the server reads back
-into OpenAI's and Anthropic's tool calls."""
+Llama 3.1, Mistral Nemo, Mistral Small 3.2, Functionary, Command R7B and GPT-OSS the tools reach
+the template, and a required tool call is held by grammar to the model's own format, which the
+server reads back into OpenAI's and Anthropic's tool calls."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ TOOL_TEMPLATES = {
     "mistral-args": "Mistral-Small-3.2-24B-Instruct-2506.jinja",
     "functionary": "meetkai-functionary-medium-v3.1.jinja",
     "command-r": "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
+    "gpt-oss": "openai-gpt-oss-120b.jinja",
 }
 HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 

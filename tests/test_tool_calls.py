@@ -178,3 +178,34 @@ def test_call_ids_as_each_template_expects_them() -> None:
     mistral = MISTRAL.call_id()
     assert len(mistral) == 9 and mistral.isalnum()
     assert HERMES.call_id().startswith("call_") and HERMES.call_id() != HERMES.call_id()
+
+
+def test_gpt_oss_channels() -> None:
+    from gpustack_cli.harmony import HarmonyReader
+
+    def parts(pieces: list[str]) -> list:
+        reader = HarmonyReader()
+        out = [p for piece in pieces for p in reader.feed(piece)] + reader.end()
+        merged: list = []
+        for part in out:
+            if isinstance(part, tuple) and merged and isinstance(merged[-1], tuple) and merged[-1][0] == part[0]:
+                merged[-1] = (part[0], merged[-1][1] + part[1])
+            else:
+                merged.append(part)
+        return merged
+
+    answer = "<|channel|>analysis<|message|>The user greets.<|end|><|start|>assistant<|channel|>final<|message|>Hello!"
+    for size in (1, 5, len(answer)):
+        cut = [answer[i : i + size] for i in range(0, len(answer), size)]
+        assert parts(cut) == [("reasoning", "The user greets."), ("text", "Hello!")]
+    call = (
+        "<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>'
+    )
+    assert parts([call[:30], call[30:]]) == [("reasoning", "Need weather."), Call("get_weather", '{"city": "Oslo"}')]
+    in_role = "assistant to=functions.get_time<|channel|>commentary json<|message|>{}"  # the recipient in the role
+    assert parts(["<|channel|>analysis<|message|>x<|end|><|start|>", in_role]) == [
+        ("reasoning", "x"),
+        Call("get_time", "{}"),
+    ]
+    assert parts(["Just an answer."]) == [("text", "Just an answer.")]
