@@ -19,7 +19,7 @@ from gpustack_cli.tool_calls import Call
 # What ends a message's body.
 _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
 _RECIPIENT = re.compile(r"to=functions\.([^\s<]+)")
-# A piece of the answer: ("reasoning" | "text", its text), or a call.
+# A piece of the answer: ("reasoning" or "text", its text), or a call.
 Part = tuple[str, str] | Call
 
 

@@ -21,8 +21,8 @@ TAGS = (
     ("◁think▷", "◁/think▷"),
     ("<|START_THINKING|>", "<|END_THINKING|>"),
 )
-# A piece of an answer: (whether it is reasoning, its text).
-Part = tuple[bool, str]
+# A piece of an answer: ("reasoning" or "text", its text).
+Part = tuple[str, str]
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ class ReasoningSplitter:
                 if at == -1:
                     keep = _partial_suffix(self.held, self.fmt.end)
                     ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
-                    return parts + ([(True, ready)] if ready else [])
+                    return parts + ([("reasoning", ready)] if ready else [])
                 if at:
-                    parts.append((True, self.held[:at]))
+                    parts.append(("reasoning", self.held[:at]))
                 self.held, self.state = self.held[at + len(self.fmt.end) :], "after"
             elif self.state == "after":  # the blank lines between the reasoning and the answer
                 self.held = self.held.lstrip()
@@ -83,11 +83,11 @@ class ReasoningSplitter:
                 self.state = "content"
             else:
                 ready, self.held = self.held, ""
-                return parts + ([(False, ready)] if ready else [])
+                return parts + ([("text", ready)] if ready else [])
 
     def end(self) -> list[Part]:
         """What is still held when the answer ends: an unfinished tag is text after all."""
         held, self.held = self.held, ""
         if not held or self.state == "after":
             return []
-        return [(self.state == "reasoning", held)]
+        return [("reasoning" if self.state == "reasoning" else "text", held)]

@@ -29,22 +29,20 @@ import json
 import secrets
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenerator
 from gpustack_cli import templates
 from gpustack_cli.config import Settings
 from gpustack_cli.harmony import HarmonyReader
-from gpustack_cli.harmony import Part as HarmonyPart
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
-from gpustack_cli.reasoning import Part, ReasoningFormat, ReasoningSplitter, reasoning_format
+from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
 from gpustack_cli.tool_calls import (
     HARMONY,
     Call,
-    Piece,
     ToolCallReader,
     ToolFormat,
     ToolSpec,
@@ -509,43 +507,25 @@ def _tool_answer(text: str, finished: Finished) -> list[Event]:
     return [*events, Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)]
 
 
-class Reasoning:
-    """A chat answer's events with its reasoning split off: text deltas in, reasoning and text
-    deltas out, and the end with the reasoning's token count."""
+class AnswerReader(Protocol):
+    """Reads an answer's text as it streams: `feed` each piece, `end` once; both hand on the
+    parts found, as ("reasoning" or "text", text) or calls."""
 
-    def __init__(self, engine: TextGenerator, fmt: ReasoningFormat):
+    def feed(self, text: str) -> list[tuple[str, str] | Call]: ...
+
+    def end(self) -> list[tuple[str, str] | Call]: ...
+
+
+class Stage:
+    """A chat answer's text deltas read by one reader (reasoning tags, a tool-call format, or
+    GPT-OSS's channels): reasoning, text and tool calls out, other events passed on; the end
+    counts the reasoning's tokens and says `tool_calls` when the model called any."""
+
+    def __init__(self, engine: TextGenerator, reader: AnswerReader, call_id: Callable[[], str] = new_call_id):
         self.engine = engine
-        self.splitter = ReasoningSplitter(fmt)
+        self.reader = reader
+        self.call_id = call_id
         self.reasoning = ""
-
-    def feed(self, event: Event) -> list[Event]:
-        if isinstance(event, TextDelta):
-            return self._events(self.splitter.feed(event.text), event.logprobs)
-        if not isinstance(event, Finished):
-            return [event]
-        events = self._events(self.splitter.end(), [])
-        tokens = len(self.engine.tokenize(self.reasoning, special=False)) if self.reasoning else 0
-        return [*events, replace(event, reasoning_tokens=min(tokens, event.completion_tokens))]
-
-    def _events(self, parts: list[Part], logprobs: list[TokenLogprob]) -> list[Event]:
-        events: list[Event] = []
-        for thinking, text in parts:
-            if thinking:
-                self.reasoning += text
-                events.append(ReasoningDelta(text))
-            else:  # the delta's log probabilities go with its answer text
-                events.append(TextDelta(text, logprobs))
-                logprobs = []
-        return events
-
-
-class NativeToolCalls:
-    """A chat answer's text deltas in, its text and tool calls (in the model's own format) out;
-    the end says `tool_calls` when the model called any."""
-
-    def __init__(self, fmt: ToolFormat):
-        self.fmt = fmt
-        self.reader = ToolCallReader(fmt)
         self.calls = 0
 
     def feed(self, event: Event) -> list[Event]:
@@ -554,67 +534,36 @@ class NativeToolCalls:
         if not isinstance(event, Finished):
             return [event]
         events = self._events(self.reader.end(), [])
+        if self.reasoning:
+            tokens = len(self.engine.tokenize(self.reasoning, special=False))
+            event = replace(event, reasoning_tokens=min(tokens, event.completion_tokens))
         return [*events, replace(event, reason="tool_calls") if self.calls else event]
 
-    def _events(self, pieces: list[Piece], logprobs: list[TokenLogprob]) -> list[Event]:
-        events: list[Event] = []
-        for piece in pieces:
-            if isinstance(piece, str):
-                events.append(TextDelta(piece, logprobs))
-                logprobs = []
-            else:
-                events.append(ToolCallEvent(self.calls, ToolCall(self.fmt.call_id(), piece.name, piece.arguments)))
-                self.calls += 1
-        return events
-
-
-class Harmony:
-    """GPT-OSS's answer in: its text deltas; its reasoning, answer text and calls out."""
-
-    def __init__(self, engine: TextGenerator):
-        self.engine = engine
-        self.reader = HarmonyReader()
-        self.reasoning = ""
-        self.calls = 0
-
-    def feed(self, event: Event) -> list[Event]:
-        if isinstance(event, TextDelta):
-            return self._events(self.reader.feed(event.text), event.logprobs)
-        if not isinstance(event, Finished):
-            return [event]
-        events = self._events(self.reader.end(), [])
-        tokens = len(self.engine.tokenize(self.reasoning, special=False)) if self.reasoning else 0
-        finished = replace(event, reasoning_tokens=min(tokens, event.completion_tokens))
-        return [*events, replace(finished, reason="tool_calls") if self.calls else finished]
-
-    def _events(self, parts: list[HarmonyPart], logprobs: list[TokenLogprob]) -> list[Event]:
+    def _events(self, parts: list[tuple[str, str] | Call], logprobs: list[TokenLogprob]) -> list[Event]:
         events: list[Event] = []
         for part in parts:
             if isinstance(part, Call):
-                events.append(ToolCallEvent(self.calls, ToolCall(HARMONY.call_id(), part.name, part.arguments)))
+                events.append(ToolCallEvent(self.calls, ToolCall(self.call_id(), part.name, part.arguments)))
                 self.calls += 1
             elif part[0] == "reasoning":
                 self.reasoning += part[1]
                 events.append(ReasoningDelta(part[1]))
-            else:
+            else:  # the delta's log probabilities go with its answer text
                 events.append(TextDelta(part[1], logprobs))
                 logprobs = []
         return events
-
-
-Stage = Reasoning | NativeToolCalls | Harmony
 
 
 def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Stage]:
     """What a chat answer's text events go through: reasoning split off, then native tool calls
     read; or GPT-OSS's channels read for both."""
     if prepared.harmony:
-        return [Harmony(engine)]
+        return [Stage(engine, HarmonyReader(), HARMONY.call_id)]
     stages: list[Stage] = []
     if prepared.reasoning is not None:
-        stages.append(Reasoning(engine, prepared.reasoning))
+        stages.append(Stage(engine, ReasoningSplitter(prepared.reasoning)))
     if prepared.tool_format is not None:
-        stages.append(NativeToolCalls(prepared.tool_format))
+        stages.append(Stage(engine, ToolCallReader(prepared.tool_format), prepared.tool_format.call_id))
     return stages
 
 

@@ -217,8 +217,8 @@ def _partial_suffix(text: str, tag: str) -> int:
     return max((k for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
 
 
-# What the reader hands on: text, or a call.
-Piece = str | Call
+# What the reader hands on: ("text", the text), or a call.
+Piece = tuple[str, str] | Call
 
 
 class ToolCallReader:
@@ -263,9 +263,9 @@ class ToolCallReader:
                 if at == -1:
                     keep = _partial_suffix(self.held, marker)
                     ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
-                    return pieces + ([ready] if ready else [])
+                    return pieces + ([("text", ready)] if ready else [])
                 if at:
-                    pieces.append(self.held[:at])
+                    pieces.append(("text", self.held[:at]))
                 self.held, self.in_calls = self.held[at:], True
             if not self.region_end:  # the calls run to the end of the answer
                 return pieces
@@ -281,14 +281,14 @@ class ToolCallReader:
         held, self.held = self.held, ""
         if not held or (self.after_calls and not held.strip()):
             return []
-        return self._parse(held) if self.in_calls else [held]
+        return self._parse(held) if self.in_calls else [("text", held)]
 
     def _parse(self, text: str) -> list[Piece]:
         """The calls in a region of the output (with its markers), or its text if they do not parse."""
         fmt = self.fmt
         body = text.strip().removeprefix(fmt.opening.strip()).removesuffix(fmt.closing.strip()).strip()
         calls = self._named(body) if fmt.kind == "named" else self._objects(body)
-        return calls if calls else [text]
+        return calls if calls else [("text", text)]
 
     def _objects(self, body: str) -> list[Piece]:
         body = body.removeprefix(self.fmt.call_open.strip()).removesuffix(self.fmt.call_close.strip())

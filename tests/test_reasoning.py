@@ -14,8 +14,8 @@ def split(fmt: ReasoningFormat, pieces: list[str]) -> tuple[str, str]:
     splitter = ReasoningSplitter(fmt)
     parts = [part for piece in pieces for part in splitter.feed(piece)] + splitter.end()
     assert all(text for _, text in parts)  # nothing empty is handed on
-    reasoning = "".join(text for thinking, text in parts if thinking)
-    content = "".join(text for thinking, text in parts if not thinking)
+    reasoning = "".join(text for kind, text in parts if kind == "reasoning")
+    content = "".join(text for kind, text in parts if kind == "text")
     return reasoning, content
 
 

@@ -212,8 +212,9 @@ def test_anthropic_tool_use_in_the_models_own_format(claude: anthropic.Anthropic
         "description": "The weather in a city",
         "input_schema": WEATHER["function"]["parameters"],
     }
+    greedy = {"temperature": 0}  # sampled, a long city name could outlast max_tokens
     message = claude.messages.create(
-        model="hermes", max_tokens=60, messages=ASK, tools=[tool], tool_choice={"type": "any"}
+        model="hermes", max_tokens=60, messages=ASK, tools=[tool], tool_choice={"type": "any"}, extra_body=greedy
     )
     assert message.stop_reason == "tool_use"
     [use] = [block for block in message.content if block.type == "tool_use"]
@@ -223,5 +224,5 @@ def test_anthropic_tool_use_in_the_models_own_format(claude: anthropic.Anthropic
         {"role": "assistant", "content": [block.model_dump() for block in message.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Cold."}]},
     ]
-    final = claude.messages.create(model="hermes", max_tokens=12, messages=history, tools=[tool])
+    final = claude.messages.create(model="hermes", max_tokens=12, messages=history, tools=[tool], extra_body=greedy)
     assert final.stop_reason in ("end_turn", "max_tokens", "tool_use")

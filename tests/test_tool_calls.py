@@ -30,6 +30,8 @@ TIME = ToolSpec("get_time", {})  # no parameters
 def read(fmt: ToolFormat, pieces: list[str]) -> list:
     reader = ToolCallReader(fmt)
     out = [p for piece in pieces for p in reader.feed(piece)] + reader.end()
+    assert all(isinstance(p, Call) or (p[0] == "text" and p[1]) for p in out)
+    out = [p if isinstance(p, Call) else p[1] for p in out]
     merged: list = []
     for piece in out:  # join adjacent text, as a client would see it
         if isinstance(piece, str) and merged and isinstance(merged[-1], str):
