@@ -9,7 +9,6 @@ object it is loaded with tokenizes, and serves embedding and rerank models whole
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -20,15 +19,30 @@ from typing import Any
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama
-from llama_cpp.llama_grammar import SchemaConverter, json_schema_to_gbnf
+from llama_cpp.llama_grammar import SchemaConverter
 
-from engines.base import DecodeStats, InvalidSchema, InvalidTokens, LoadSpec, Ranking, Sampling, Structure, Token
+from engines.base import (
+    Choice,
+    DecodeStats,
+    InvalidSchema,
+    InvalidTokens,
+    LoadSpec,
+    Ranking,
+    Sampling,
+    Structure,
+    Token,
+)
 from engines.llama_batch import BatchDecoder, Grammar
 
 log = logging.getLogger("gpustack.engines.llama")
 # Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
 GRAMMAR_CACHE = 32
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _json(schema: dict[str, Any]) -> Structure:
+    """Output that is JSON matching `schema`, and nothing else."""
+    return Structure((Choice("", schema),))
 
 
 def _literal(text: str) -> str:
@@ -95,8 +109,7 @@ class LlamaEngine:
         self.dimensions = self.llm.n_embd()
         self.truncatable = False
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self._grammars: dict[str, str] = {}
-        self._structures: dict[str, Grammar] = {}
+        self._grammars: dict[str, Grammar] = {}
         self._pieces: dict[int, bytes] = {}
         self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
@@ -179,7 +192,7 @@ class LlamaEngine:
             raise RuntimeError("this model was loaded for embeddings, not generation")
         if sampling.structure is not None:
             return self.decoder, self._structure(sampling.structure)
-        return self.decoder, None if sampling.json_schema is None else Grammar(self._grammar(sampling.json_schema))
+        return self.decoder, None if sampling.json_schema is None else self._structure(_json(sampling.json_schema))
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
@@ -196,70 +209,47 @@ class LlamaEngine:
         return self.decoder is not None and self.decoder.abort(request_id)
 
     def check_schema(self, schema: dict[str, Any]) -> None:
-        self._grammar(schema)
+        self._structure(_json(schema))
 
     def _structure(self, structure: Structure) -> Grammar:
-        """The grammar of a structure: one converter turns every choice's schema into rules of
-        its own name (the shared ones, strings and spaces, once), and the structure's literals
-        go around them; one with a trigger waits for it (llama.cpp searches the text generated so
-        far for the trigger's pattern, and the grammar holds from where it matched)."""
+        """The sampling grammar of a structure, made by llama-cpp-python's schema converter and
+        parsed by llama.cpp once here (then kept), so that what either refuses is the caller's
+        error before any token is sampled (schema sizes are bounded before they reach the
+        engine). One converter turns every choice's schema into rules of its own name (the
+        shared ones, strings and spaces, once) and the structure's literals go around them; one
+        with a trigger waits for it (llama.cpp searches the text generated so far for the
+        trigger's pattern, and the grammar holds from where it matched)."""
         key = repr(structure)
-        found = self._structures.get(key)
+        found = self._grammars.get(key)
         if found is not None:
             return found
         converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
         alternatives = []
         try:
             for index, choice in enumerate(structure.choices):
-                rule = converter.visit(converter.resolve_refs(choice.schema, "tools"), f"choice-{index}")
+                rule = converter.visit(converter.resolve_refs(choice.schema, "request"), f"choice-{index}")
                 alternatives.append(f"{_literal(choice.before)} {rule} {_literal(choice.after)}")
-        except RecursionError as exc:
-            raise InvalidSchema("it has too many optional properties in one object for the grammar converter") from exc
-        except Exception as exc:  # as for `_grammar`: the converter raises many kinds
-            raise InvalidSchema(f"it cannot be turned into a grammar ({type(exc).__name__}: {exc})") from exc
-        items = (
-            "structure-item"
-            if structure.separator is None
-            else (f"structure-item ({_literal(structure.separator)} structure-item)*")
-        )
-        rules = (
-            f"root ::= {_literal(structure.opening)} {items} {_literal(structure.closing)}\n"
-            f"structure-item ::= {' | '.join(alternatives)}\n"
-        )
-        grammar = Grammar(
-            rules + converter.format_grammar(), None if structure.trigger is None else re.escape(structure.trigger)
-        )
-        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.text.encode(), b"root")
-        if not sampler:
-            raise InvalidSchema("llama.cpp cannot parse the grammar made from the tools")
-        llama_cpp.llama_sampler_free(sampler)
-        if len(self._structures) >= GRAMMAR_CACHE:
-            self._structures.pop(next(iter(self._structures)))
-        self._structures[key] = grammar
-        return grammar
-
-    def _grammar(self, schema: dict[str, Any]) -> str:
-        """The sampling grammar of a JSON schema, made by llama-cpp-python's converter and parsed
-        by llama.cpp once here, so that what either refuses is the caller's error before any
-        token is sampled (the schema's size is bounded before it reaches the engine)."""
-        key = json.dumps(schema)
-        found = self._grammars.get(key)
-        if found is not None:
-            return found
-        try:
-            gbnf = json_schema_to_gbnf(key)
         except RecursionError as exc:  # the converter recurses once per optional property
             raise InvalidSchema("it has too many optional properties in one object for the grammar converter") from exc
         except Exception as exc:  # the converter asserts, and raises many kinds, on what it does not support
             raise InvalidSchema(f"it cannot be turned into a grammar ({type(exc).__name__}: {exc})") from exc
-        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        items = "structure-item"
+        if structure.separator is not None:
+            items = f"structure-item ({_literal(structure.separator)} structure-item)*"
+        rules = (
+            f"root ::= {_literal(structure.opening)} {items} {_literal(structure.closing)}\n"
+            f"structure-item ::= {' | '.join(alternatives)}\n"
+        )
+        trigger = None if structure.trigger is None else re.escape(structure.trigger)
+        grammar = Grammar(rules + converter.format_grammar(), trigger)
+        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.text.encode(), b"root")
         if not sampler:
             raise InvalidSchema("llama.cpp cannot parse the grammar made from it")
         llama_cpp.llama_sampler_free(sampler)
         if len(self._grammars) >= GRAMMAR_CACHE:
             self._grammars.pop(next(iter(self._grammars)))
-        self._grammars[key] = gbnf
-        return gbnf
+        self._grammars[key] = grammar
+        return grammar
 
     # -- embeddings -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 
+from gpustack_cli.held_text import ready_and_held
 from gpustack_cli.tool_calls import Call
 
 # What ends a message's body.
@@ -21,10 +22,6 @@ _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")
 _RECIPIENT = re.compile(r"to=functions\.([^\s<]+)")
 # A piece of the answer: ("reasoning" or "text", its text), or a call.
 Part = tuple[str, str] | Call
-
-
-def _partial_suffix(text: str, tags: tuple[str, ...]) -> int:
-    return max((k for tag in tags for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
 
 
 class HarmonyReader:
@@ -53,8 +50,7 @@ class HarmonyReader:
             if not ends:
                 if self.recipient is not None:  # a call's arguments: whole, at its end
                     return parts
-                keep = _partial_suffix(self.held, _BODY_ENDS)
-                ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+                ready, self.held = ready_and_held(self.held, _BODY_ENDS)
                 return parts + self._body(ready)
             at, tag = min(ends)
             parts += self._body(self.held[:at], whole=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gpustack_cli.held_text import ready_and_held
+
 # Known (opening, closing) tags, the most common first.
 TAGS = (
     ("<think>", "</think>"),
@@ -42,11 +44,6 @@ def reasoning_format(template: str, prompt: str) -> ReasoningFormat | None:
     return None
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """The length of the longest end of `text` that begins `tag` (it may be a tag being written)."""
-    return max((k for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
-
-
 class ReasoningSplitter:
     """One answer's text in, its reasoning and content parts out, as the text streams."""
 
@@ -70,8 +67,7 @@ class ReasoningSplitter:
             elif self.state == "reasoning":
                 at = self.held.find(self.fmt.end)
                 if at == -1:
-                    keep = _partial_suffix(self.held, self.fmt.end)
-                    ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+                    ready, self.held = ready_and_held(self.held, (self.fmt.end,))
                     return parts + ([("reasoning", ready)] if ready else [])
                 if at:
                     parts.append(("reasoning", self.held[:at]))

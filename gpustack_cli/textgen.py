@@ -26,7 +26,6 @@ import codecs
 import contextlib
 import functools
 import json
-import secrets
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +36,7 @@ from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenera
 from gpustack_cli import templates
 from gpustack_cli.config import Settings
 from gpustack_cli.harmony import HarmonyReader
+from gpustack_cli.held_text import ready_and_held
 from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
 from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
@@ -47,6 +47,7 @@ from gpustack_cli.tool_calls import (
     ToolFormat,
     ToolSpec,
     is_harmony,
+    new_call_id,
     tool_format,
 )
 
@@ -162,10 +163,6 @@ class Prepared:
     reasoning: ReasoningFormat | None = None
     # GPT-OSS's channelled messages, read for reasoning, answer and calls (harmony.py).
     harmony: bool = False
-
-
-def new_call_id() -> str:
-    return f"call_{secrets.token_hex(12)}"
 
 
 # -- limits ----------------------------------------------------------------------------------
@@ -377,7 +374,8 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     text = render_chat(engine, request)
     prompt = engine.tokenize(text)
     budget = fit_context(engine, len(prompt), request.max_tokens)
-    native = _native_format(request, _template(engine))
+    template = _template(engine)
+    native = _native_format(request, template)
     tool_mode = bool(request.tools) and request.tool_choice != "none" and native is None
     schema = (
         _tool_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
@@ -403,8 +401,8 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
             raise GenerationError(f"Invalid schema: {exc}", param="tools", code="invalid_schema") from exc
     # A reply held to a shape from its first token has no reasoning section to find.
     free = schema is None and (structure is None or structure.trigger is not None)
-    harmony = is_harmony(_template(engine)) and request.split_reasoning
-    thinking = reasoning_format(_template(engine), text) if request.split_reasoning and free and not harmony else None
+    harmony = is_harmony(template) and request.split_reasoning
+    thinking = reasoning_format(template, text) if request.split_reasoning and free and not harmony else None
     # The markers the output is read by are shown even where they are special tokens.
     preserve = (native.markers if native else ()) + ((thinking.start, thinking.end) if thinking else ())
     if harmony:
@@ -454,12 +452,11 @@ class TextStream:
             events: list[Event] = [TextDelta(self.held[:at], self.held_logprobs)] if self.held[:at] else []
             return [*events, Finished("stop", len(self.prepared.prompt_tokens), self.produced, stop)]
         # Hold back the end of the text while it could still become a stop string.
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
-        ready = self.held[: len(self.held) - keep]
+        ready, held = ready_and_held(self.held, self.stops)
         if not ready:
             return []
         delta = TextDelta(ready, self.held_logprobs)
-        self.held, self.held_logprobs = self.held[len(ready) :], []
+        self.held, self.held_logprobs = held, []
         return [delta]
 
     def end(self) -> list[Event]:

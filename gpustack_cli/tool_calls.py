@@ -36,10 +36,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engines.base import Choice, Structure
+from gpustack_cli.held_text import ready_and_held
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # The arguments of a tool whose parameters are `{}`: none (an empty schema would allow any JSON).
 _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class ToolFormat:
     def call_id(self) -> str:
         if self.short_ids:
             return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(9))
-        return f"call_{secrets.token_hex(12)}"
+        return new_call_id()
 
     def structure(self, tools: list[ToolSpec], choice: str, parallel: bool) -> Structure | None:
         """How the output is held for `tool_choice` (`auto`, `required` or a tool's name)."""
@@ -213,10 +218,6 @@ def tool_format(template: str) -> ToolFormat | None:
     return None
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    return max((k for k in range(1, len(tag)) if text.endswith(tag[:k])), default=0)
-
-
 # What the reader hands on: ("text", the text), or a call.
 Piece = tuple[str, str] | Call
 
@@ -261,8 +262,7 @@ class ToolCallReader:
                     self.after_calls = False
                 at = self.held.find(marker)
                 if at == -1:
-                    keep = _partial_suffix(self.held, marker)
-                    ready, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+                    ready, self.held = ready_and_held(self.held, (marker,))
                     return pieces + ([("text", ready)] if ready else [])
                 if at:
                     pieces.append(("text", self.held[:at]))
