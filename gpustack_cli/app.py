@@ -15,7 +15,7 @@ from gpustack_cli.keys import Authenticator, KeyStore
 from gpustack_cli.loading import load_model
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.native import tokenize
-from gpustack_cli.openai import audio, chat, embeddings, images, models
+from gpustack_cli.openai import audio, chat, embeddings, images, models, response_routes
 from gpustack_cli.openai.errors import error_body as openai_errors
 from gpustack_cli.scheduler import Scheduler
 from gpustack_cli.server import management
@@ -29,6 +29,7 @@ PROTOCOLS = (
     management.add_routes,
     models.add_routes,
     chat.add_routes,
+    response_routes.add_routes,
     anthropic.add_routes,
     embeddings.add_routes,
     rerank.add_routes,

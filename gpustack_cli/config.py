@@ -109,6 +109,9 @@ class Settings(BaseModel):
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
 
+    # How long stored responses of the Responses API are kept (0: forever).
+    responses_ttl: float = 30 * 86400.0
+
     default_models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     pull_defaults: bool = True
     ollama_registry: str = "https://registry.ollama.ai"
@@ -116,7 +119,7 @@ class Settings(BaseModel):
     # The server's event loop: uvloop where it is installed (auto), or asyncio's own (see server.py).
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
-    @field_validator("keep_alive", mode="before")
+    @field_validator("keep_alive", "responses_ttl", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -172,3 +175,7 @@ class Settings(BaseModel):
     @property
     def keys_file(self) -> Path:
         return self.home / "keys.json"
+
+    @property
+    def responses_db(self) -> Path:
+        return self.home / "responses.db"

@@ -26,6 +26,7 @@ from gpustack_cli.openai import audio as openai_audio
 from gpustack_cli.openai import chat as openai_chat
 from gpustack_cli.openai import embeddings as openai_embeddings
 from gpustack_cli.openai import images as openai_images
+from gpustack_cli.openai import responses as openai_responses
 from gpustack_cli.scheduler import LoadedModel
 from gpustack_cli.server import management as admin
 from gpustack_cli.server.wire import json_response
@@ -219,6 +220,49 @@ class TokenCount(Doc):
     input_tokens: int
 
 
+class ResponseUsage(Doc):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens_details: dict[str, int]
+
+
+class ResponseObject(Doc):
+    """A response of the Responses API; its `output` holds `message`, `reasoning` and
+    `function_call` items as OpenAI's do."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "failed", "in_progress"]
+    model: str
+    output: list[dict[str, Any]]
+    usage: ResponseUsage | None
+    previous_response_id: str | None
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+
+
+class ResponseDeleted(Doc):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
+class InputItemList(Doc):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class InputTokens(Doc):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
+
+
 class Tokens(Doc):
     tokens: list[int] | list[dict[str, Any]]
 
@@ -281,6 +325,32 @@ OPERATIONS = (
         openai_chat.CompletionBody,
         response=Completion,
         also=(STREAM,),
+    ),
+    Operation(
+        "POST",
+        "/v1/responses",
+        "A model response (OpenAI's Responses API), kept when `store` is true",
+        "openai",
+        openai_responses.ResponseBody,
+        response=ResponseObject,
+        also=(STREAM,),
+    ),
+    Operation(
+        "POST",
+        "/v1/responses/input_tokens",
+        "The input tokens a response would read",
+        "openai",
+        openai_responses.InputTokensBody,
+        response=InputTokens,
+    ),
+    Operation("GET", "/v1/responses/{response_id}", "A stored response", "openai", response=ResponseObject),
+    Operation("DELETE", "/v1/responses/{response_id}", "Delete a stored response", "openai", response=ResponseDeleted),
+    Operation(
+        "GET",
+        "/v1/responses/{response_id}/input_items",
+        "A stored response's input items (`limit`, `order`, `after`)",
+        "openai",
+        response=InputItemList,
     ),
     Operation(
         "POST", "/v1/embeddings", "Embeddings", "openai", openai_embeddings.EmbeddingsBody, response=EmbeddingList

@@ -26,6 +26,7 @@ from openai.types import (
 )
 from openai.types.audio import Transcription, TranscriptionVerbose
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 from openai.types.shared import ErrorObject
 
 
@@ -54,6 +55,9 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
     "ImageGenCompletedEvent": ImageGenCompletedEvent,
     "ImageEditPartialImageEvent": ImageEditPartialImageEvent,
     "ImageEditCompletedEvent": ImageEditCompletedEvent,
+    "Response": Response,
+    "ResponseStreamEvent": ResponseStreamEvent,  # type: ignore[dict-item]
+    "ResponseItemList": ResponseItemList,
 }
 
 

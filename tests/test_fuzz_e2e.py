@@ -44,6 +44,8 @@ ROUTE_MODELS = {
     "/v1/chat/completions": ["smollm2"],
     "/v1/completions": ["smollm2"],
     "/v1/messages": ["smollm2"],
+    "/v1/responses": ["smollm2"],
+    "/v1/responses/input_tokens": ["smollm2"],
     "/v1/messages/count_tokens": ["smollm2"],
     "/tokenize": ["smollm2", "all-minilm-l6-v2"],
     "/detokenize": ["smollm2", "all-minilm-l6-v2"],

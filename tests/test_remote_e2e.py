@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -70,7 +71,7 @@ def downstream(
     add("bge-m3", upstream.url, *key, "--categories", "embedding", "--generic-proxy", "--proxy-prefix", "/model/proxy")
     add("nokey", upstream.url, "--upstream-model", "smollm2")
     add("balanced", closed_port_url(), upstream.url, *key, "--upstream-model", "smollm2")
-    add("relayed", test_upstream.url, *key, "--upstream-model", "smollm2")  # an upstream without /v1/messages
+    add("relayed", test_upstream.url, *key, "--upstream-model", "smollm2")  # no /v1/messages or /v1/responses
     # A short upstream timeout for the model the timeout tests use, and for it only.
     add("edge", test_upstream.url, "--categories", "embedding", "--generic-proxy", "--timeout", "5")
     # By host name: a cookie jar would keep cookies of a named host (not those of an IP address).
@@ -152,6 +153,41 @@ def test_anthropic_messages(downstream: ServerProcess) -> None:
         extra_body={"temperature": 0, "seed": 0},
     )
     assert message.stop_reason == "tool_use" and "city" in message.content[-1].input
+
+
+def test_responses(client: openai.OpenAI) -> None:
+    # The upstream's own /v1/responses, and the translation onto its chat completions.
+    for model in ("chat", "relayed"):
+        response = client.responses.create(model=model, input="Hi", max_output_tokens=6, temperature=0)
+        assert response.status == "incomplete" and response.output_text, model
+        kinds = [e.type for e in client.responses.create(model=model, input="Hi", max_output_tokens=6, stream=True)]
+        assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete", model
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+    called = client.responses.create(
+        model="relayed",
+        input="Weather in Paris?",
+        tools=[weather],
+        tool_choice="required",
+        max_output_tokens=80,
+        temperature=0,
+        extra_body={"seed": 0},
+    )
+    [call] = [item for item in called.output if item.type == "function_call"]
+    assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+    # The translated response is stored here, and continues here: the upstream reads the same
+    # prompt as for the whole conversation sent again.
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21C"}
+    again = client.responses.create(
+        model="relayed", previous_response_id=called.id, input=[result], max_output_tokens=5
+    )
+    history = [{"role": "user", "content": "Weather in Paris?"}, call.model_dump(exclude_none=True), result]
+    resent = client.responses.create(model="relayed", input=history, max_output_tokens=5, store=False)
+    assert again.usage.input_tokens == resent.usage.input_tokens > 0
+    assert client.responses.retrieve(again.id).previous_response_id == called.id
 
 
 def test_the_seeds_curl_example_through_a_remote(downstream: ServerProcess) -> None:

@@ -113,6 +113,25 @@ def test_anthropic_thinking_blocks(claude: anthropic.Anthropic) -> None:
     assert all(block.type != "thinking" for block in plain.content)
 
 
+def test_responses_reasoning_items(client: openai.OpenAI) -> None:
+    """On the Responses API the thinking is a `reasoning` item before the message, streamed as
+    `response.reasoning_text` events, and counted in the usage."""
+    response = client.responses.create(model="r1", input="Hello! Who are you?", max_output_tokens=24, temperature=0)
+    reasoning = response.output[0]
+    assert reasoning.type == "reasoning" and reasoning.content[0].type == "reasoning_text"
+    assert reasoning.content[0].text.strip() and "<think>" not in reasoning.content[0].text
+    assert 0 < response.usage.output_tokens_details.reasoning_tokens <= response.usage.output_tokens
+    events = list(
+        client.responses.create(
+            model="r1", input="Hello! Who are you?", max_output_tokens=24, temperature=0, stream=True
+        )
+    )
+    streamed = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert streamed == reasoning.content[0].text
+    done = next(e for e in events if e.type == "response.reasoning_text.done")
+    assert done.text == streamed and events[-1].response.output[0].type == "reasoning"
+
+
 def test_template_variables_reach_the_template(client: openai.OpenAI) -> None:
     """Qwen3's template closes an empty thinking section in the prompt when thinking is off."""
 
@@ -190,6 +209,24 @@ def test_a_tool_call_in_the_models_own_format_round_trips(client: openai.OpenAI,
         model=model, messages=history, tools=[WEATHER], tool_choice="none", max_tokens=12, temperature=0
     )
     assert final.choices[0].finish_reason in ("stop", "length") and not final.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("model", ["hermes", "gpt-oss"])
+def test_a_responses_function_call_in_the_models_own_format(client: openai.OpenAI, model: str) -> None:
+    tool = {"type": "function", **WEATHER["function"]}
+    asked = {"model": model, "tools": [tool], "tool_choice": "required", "parallel_tool_calls": False}
+    response = client.responses.create(**asked, input=ASK[0]["content"], max_output_tokens=60, temperature=0)
+    [call] = [item for item in response.output if item.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "Cold and clear, -3 C."}
+    then = {"tools": [tool], "tool_choice": "none", "max_output_tokens": 12, "temperature": 0}
+    answer = client.responses.create(model=model, previous_response_id=response.id, input=[result], **then)
+    assert not [item for item in answer.output if item.type == "function_call"]
+    # The stored turn is rendered as the whole conversation sent again would be. (Not compared:
+    # the answers, which may differ in a close call with what else the KV cache holds.)
+    history = [ASK[0], *[item.model_dump(exclude_none=True) for item in response.output], result]
+    resent = client.responses.create(model=model, input=history, store=False, **then)
+    assert answer.usage.input_tokens == resent.usage.input_tokens
 
 
 def test_a_named_tool_is_the_one_called(client: openai.OpenAI) -> None:

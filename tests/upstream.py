@@ -123,6 +123,7 @@ class TestUpstream:
         app.router.add_get("/big", self.big)
         app.router.add_get("/cut", self.cut)
         app.router.add_post("/v1/messages", self.missing)
+        app.router.add_post("/v1/responses", self.missing)
         app.router.add_route("*", "/v1/{tail:.*}", self.relay)
         self._server = BackgroundApp(app, handler_cancellation=True)
         self.url = self._server.url

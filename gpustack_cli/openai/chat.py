@@ -268,6 +268,9 @@ def chat_body(chat: ChatRequest, model: str) -> dict[str, Any]:
         for t in chat.tools
     ]
     choice = chat.tool_choice
+    response_format = None
+    if chat.json_schema is not None:
+        response_format = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(schema=chat.json_schema))
     body = ChatCompletionBody(
         model=model,
         messages=messages,
@@ -278,6 +281,7 @@ def chat_body(chat: ChatRequest, model: str) -> dict[str, Any]:
         seed=chat.sampling.seed,
         max_tokens=chat.max_tokens,
         stop=chat.stop or None,
+        response_format=response_format,
         tools=tools or None,
         tool_choice=None
         if not tools

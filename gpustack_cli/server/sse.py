@@ -36,8 +36,13 @@ class EventStream:
 
     async def fail(self, exc: Exception, event: str | None = None) -> None:
         """End the stream with the error event for `exc`, in the route's error shape (the head is
-        gone, so the error goes in the stream, as OpenAI and Anthropic send it). For a client that
-        left there is nothing to send: `exc` goes on to the error middleware, which counts it so."""
+        gone, so the error goes in the stream, as OpenAI and Anthropic send it)."""
+        error = self.error_of(exc)
+        await self.send(error_body(self.request, error, self.request.get(REQUEST_ID)), event=event)
+
+    def error_of(self, exc: Exception) -> APIError:
+        """What to tell the client of `exc`, raised while streaming. For a client that left there
+        is nothing to tell: `exc` goes on to the error middleware, which counts it so."""
         if client_left(self.request, exc):
             raise exc
         error = engine_error(exc)
@@ -45,7 +50,7 @@ class EventStream:
             log.exception("error while streaming")
             self.request.app[CONTEXT].metrics.internal_errors.inc()
             error = APIError(500, "The server had an error while generating the response.")
-        await self.send(error_body(self.request, error, self.request.get(REQUEST_ID)), event=event)
+        return error
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()

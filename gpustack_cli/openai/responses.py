@@ -1,0 +1,382 @@
+"""OpenAI's Responses API (`POST /v1/responses`), wire to core: the request's types, and the
+conversion of its input items (with the stored turns before them) into the text core's chat.
+
+A third translator onto the same core as chat completions and Anthropic's messages. What a local
+model cannot do (built-in tools, images and files in the input, background runs, prompt
+templates, server-side conversations) is refused with a 400 that names the parameter, never
+ignored; fields that change nothing in a local answer (`user`, `service_tier`,
+`prompt_cache_key`, `reasoning.summary`, ...) are accepted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from engines.base import Sampling
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.textgen import ChatMessage, ChatRequest, Tool, ToolCall
+
+# The `include` value that asks for the answer's log probabilities.
+LOGPROBS = "message.output_text.logprobs"
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- input items -------------------------------------------------------------------------------
+
+
+class TextContent(Wire):
+    # `output_text` and `refusal` parts come back in as an earlier answer's content.
+    type: Literal["input_text", "output_text", "text", "refusal"]
+    text: str = ""
+    refusal: str = ""
+
+
+class OtherContent(Wire):
+    type: str
+
+
+def _content_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "Text" if kind in ("input_text", "output_text", "text", "refusal") else "Other"
+
+
+Content = Annotated[
+    Annotated[TextContent, Tag("Text")] | Annotated[OtherContent, Tag("Other")], Discriminator(_content_kind)
+]
+
+
+class MessageItem(Wire):
+    type: Literal["message"] = "message"
+    id: str | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[Content]
+
+
+class FunctionCallItem(Wire):
+    type: Literal["function_call"]
+    id: str | None = None
+    call_id: str
+    name: str
+    arguments: str = ""
+
+
+class FunctionCallOutputItem(Wire):
+    type: Literal["function_call_output"]
+    id: str | None = None
+    call_id: str
+    output: str | list[Content]
+
+
+class ReasoningItem(Wire):
+    """An earlier answer's reasoning, sent back: accepted, and left out of the prompt (chat
+    templates drop the reasoning of earlier turns)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+
+
+class OtherItem(Wire):
+    type: str
+
+
+_ITEM_TAGS = {
+    "message": "Message",
+    "function_call": "FunctionCall",
+    "function_call_output": "FunctionCallOutput",
+    "reasoning": "Reasoning",
+}
+
+
+def _item_kind(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return _ITEM_TAGS.get(kind, "Other")
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("Message")]
+    | Annotated[FunctionCallItem, Tag("FunctionCall")]
+    | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutput")]
+    | Annotated[ReasoningItem, Tag("Reasoning")]
+    | Annotated[OtherItem, Tag("Other")],
+    Discriminator(_item_kind),
+]
+
+
+# -- tools and formats -------------------------------------------------------------------------
+
+
+class FunctionTool(Wire):
+    type: Literal["function"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OtherTool(Wire):
+    type: str
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "Function" if kind == "function" else "Other"
+
+
+ToolDef = Annotated[
+    Annotated[FunctionTool, Tag("Function")] | Annotated[OtherTool, Tag("Other")], Discriminator(_tool_kind)
+]
+
+
+class ToolChoiceObject(Wire):
+    type: str
+    name: str | None = None
+
+
+class TextFormat(Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextParam(Wire):
+    format: TextFormat | None = None
+    # A hint to OpenAI's models of how long to answer; no local template takes it.
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningParam(Wire):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Summaries of the reasoning are not made here: the reasoning itself comes back instead.
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+
+
+class InputTokensBody(Wire):
+    """What `POST /v1/responses/input_tokens` counts: the input a response would read."""
+
+    model: str
+    input: str | list[InputItem] = ""
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceObject | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextParam | None = None
+    reasoning: ReasoningParam | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    conversation: Any = None
+
+
+class ResponseBody(InputTokensBody):
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    include: list[str] | None = None
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    store: bool = True
+    stream: bool = False
+    background: bool | None = None
+    prompt: Any = None
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+    # Extensions, as on chat completions (llama.cpp's samplers, reproducible sampling, Ollama's keep_alive).
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    seed: int | None = None
+    keep_alive: str | int | float | None = None
+
+    @property
+    def logprobs(self) -> int | None:
+        """Top log probabilities per token when `include` asks for log probabilities, else None."""
+        return (self.top_logprobs or 0) if LOGPROBS in (self.include or []) else None
+
+    def sampling(self) -> Sampling:
+        return Sampling.of(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            seed=self.seed,
+            logprobs=self.logprobs,
+        )
+
+
+# -- wire to core ------------------------------------------------------------------------------
+
+
+def new_item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def refuse_unsupported(body: InputTokensBody) -> None:
+    """A 400 naming the first thing asked for that a local model cannot do."""
+    if body.conversation is not None:
+        raise bad_request(
+            "Conversations are not supported here: continue one with 'previous_response_id'.", param="conversation"
+        )
+    for index, tool in enumerate(body.tools or []):
+        if isinstance(tool, OtherTool):
+            raise bad_request(
+                f"Tool type '{tool.type}' is not supported here: only 'function' tools are.",
+                param=f"tools[{index}].type",
+                code="unsupported_tool",
+            )
+    choice = body.tool_choice
+    if isinstance(choice, ToolChoiceObject) and choice.type != "function":
+        raise bad_request(f"tool_choice of type '{choice.type}' is not supported here.", param="tool_choice")
+    if isinstance(body, ResponseBody):
+        if body.background:
+            raise bad_request("Background responses are not supported here.", param="background")
+        if body.prompt is not None:
+            raise bad_request("Prompt templates are not supported here: send 'input'.", param="prompt")
+
+
+def input_items(body: InputTokensBody) -> list[dict[str, Any]]:
+    """The request's input as stored items, each with an id: a string is one user message."""
+    if isinstance(body.input, str):
+        if not body.input:
+            return []
+        content = [{"type": "input_text", "text": body.input}]
+        return [{"id": new_item_id("msg"), "type": "message", "role": "user", "content": content}]
+    items = []
+    for index, item in enumerate(body.input):
+        if isinstance(item, OtherItem):
+            raise bad_request(
+                f"Input items of type '{item.type}' are not supported here.",
+                param=f"input[{index}].type",
+                code="unsupported_input",
+            )
+        wire = item.model_dump(mode="json", exclude_none=True)
+        if isinstance(item, MessageItem):
+            _check_content(item.content, f"input[{index}].content")
+            if isinstance(item.content, str):
+                kind = "output_text" if item.role == "assistant" else "input_text"
+                wire["content"] = [{"type": kind, "text": item.content}]
+        elif isinstance(item, FunctionCallOutputItem):
+            _check_content(item.output, f"input[{index}].output")
+        wire.setdefault("id", new_item_id(_ID_PREFIXES[wire["type"]]))
+        items.append(wire)
+    return items
+
+
+_ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def _check_content(content: str | list[Any], param: str) -> None:
+    for index, part in enumerate([] if isinstance(content, str) else content):
+        if isinstance(part, OtherContent):
+            raise bad_request(
+                f"Content of type '{part.type}' is not supported here: this model reads text only.",
+                param=f"{param}[{index}]",
+                code="unsupported_content",
+            )
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text") or part.get("refusal") or "" for part in content)
+
+
+def chat_messages(items: list[dict[str, Any]]) -> list[ChatMessage]:
+    """Stored items (input and output alike) as the text core's messages: an answer's function
+    calls join the assistant message before them, results become tool messages."""
+    messages: list[ChatMessage] = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item["role"]
+            messages.append(ChatMessage("system" if role == "developer" else role, _text(item["content"])))
+        elif kind == "function_call":
+            call = ToolCall(item["call_id"], item["name"], item.get("arguments") or "{}")
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls.append(call)
+            else:
+                messages.append(ChatMessage("assistant", "", [call]))
+        elif kind == "function_call_output":
+            messages.append(ChatMessage("tool", _text(item["output"]), tool_call_id=item["call_id"]))
+    return messages
+
+
+def tool_mode(body: InputTokensBody, tools: list[Tool]) -> str:
+    choice = body.tool_choice or "auto"
+    if isinstance(choice, ToolChoiceObject):
+        if choice.name not in {t.name for t in tools}:
+            raise bad_request(f"Invalid 'tool_choice': no function named '{choice.name}' in 'tools'.", "tool_choice")
+        return choice.name
+    if choice == "required" and not tools:
+        raise bad_request("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
+    return choice
+
+
+def json_schema(body: InputTokensBody) -> dict[str, Any] | None:
+    """The schema `text.format` holds the answer to, if any."""
+    text_format = body.text.format if body.text else None
+    if text_format is None or text_format.type == "text":
+        return None
+    if text_format.type == "json_object":
+        return {"type": "object"}
+    if text_format.schema_ is None:
+        raise bad_request("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
+    return text_format.schema_
+
+
+def chat_request(body: InputTokensBody, history: list[dict[str, Any]], items: list[dict[str, Any]]) -> ChatRequest:
+    """The text core's chat for a response: its instructions, the items of the turns before it
+    (`history`: each stored turn's input and output), then its own input `items`."""
+    tools = [
+        Tool(t.name, t.description or "", t.parameters or {"type": "object", "properties": {}})
+        for t in body.tools or []
+        if isinstance(t, FunctionTool)
+    ]
+    messages = [ChatMessage("system", body.instructions)] if body.instructions else []
+    messages += chat_messages(history + items)
+    if not messages:
+        raise bad_request("Missing required parameter: 'input'.", param="input")
+    variables: dict[str, Any] = {}
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        variables["reasoning_effort"] = body.reasoning.effort
+    if isinstance(body, ResponseBody):
+        sampling, max_tokens = body.sampling(), body.max_output_tokens
+    else:
+        sampling, max_tokens = Sampling.of(), None
+    return ChatRequest(
+        messages=messages,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        tools=tools,
+        tool_choice=tool_mode(body, tools),
+        json_schema=json_schema(body),
+        template_kwargs=variables,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
+
+
+def echoed_tools(body: InputTokensBody) -> list[dict[str, Any]]:
+    """The request's tools as a response lists them."""
+    return [
+        {
+            "type": "function",
+            "name": t.name,
+            "description": t.description,
+            "parameters": t.parameters or {"type": "object", "properties": {}},
+            "strict": t.strict if t.strict is not None else True,
+        }
+        for t in body.tools or []
+        if isinstance(t, FunctionTool)
+    ]
+
+
+def echoed_tool_choice(body: InputTokensBody) -> Any:
+    choice = body.tool_choice or "auto"
+    return choice.model_dump(exclude_none=True) if isinstance(choice, ToolChoiceObject) else choice
