@@ -6,16 +6,28 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead, final_status
+from gpustack_cli.openai.response_routes import prepare_fitting
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
 from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
 from gpustack_cli.server.errors import APIError
-from gpustack_cli.textgen import Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCall, ToolCallEvent
+from gpustack_cli.textgen import (
+    Finished,
+    GenerationError,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprob,
+    ToolCall,
+    ToolCallEvent,
+    render_chat,
+)
 from tests.openapi import validate
+from tests.test_textgen import FakeGenerator
 
 WEATHER = {
     "type": "function",
@@ -246,3 +258,22 @@ def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version=99")
     with pytest.raises(StoreVersionError, match="newer gpustack"):
         ResponseStore(tmp_path / "r.db", ttl=60)
+
+
+def test_truncation_auto_leaves_out_the_oldest_turns() -> None:
+    """A fake generator of one token per character and a 512-token context: three turns of about
+    190 characters (with ChatML's markup) do not fit; `truncation: auto` leaves out the oldest turn
+    (and its answer), keeps the instructions and the newest input."""
+    turns = []
+    for n in range(3):
+        turns += [{"role": "user", "content": f"question {n} " + "x" * 100}, {"role": "assistant", "content": "y" * 20}]
+    request = body(input=[*turns, {"role": "user", "content": "last"}], instructions="Be brief.", truncation="auto")
+    chat = chat_request(request, [], input_items(request))
+    engine = FakeGenerator([b"a"])
+    with pytest.raises(GenerationError, match="maximum context length"):
+        prepare_fitting(engine, chat, truncate=False)
+    fitted = prepare_fitting(engine, chat, truncate=True)
+    assert len(fitted.prompt_tokens) <= engine.n_ctx
+    kept = render_chat(engine, replace(chat, messages=chat.messages[:1] + chat.messages[3:]))
+    assert len(fitted.prompt_tokens) == len(kept)  # one turn left out, no more
+    assert "question 0" not in kept and "question 1" in kept and "Be brief." in kept and "last" in kept
