@@ -372,7 +372,7 @@ def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | Non
 
 def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     text = render_chat(engine, request)
-    prompt = engine.tokenize(text)
+    prompt = chat_tokens(engine, text)
     budget = fit_context(engine, len(prompt), request.max_tokens)
     template = _template(engine)
     native = _native_format(request, template)
@@ -412,7 +412,16 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
-    return len(engine.tokenize(render_chat(engine, request)))
+    return len(chat_tokens(engine, render_chat(engine, request)))
+
+
+def chat_tokens(engine: TextGenerator, text: str) -> list[int]:
+    """A rendered chat's tokens. A template that writes the BOS itself (Gemma's, Llama's) gets no
+    second one from a tokenizer that adds it too, as llama.cpp's chat code avoids it."""
+    bos = engine.bos_text
+    if bos and text.startswith(bos) and engine.tokenize("", special=True):
+        text = text[len(bos) :]
+    return engine.tokenize(text)
 
 
 # -- generation ------------------------------------------------------------------------------

@@ -277,3 +277,26 @@ def test_truncation_auto_leaves_out_the_oldest_turns() -> None:
     kept = render_chat(engine, replace(chat, messages=chat.messages[:1] + chat.messages[3:]))
     assert len(fitted.prompt_tokens) == len(kept)  # one turn left out, no more
     assert "question 0" not in kept and "question 1" in kept and "Be brief." in kept and "last" in kept
+
+
+def test_namespaced_functions_are_offered_and_their_calls_carry_the_namespace() -> None:
+    """Codex's shape: function tools beside a namespace of more functions."""
+    spawn = {"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}}
+    agents = {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [spawn]}
+    request = body(input="Hi", tools=[WEATHER, agents])
+    refuse_unsupported(request)
+    assert [t.name for t in chat_request(request, [], input_items(request)).tools] == ["get_weather", "spawn_agent"]
+    writer = OutputWriter({"spawn_agent": "multi_agent_v1"})
+    writer.feed(ToolCallEvent(0, ToolCall("call_1", "spawn_agent", "{}")))
+    writer.feed(ToolCallEvent(1, ToolCall("call_2", "get_weather", '{"city": "Oslo"}')))
+    writer.feed(Finished("tool_calls", 3, 4))
+    response = ResponseHead(request, "m").response("completed", writer)
+    validate(response, "Response")
+    assert [item.get("namespace") for item in response["output"]] == ["multi_agent_v1", None]
+    assert response["tools"][1]["tools"][0]["name"] == "spawn_agent"
+    nested = {**agents, "tools": [spawn, {"type": "custom", "name": "apply_patch"}]}
+    with pytest.raises(APIError) as caught:
+        refuse_unsupported(body(input="Hi", tools=[nested]))
+    assert caught.value.param == "tools[0].tools[1].type"
+    with pytest.raises(APIError, match="unique"):
+        refuse_unsupported(body(input="Hi", tools=[spawn, agents]))

@@ -344,10 +344,15 @@ def test_no_key_no_response(server: ServerProcess) -> None:
     assert answer.status_code == 401
 
 
-def test_a_new_server_keeps_stored_responses(home: Path, client: openai.OpenAI, keys: dict[str, str]) -> None:
-    made = client.responses.create(model=MODEL, input="Remember this.", max_output_tokens=3)
+def test_stored_responses_outlive_a_restart(home: Path, server: ServerProcess, keys: dict[str, str]) -> None:
+    made = raw(
+        server, keys["alice"], "POST", "/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 3}
+    )
+    made = made.json()
+    server.__exit__(None, None, None)  # the module's server stops: this test is its last
     with ServerProcess(home, "--no-pull") as again:
         fresh = openai.OpenAI(base_url=again.url + "/v1", api_key=keys["alice"], max_retries=0, timeout=60)
-        assert fresh.responses.retrieve(made.id).output_text == made.output_text
+        kept = fresh.responses.retrieve(made["id"])
+        assert kept.output_text == made["output"][0]["content"][0]["text"] and kept.usage.total_tokens > 0
         with pytest.raises(openai.NotFoundError):
-            openai.OpenAI(base_url=again.url + "/v1", api_key=keys["bob"], max_retries=0).responses.retrieve(made.id)
+            openai.OpenAI(base_url=again.url + "/v1", api_key=keys["bob"], max_retries=0).responses.retrieve(made["id"])

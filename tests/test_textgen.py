@@ -16,6 +16,7 @@ from gpustack_cli.textgen import (
     TextDelta,
     ToolCallEvent,
     chat_events,
+    chat_tokens,
     stream_chat,
     stream_text,
     text_events,
@@ -156,3 +157,18 @@ def test_reasoning_is_split_off_in_both_drivers() -> None:
         assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "So 4."
         assert text_of(events) == "Four."
         assert events[-1].completion_tokens == 7 and events[-1].reasoning_tokens == len("So 4.")
+
+
+class BosAddingGenerator(FakeGenerator):
+    """Unit tests only: a tokenizer that puts its BOS (token 1) before every text, as Gemma's does."""
+
+    bos_text = "<bos>"
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return ([1] if special else []) + [ord(c) for c in text]
+
+
+def test_a_template_that_writes_the_bos_gets_one() -> None:
+    engine = BosAddingGenerator([b"a"])
+    assert chat_tokens(engine, "<bos>hi") == chat_tokens(engine, "hi") == [1, ord("h"), ord("i")]
+    assert chat_tokens(FakeGenerator([b"a"]), "<bos>hi") == [0, 1, 2, 3, 4, 5, 6]  # nothing added: kept

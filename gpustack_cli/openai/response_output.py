@@ -38,7 +38,9 @@ class OutputWriter:
     """Reads an answer's events into output items; `feed` and `finish` hand back the stream
     events (without sequence numbers) that write them."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespaces: dict[str, str] | None = None):
+        """`namespaces`: the namespace of each namespaced function, which its calls carry."""
+        self.namespaces = namespaces or {}
         self.output: list[dict[str, Any]] = []
         self.finished: Finished | None = None
         self._open: _Open | None = None
@@ -118,6 +120,8 @@ class OutputWriter:
             "name": call.name,
             "arguments": "",
         }
+        if call.name in self.namespaces:
+            item["namespace"] = self.namespaces[call.name]
         index = len(self.output)
         self.output.append(item)
         added = {"type": "response.output_item.added", "output_index": index, "item": dict(item)}

@@ -24,6 +24,7 @@ from gpustack_cli.openai.responses import (
     ResponseBody,
     chat_request,
     input_items,
+    namespaces,
     refuse_unsupported,
 )
 from gpustack_cli.server.context import (
@@ -128,7 +129,7 @@ async def _respond(
 ) -> web.StreamResponse:
     if head.body.stream:
         return await _stream(request, head, items, events)
-    writer = OutputWriter()
+    writer = OutputWriter(namespaces(head.body))
     async with contextlib.aclosing(events):
         async for event in events:
             writer.feed(event)
@@ -161,7 +162,7 @@ async def _stream(
         sequence += 1
         await stream.send(event, event=event["type"])
 
-    writer = OutputWriter()
+    writer = OutputWriter(namespaces(head.body))
     await send({"type": "response.created", "response": head.response("in_progress")})
     await send({"type": "response.in_progress", "response": head.response("in_progress")})
     try:

@@ -125,11 +125,24 @@ class OtherTool(Wire):
 
 def _tool_kind(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "Function" if kind == "function" else "Other"
+    return {"function": "Function", "namespace": "Namespace"}.get(kind, "Other")
+
+
+class NamespaceTool(Wire):
+    """Function tools grouped under a name: the model sees the functions; its calls of them come
+    back with the namespace."""
+
+    type: Literal["namespace"]
+    name: Annotated[str, Field(min_length=1)]
+    description: str = ""
+    tools: Annotated[list[ToolDef], Field(min_length=1)]
 
 
 ToolDef = Annotated[
-    Annotated[FunctionTool, Tag("Function")] | Annotated[OtherTool, Tag("Other")], Discriminator(_tool_kind)
+    Annotated[FunctionTool, Tag("Function")]
+    | Annotated[NamespaceTool, Tag("Namespace")]
+    | Annotated[OtherTool, Tag("Other")],
+    Discriminator(_tool_kind),
 ]
 
 
@@ -217,19 +230,33 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
+def _all_tools(body: InputTokensBody) -> list[tuple[str, Any, bool]]:
+    """Each tool with its place in the request, and whether it is inside a namespace."""
+    found = []
+    for index, tool in enumerate(body.tools or []):
+        found.append((f"tools[{index}]", tool, False))
+        if isinstance(tool, NamespaceTool):
+            found += [(f"tools[{index}].tools[{i}]", inner, True) for i, inner in enumerate(tool.tools)]
+    return found
+
+
 def refuse_unsupported(body: InputTokensBody) -> None:
     """A 400 naming the first thing asked for that a local model cannot do."""
     if body.conversation is not None:
         raise bad_request(
             "Conversations are not supported here: continue one with 'previous_response_id'.", param="conversation"
         )
-    for index, tool in enumerate(body.tools or []):
-        if isinstance(tool, OtherTool):
+    for param, tool, nested in _all_tools(body):
+        if isinstance(tool, OtherTool) or (nested and isinstance(tool, NamespaceTool)):
             raise bad_request(
-                f"Tool type '{tool.type}' is not supported here: only 'function' tools are.",
-                param=f"tools[{index}].type",
+                f"Tool type '{tool.type}' is not supported here: only 'function' tools and namespaces of them are.",
+                param=f"{param}.type",
                 code="unsupported_tool",
             )
+    names = [fn.name for fn, _ in functions(body)]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise bad_request(f"Function names must be unique across tools and namespaces: {twice}.", param="tools")
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceObject) and choice.type != "function":
         raise bad_request(f"tool_choice of type '{choice.type}' is not supported here.", param="tool_choice")
@@ -331,13 +358,28 @@ def json_schema(body: InputTokensBody) -> dict[str, Any] | None:
     return text_format.schema_
 
 
+def functions(body: InputTokensBody) -> list[tuple[FunctionTool, str | None]]:
+    """The request's function tools, each with its namespace (None at the top level)."""
+    found: list[tuple[FunctionTool, str | None]] = []
+    for tool in body.tools or []:
+        if isinstance(tool, FunctionTool):
+            found.append((tool, None))
+        elif isinstance(tool, NamespaceTool):
+            found += [(inner, tool.name) for inner in tool.tools if isinstance(inner, FunctionTool)]
+    return found
+
+
+def namespaces(body: InputTokensBody) -> dict[str, str]:
+    """The namespace of each namespaced function, by its name."""
+    return {fn.name: namespace for fn, namespace in functions(body) if namespace is not None}
+
+
 def chat_request(body: InputTokensBody, history: list[dict[str, Any]], items: list[dict[str, Any]]) -> ChatRequest:
     """The text core's chat for a response: its instructions, the items of the turns before it
     (`history`: each stored turn's input and output), then its own input `items`."""
     tools = [
         Tool(t.name, t.description or "", t.parameters or {"type": "object", "properties": {}})
-        for t in body.tools or []
-        if isinstance(t, FunctionTool)
+        for t, _ in functions(body)
     ]
     messages = [ChatMessage("system", body.instructions)] if body.instructions else []
     messages += chat_messages(history + items)
@@ -364,17 +406,22 @@ def chat_request(body: InputTokensBody, history: list[dict[str, Any]], items: li
 
 def echoed_tools(body: InputTokensBody) -> list[dict[str, Any]]:
     """The request's tools as a response lists them."""
-    return [
-        {
-            "type": "function",
-            "name": t.name,
-            "description": t.description,
-            "parameters": t.parameters or {"type": "object", "properties": {}},
-            "strict": t.strict if t.strict is not None else True,
-        }
-        for t in body.tools or []
-        if isinstance(t, FunctionTool)
-    ]
+    return [_echoed(t) for t in body.tools or []]
+
+
+def _echoed(tool: FunctionTool | NamespaceTool | OtherTool) -> dict[str, Any]:
+    if isinstance(tool, NamespaceTool):
+        inner = [_echoed(t) for t in tool.tools]
+        return {"type": "namespace", "name": tool.name, "description": tool.description, "tools": inner}
+    if isinstance(tool, OtherTool):
+        return tool.model_dump(mode="json")
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters or {"type": "object", "properties": {}},
+        "strict": tool.strict if tool.strict is not None else True,
+    }
 
 
 def echoed_tool_choice(body: InputTokensBody) -> Any:
