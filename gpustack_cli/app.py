@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engines.base import Engine
-from gpustack_cli import openapi
+from gpustack_cli import openapi, playground
 from gpustack_cli.anthropic import routes as anthropic
 from gpustack_cli.config import Settings
 from gpustack_cli.jina import rerank
@@ -65,6 +65,8 @@ def create_app(ctx: ServerContext) -> web.Application:
     app[FORWARDER] = forward.forward_model
     for add_routes in PROTOCOLS:
         add_routes(app)
+    if ctx.settings.ui:
+        playground.add_routes(app)
     app.on_startup.append(forward.open_client)
     app.cleanup_ctx.append(health.health_checks)
     app.on_cleanup.append(forward.close_client)

@@ -90,6 +90,7 @@ def serve(
         typer.Option(help="A reasoning model's thinking: apart from the answer (auto) or in it (none)."),
     ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
     from gpustack_cli.serve import StartupError
@@ -112,6 +113,7 @@ def serve(
         ctx_size=ctx_size,
         reasoning_format=reasoning_format,
         pull_defaults=False if no_pull else None,
+        ui=False if no_ui else None,
     )
     try:
         run_server(config, console)

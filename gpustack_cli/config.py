@@ -109,6 +109,8 @@ class Settings(BaseModel):
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
 
+    # The browser playground at /ui/.
+    ui: bool = True
     # How long stored responses of the Responses API are kept (0: forever).
     responses_ttl: float = 30 * 86400.0
 

@@ -29,6 +29,7 @@ from gpustack_cli.openai import images as openai_images
 from gpustack_cli.openai import responses as openai_responses
 from gpustack_cli.scheduler import LoadedModel
 from gpustack_cli.server import management as admin
+from gpustack_cli.server.app import public
 from gpustack_cli.server.wire import json_response
 
 # -- responses ---------------------------------------------------------------------------------
@@ -537,4 +538,5 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    public(app, "/openapi.json")
     app.router.add_get("/openapi.json", openapi_json)

@@ -108,6 +108,9 @@ def pyinstaller_args(engines: list[str], onedir: bool, dist: Path, work: Path) -
         # Our modules are imported by name (engines, API routes): collect them all.
         "--collect-submodules",
         "gpustack_cli",
+        # The playground's static files.
+        "--collect-data",
+        "gpustack_cli",
         "--hidden-import",
         "engines.base",
         "--hidden-import",

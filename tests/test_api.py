@@ -15,8 +15,8 @@ from gpustack_cli.config import Settings
 from gpustack_cli.keys import Authenticator, KeyStore, Scope
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import Scheduler
-from gpustack_cli.server.app import PUBLIC_ROUTES
-from gpustack_cli.server.context import ServerContext
+from gpustack_cli.server.app import PUBLIC_PATHS, PUBLIC_PREFIXES
+from gpustack_cli.server.context import CONTEXT, ServerContext
 from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore
 from tests.fake_engine import FakeLoader
 from tests.openapi import validate
@@ -288,8 +288,11 @@ async def test_anthropic_route_errors_in_anthropic_shape(client: TestClient, ctx
 
 
 async def test_every_route_but_health_needs_a_key(client: TestClient, ctx: ServerContext) -> None:
-    """Walk the router: with a key configured, nothing but the liveness probe answers without it."""
+    """Walk the router: with a key configured, nothing answers without it but the liveness probe,
+    the API's description and the playground's static files (which hold no data)."""
     keyed(ctx)
+    app = client.server.app
+    assert app[PUBLIC_PATHS] == {"/healthz", "/openapi.json", "/"} and app[PUBLIC_PREFIXES] == {"/ui/"}
     checked = 0
     for route in client.server.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -298,8 +301,8 @@ async def test_every_route_but_health_needs_a_key(client: TestClient, ctx: Serve
             continue
         for method in ("GET", "POST", "PUT", "DELETE") if route.method == "*" else (route.method,):
             response = await client.request(method, path, json={"model": "chat"})
-            if path in PUBLIC_ROUTES:
-                assert response.status == 200
+            if path in app[PUBLIC_PATHS] or path.startswith(tuple(app[PUBLIC_PREFIXES])):
+                assert response.status != 401 and response.status < 500, (method, path, response.status)
             else:
                 assert response.status == 401, (method, path, response.status)
             checked += 1
@@ -333,3 +336,24 @@ async def test_metrics(client: TestClient, ctx: ServerContext) -> None:
     assert 'route="unmatched",status="404"' in text
     assert "gpustack_models_loaded 1.0" in text
     assert 'gpustack_model_requests_active{model="chat"} 0.0' in text
+
+
+# -- the playground ----------------------------------------------------------------------------
+
+
+async def test_the_playground_is_public_and_can_be_turned_off(aiohttp_client, client: TestClient, home: Path) -> None:
+    keyed_ctx = client.server.app[CONTEXT]
+    keyed(keyed_ctx)
+    root = await client.get("/", allow_redirects=False)
+    assert root.status == 302 and root.headers["Location"] == "/ui/"
+    page = await client.get("/ui/")
+    assert page.status == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert (await client.get("/ui/js/api.js")).headers["Content-Type"].startswith("text/javascript")
+    # Nothing outside the playground's folder is served (a client may fold the `..` itself: then
+    # the path is outside /ui/, and not public).
+    for path in ("/ui/../../keys.json", "/ui/%2e%2e/config.py", "/ui/%2e%2e/%2e%2e/keys.json", "/ui/nothing.js"):
+        assert (await client.get(path)).status in (401, 404), path
+    assert (await client.get("/v1/models")).status == 401  # the page is public, the API is not
+    off = await aiohttp_client(create_app(make_context(home / "off", ui=False)))
+    assert (await off.get("/", allow_redirects=False)).status == 404
+    assert (await off.get("/ui/")).status == 404

@@ -67,6 +67,13 @@ def test_the_binary_serves_chat(served: ServerProcess) -> None:
         assert "event loop: uvloop" in served.output()
 
 
+def test_the_binary_serves_the_playground(served: ServerProcess) -> None:
+    page = httpx.get(served.url + "/ui/", timeout=30)
+    assert page.status_code == 200 and 'src="js/main.js"' in page.text
+    script = httpx.get(served.url + "/ui/js/chat.js", timeout=30)
+    assert script.status_code == 200 and "export function init" in script.text
+
+
 def test_an_engine_left_out_says_how_to_get_it(served: ServerProcess) -> None:
     answer = httpx.post(
         served.url + "/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hello"}, timeout=120

@@ -23,3 +23,9 @@ def test_ruff_check() -> None:
 def test_ruff_format() -> None:
     result = ruff("format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Install everything and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(block.strip())

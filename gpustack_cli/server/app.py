@@ -23,9 +23,10 @@ from gpustack_cli.server.wire import json_response
 log = logging.getLogger("gpustack.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Routes anyone may call, keys or not: a liveness probe and the API's description say nothing
-# about models.
-PUBLIC_ROUTES = frozenset({"/healthz", "/openapi.json"})
+# Paths anyone may fetch, keys or not (a liveness probe, the API's description, the playground's
+# static files: none says anything of models): exact paths, and prefixes.
+PUBLIC_PATHS = web.AppKey("public_paths", set)
+PUBLIC_PREFIXES = web.AppKey("public_prefixes", set)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 # Request ids: a random prefix per process and a counter, unique without a random draw per request.
 _ID_PREFIX = secrets.token_hex(8)
@@ -121,13 +122,24 @@ def _required_scope(path: str) -> Scope:
     return Scope.inference
 
 
+def public(app: web.Application, *paths: str, prefixes: tuple[str, ...] = ()) -> None:
+    """Let anyone fetch `paths` and whatever starts with one of `prefixes`, keys or not."""
+    app[PUBLIC_PATHS].update(paths)
+    app[PUBLIC_PREFIXES].update(prefixes)
+
+
+def _is_public(request: web.Request) -> bool:
+    app = request.app
+    return request.path in app[PUBLIC_PATHS] or request.path.startswith(tuple(app[PUBLIC_PREFIXES]))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     auth, settings = ctx.auth, ctx.settings
     # Without keys only a loopback server is open (or one its operator declared insecure).
     open_server = not auth.enabled and (settings.loopback_only or settings.insecure_no_auth)
-    if request.path in PUBLIC_ROUTES or open_server:
+    if open_server or _is_public(request):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
@@ -169,6 +181,8 @@ def application(ctx: ServerContext, default_errors: ErrorShape) -> web.Applicati
     )
     app[CONTEXT] = ctx
     app[DEFAULT_ERROR_SHAPE] = default_errors
+    app[PUBLIC_PATHS], app[PUBLIC_PREFIXES] = set(), set()
+    public(app, "/healthz")
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
 
