@@ -309,5 +309,6 @@ def test_the_key_prompt(browser: Browser, keyed: tuple[ServerProcess, str]) -> N
     page.click("#tab-models")
     expect(page.locator("#models-note")).to_contain_text("lacks the management scope")
     expect(page.get_by_role("button", name="Unload smollm2")).to_be_disabled()
+    expect(page.locator("#panel-models .charts")).to_be_hidden()
     shot(page, "key-limited")
     context.close()

@@ -130,6 +130,7 @@ async function refresh() {
       $("models-note").textContent = `Could not read the models' state: ${error.message}`;
     }
   }
+  document.querySelector("#panel-models .charts").hidden = !managed;
   drawTable(loaded);
 }
 
