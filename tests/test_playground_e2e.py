@@ -49,8 +49,21 @@ def new_home(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def home(models_home: Path, tiny_sd: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return new_home(models_home, tmp_path_factory)
+def home(
+    models_home: Path, tiny_sd: str, chat_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The test models, and SmolLM2 under DeepSeek-R1's template as `thinker` (a reasoning model)."""
+    path = tmp_path_factory.mktemp("playground-home")
+    (path / "models").mkdir()
+    for model in (models_home / "models").iterdir():
+        (path / "models" / model.name).symlink_to(model, target_is_directory=True)
+    env = clean_env(GPUSTACK_HOME=str(path))
+    weights = next((models_home / "models" / "smollm2").glob("*.gguf"))
+    assert gpustack("pull", str(weights), "--name", "thinker", env=env).returncode == 0
+    template = path / "r1.jinja"
+    template.write_text(chat_templates["deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"])
+    assert gpustack("model", "set", "thinker", "--chat-template", str(template), env=env).returncode == 0
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +125,25 @@ def test_chat_streams_an_answer_with_its_counts(page: Page) -> None:
     # The conversation is kept in the browser: a reload shows it again.
     page.reload()
     expect(page.locator(".message.user").first).to_contain_text("capital of France")
+
+
+def test_reasoning_is_folded_apart(page: Page) -> None:
+    page.click("#chat-new")
+    page.fill("#chat-max-tokens", "24")
+    page.select_option("#chat-model", "thinker")
+    page.fill("#chat-input", "Hello! Who are you?")
+    page.click("#chat-send")
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_contain_text("tokens", timeout=WAIT)
+    fold = answer.locator("details")
+    expect(fold.locator("summary")).to_have_text("Reasoning")
+    assert fold.get_attribute("open") is None  # folded
+    thinking = fold.locator(".reasoning").text_content()
+    assert thinking.strip() and "<think>" not in thinking
+    assert thinking.strip() not in answer.locator(".text").inner_text()
+    fold.locator("summary").click()
+    expect(fold.locator(".reasoning")).to_be_visible()
+    shot(page, "chat-reasoning")
 
 
 def test_stop_aborts_the_answer_and_frees_the_slot(page: Page, server: ServerProcess) -> None:

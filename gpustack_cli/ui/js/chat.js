@@ -44,7 +44,7 @@ function drawList() {
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "remove";
-      remove.textContent = "×";
+      remove.textContent = "✕";
       remove.setAttribute("aria-label", `Delete conversation ${c.title}`);
       remove.addEventListener("click", () => {
         conversations = conversations.filter((x) => x !== c);
