@@ -36,7 +36,9 @@ def chromium() -> str:
 def browser() -> Iterator[Browser]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        # A fake microphone (a tone), granted without asking: the recorder's path end to end.
+        fake_media = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        launched = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox", *fake_media])
         yield launched
         launched.close()
 
@@ -212,10 +214,19 @@ def test_images(page: Page) -> None:
     page.select_option("#image-model", "tiny-sd")
     page.fill("#image-steps", "2")
     page.fill("#image-seed", "1")
+    # Count the pictures the first gallery slot shows: previews while denoising, then the image.
+    page.evaluate(
+        """() => {
+        window.shown = 0;
+        new MutationObserver((changes) => { window.shown += changes.filter((c) => c.attributeName === "src").length; })
+          .observe(document.getElementById("image-gallery"), { attributes: true, subtree: true });
+    }"""
+    )
     page.click("#image-go")
     image = page.locator("#image-gallery img").first
     expect(image).to_have_attribute("src", re.compile(r"^data:image/png;base64,"), timeout=WAIT)
     expect(page.locator("#image-status")).to_contain_text("1 image", timeout=WAIT)
+    assert page.evaluate("window.shown") >= 2  # at least one preview before the image
     # An edit: the image just made, uploaded, with a stroke of mask painted on it.
     made = image.get_attribute("src")
     source = ARTIFACTS / "edit-source.png"
@@ -259,6 +270,15 @@ def test_speech_and_transcription(page: Page, server: ServerProcess, tmp_path: P
     expect(page.locator("#stt-segments tbody tr")).not_to_have_count(0)
     expect(page.locator("#stt-srt")).to_be_visible()
     shot(page, "speech")
+    # The microphone: a recording (the browser's own format, webm or ogg) is read by the server.
+    page.click("#stt-record")
+    expect(page.locator("#stt-record")).to_have_text("Stop recording")
+    page.wait_for_timeout(1500)
+    page.click("#stt-record")
+    expect(page.locator("#stt-status")).to_contain_text("Recorded")
+    page.click("#stt-go")
+    expect(page.locator("#stt-status")).to_contain_text(" s of ", timeout=WAIT)
+    expect(page.locator("#notice")).to_be_hidden()
 
 
 def test_rerank_and_embeddings(page: Page) -> None:
