@@ -352,7 +352,7 @@ class EngineUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class EngineInfo:
     module: str
-    # The `pip install 'gpustack[EXTRA]'` extra that brings the engine's libraries.
+    # The `pip install 'gpustack-cli[EXTRA]'` extra that brings the engine's libraries.
     extra: str
 
 
@@ -377,9 +377,9 @@ def load_engine(engine: str, spec: LoadSpec) -> Engine:
         if exc.name == info.module:  # only a binary built without the engine lacks our own module
             raise EngineUnavailable(
                 f"the {engine} engine is not part of this gpustack binary: build one with it "
-                f"(scripts/build_binary.py --engines {info.extra}) or pip install 'gpustack[{info.extra}]'"
+                f"(scripts/build_binary.py --engines {info.extra}) or pip install 'gpustack-cli[{info.extra}]'"
             ) from exc
         raise EngineUnavailable(
-            f"the {engine} engine needs '{exc.name}', which is not installed: pip install 'gpustack[{info.extra}]'"
+            f"the {engine} engine needs '{exc.name}', which is not installed: pip install 'gpustack-cli[{info.extra}]'"
         ) from exc
     return module.load(spec)

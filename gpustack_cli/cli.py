@@ -19,7 +19,7 @@ from gpustack_cli.keys import KeyStore, Scope
 from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots
 from gpustack_cli.store import ModelStore, StoreError
 
-app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 model_app = typer.Typer(help="Change a pulled model's settings.", no_args_is_help=True)
@@ -32,6 +32,22 @@ CtxSize = Annotated[
     int | None, typer.Option(min=0, help="llama.cpp: tokens of context per request slot (0: the server's).")
 ]
 Parallel = Annotated[int | None, typer.Option(min=0, help="llama.cpp: requests decoded together (0: the server's).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"gpustack {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", "-v", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Pull, serve and run models from one process."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -196,8 +212,9 @@ def add_remote(
 
 
 @app.command("list")
+@app.command("ls", hidden=True)
 def list_models(as_json: JsonFlag = False) -> None:
-    """List the models in the store."""
+    """List the models in the store (also `ls`)."""
     manifests = ModelStore(settings().home).list()
     if as_json:
         print_json([m.model_dump(mode="json", exclude={"files"}) | {"size": m.size} for m in manifests])
@@ -256,13 +273,29 @@ def show(name: str, as_json: JsonFlag = False) -> None:
 
 
 @app.command()
-def rm(name: str) -> None:
-    """Remove a model from the store."""
+def rm(names: Annotated[list[str], typer.Argument(help="The models to remove.")]) -> None:
+    """Remove models from the store."""
+    store = ModelStore(settings().home)
+    failed = False
+    for name in names:
+        try:
+            store.remove(name)
+            console.print(f"removed {name}")
+        except StoreError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cp(source: str, target: str) -> None:
+    """Copy a model to a new name (sharing its files), to give it other settings."""
     try:
-        ModelStore(settings().home).remove(name)
+        ModelStore(settings().home).copy(source, target)
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    console.print(f"removed {name}")
+    console.print(f"copied {source} to {target}")
 
 
 def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -317,7 +350,12 @@ def run(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where speech goes (.wav, .mp3, ...).")] = None,
     voice: Annotated[str | None, typer.Option(help="Voice of a speech model.")] = None,
     play: Annotated[bool, typer.Option("--play", help="Play the speech when a player is installed.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="Transcript format: text, json, srt, vtt.")] = "text",
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="Chat: json (answer in JSON). Transcript: text, json, srt, vtt.")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Chat: print token counts and timings after each answer.")
+    ] = False,
     size: Annotated[str, typer.Option(help="Image size, WIDTHxHEIGHT or auto.")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Diffusion steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed makes the same image.")] = None,
@@ -328,10 +366,9 @@ def run(
     from engines.base import EngineUnavailable
 
     config = settings()
-    try:
-        manifest = ModelStore(config.home).get(name)
-    except StoreError as exc:
-        raise fail(str(exc)) from exc
+    manifest = _pulled(config, name)
+    name = manifest.name  # a pulled source (a path, a URL) is stored under a name of its own
+    prompt = _with_stdin(prompt)
     try:
         if "image" in manifest.categories:
             _run_image(config, name, " ".join(prompt or []), output or Path("out.png"), size, steps, seed, image, mask)
@@ -340,25 +377,61 @@ def run(
             _run_speech(config, name, " ".join(prompt or []), output or Path("out.wav"), voice, play)
             return
         if "speech_to_text" in manifest.categories:
-            _run_transcription(config, name, prompt or [], fmt)
+            _run_transcription(config, name, prompt or [], fmt or "text")
             return
         if rerank is not None or "llm" not in manifest.categories:
             _run_once(config, manifest.categories, name, rerank, prompt or [])
             return
-        from gpustack_cli.repl import answer, backend_for, repl
+        from gpustack_cli.repl import ChatOptions, Session, answer, backend_for, repl
 
+        if fmt not in (None, "json"):
+            raise fail("--format for a chat model is json (an answer in JSON)")
+        options = ChatOptions(max_tokens=max_tokens, json=fmt == "json")
         backend = backend_for(config, name)
         if not prompt:
-            repl(backend, console, system, max_tokens)
+            repl(Session(backend, name, system, options, verbose), console)
             return
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": " ".join(prompt)}
         ]
-        answer(backend, messages, console, max_tokens)
+        answer(backend, messages, console, options, verbose)
     except typer.Exit:
         raise
     except (EngineUnavailable, RuntimeError) as exc:
         raise fail(str(exc)) from exc
+
+
+def _pulled(config: Settings, name: str) -> Any:
+    """The model's manifest, pulled first (with the progress bars) when the store lacks it."""
+    from gpustack_cli.store import InvalidModelName, ModelNotFound
+
+    store = ModelStore(config.home)
+    try:
+        return store.get(name)
+    except (ModelNotFound, InvalidModelName):  # not a stored name: a catalog name or a source
+        pass
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    from gpustack_cli.progress import RichProgress
+    from gpustack_cli.pull import Puller, PullError
+
+    err.print(f"[dim]{name} is not in the store: pulling it[/]")
+    try:
+        return Puller(config, RichProgress(err)).pull(name)
+    except (PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same command again to resume the pull", 130) from None
+
+
+def _with_stdin(prompt: list[str] | None) -> list[str] | None:
+    """The prompt with what was piped in after it (`cat notes.txt | gpustack run MODEL "summarise"`)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return prompt
+    piped = sys.stdin.read()
+    if not piped.strip():
+        return prompt
+    return [*(prompt or []), ("\n\n" if prompt else "") + piped.strip()]
 
 
 def _run_image(
@@ -489,9 +562,50 @@ def model_set(
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    console.print(f"gpustack {__version__}")
+def version(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="What this build can do here: engines, llama.cpp, GPUs, devices.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the version; with --verbose, what this gpustack can do on this machine."""
+    if not verbose and not as_json:
+        console.print(f"gpustack {__version__}")
+        return
+    from gpustack_cli.about import report
+
+    data = report(settings()) if verbose else {"version": __version__}
+    if as_json:
+        print_json(data)
+        return
+    _print_report(data)
+
+
+def _print_report(data: dict[str, Any]) -> None:
+    console.print(
+        f"gpustack {data['version']} ({'binary' if data['binary'] else 'Python ' + data['python']}, {data['platform']})"
+    )
+    table = Table("ENGINE", "BUNDLED", "VERSION", box=None)
+    for name, engine in data["engines"].items():
+        missing = ", ".join(engine.get("missing", []))
+        table.add_row(name, "yes" if engine["bundled"] else f"no ({missing})", engine.get("version") or "")
+    console.print(table)
+    llama = data["llama_cpp"]
+    if "system_info" in llama:
+        offload = "GPU offload" if llama["gpu_offload"] else "CPU only"
+        console.print(f"llama.cpp: {offload}; {llama['system_info']}")
+    for gpu in data["gpus"] or [{"name": "none seen"}]:
+        memory = f", {gpu['memory_mib']} MiB" if "memory_mib" in gpu else ""
+        console.print(f"GPU: {gpu.get('name') or gpu.get('error')}{memory}")
+    torch = data["torch"]
+    if "device" in torch:
+        console.print(f"torch {torch['version']}: {torch['device']} (diffusers, sentence-transformers)")
+    ct2 = data["ctranslate2"]
+    if "cpu" in ct2:
+        cuda = f"; cuda: {', '.join(ct2['cuda'])}" if "cuda" in ct2 else ""
+        console.print(f"CTranslate2 {ct2['version']} compute types, cpu: {', '.join(ct2['cpu'])}{cuda}")
+    store = data["store"]
+    console.print(f"store: {store['path']} ({store['models']} models, {human_size(store['size'])})")
 
 
 @keys_app.command("create")

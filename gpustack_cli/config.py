@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -34,6 +35,25 @@ def parse_duration(value: str | int | float) -> float:
         raise ValueError(f"not a duration: {value!r} (use e.g. 300, 5m, 1h, -1 or 0)")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     return -1.0 if seconds < 0 else seconds
+
+
+def split_host(value: str) -> tuple[str, int | None, str | None]:
+    """`GPUSTACK_HOST` as Ollama reads `OLLAMA_HOST`: an address, `host:port`, `[v6]:port` or a URL.
+    Returns the host, the port if one is named, and the URL clients should use when the value was
+    one (an https URL, or one with a path)."""
+    text = value.strip()
+    parsed = urlsplit(text if "://" in text else f"//{text}")
+    try:
+        port = parsed.port
+    except ValueError as exc:
+        raise ValueError(f"GPUSTACK_HOST: not an address, host:port or URL: {value!r}") from exc
+    host = parsed.hostname or "127.0.0.1"
+    url = None
+    if "://" in text and (parsed.scheme != "http" or parsed.path.strip("/")):
+        url = text.rstrip("/")
+    if port is None and parsed.scheme == "https":
+        port = 443
+    return host, port, url
 
 
 @functools.cache
@@ -146,7 +166,15 @@ class Settings(BaseModel):
             raw = os.environ.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
-        values.update({k: v for k, v in flags.items() if v is not None})
+        given = {k: v for k, v in flags.items() if v is not None}
+        if "host" in given or "host" in values:
+            host, port, url = split_host(str(given.get("host", values.get("host"))))
+            values["host"] = given["host"] = host
+            if port is not None:
+                values.setdefault("port", port)  # a --port flag still wins
+            if url is not None:
+                values.setdefault("server_url", url)
+        values.update(given)
         return cls(**values)
 
     @property

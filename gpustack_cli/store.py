@@ -83,6 +83,18 @@ def check_name(name: str) -> str:
     return name
 
 
+def link_or_copy(source: Path, target: Path) -> str:
+    """`target` made the same file as `source`: a hard link where the filesystem allows one, else
+    a copy. Returns which it made ("link" or "copy")."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return "link"
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
+        return "copy"
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write through a temporary file in the same folder, fsync it, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +236,19 @@ class ModelStore:
             manifest = Manifest.model_validate(manifest.model_dump())
             write_atomic(self.model_dir(name) / MANIFEST, manifest.model_dump_json(indent=2).encode())
         return manifest
+
+    def copy(self, source: str, target: str) -> Manifest:
+        """Model `source` again under the name `target`, sharing its files (hard links: a store's
+        files are never changed in place, only replaced), copied where links cannot be made."""
+        manifest = self.get(source)
+        check_name(target)
+        if self.exists(target):
+            raise StoreError(f"model '{target}' already exists (remove it first)")
+        with self.staging(target) as folder:
+            for entry in self.model_dir(source).rglob("*"):
+                if entry.is_file() and entry.name != MANIFEST:
+                    link_or_copy(entry, folder / entry.relative_to(self.model_dir(source)))
+            return self.commit(folder, manifest.model_copy(update={"name": target, "created": time.time()}))
 
     def remove(self, name: str) -> None:
         with self.locked():

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Group:
-    """One `gpustack[EXTRA]` engine group: its engine modules and what PyInstaller must collect."""
+    """One `gpustack-cli[EXTRA]` engine group: its engine modules and what PyInstaller must collect."""
 
     def __init__(
         self,

@@ -47,6 +47,9 @@ def free_port() -> int:
 
 
 def gpustack(*args: str, env: dict[str, str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    # No standard input unless given: `run` reads a piped one as part of its prompt.
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run(
         [sys.executable, "-m", "gpustack_cli", *args],
         env=env,

@@ -43,6 +43,7 @@ def run(binary: Path, *args: str, home: Path) -> subprocess.CompletedProcess:
         [str(binary), *args],
         env=clean_env(GPUSTACK_HOME=str(home)),
         cwd=binary.parent,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=120,

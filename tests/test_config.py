@@ -100,3 +100,33 @@ def test_every_setting_is_documented() -> None:
         assert f"`GPUSTACK_{name.upper()}`" in text, name
     for flag in ("--host", "--port", "--parallel", "--ctx-size", "--keep-alive", "--max-completion-tokens"):
         assert f"`{flag}`" in text, flag
+
+
+@pytest.mark.parametrize(
+    ("value", "host", "port", "url"),
+    [
+        ("0.0.0.0", "0.0.0.0", DEFAULT_PORT, f"http://127.0.0.1:{DEFAULT_PORT}"),
+        ("0.0.0.0:9000", "0.0.0.0", 9000, "http://127.0.0.1:9000"),
+        ("127.0.0.1:8080", "127.0.0.1", 8080, "http://127.0.0.1:8080"),
+        ("[::1]:8081", "::1", 8081, "http://[::1]:8081"),
+        ("http://10.0.0.5:7000", "10.0.0.5", 7000, "http://10.0.0.5:7000"),
+        ("https://gpu.example.com", "gpu.example.com", 443, "https://gpu.example.com"),
+        ("https://example.com/gpustack/", "example.com", 443, "https://example.com/gpustack"),
+    ],
+)
+def test_gpustack_host_names_the_server_for_every_command(
+    monkeypatch: pytest.MonkeyPatch, value: str, host: str, port: int, url: str
+) -> None:
+    """As OLLAMA_HOST: where `serve` listens, and where `run`, `ps` and `stop` connect."""
+    monkeypatch.setenv("GPUSTACK_HOST", value)
+    settings = Settings.load()
+    assert (settings.host, settings.port, settings.url) == (host, port, url)
+    assert Settings.load(port=9999).port == 9999  # a --port flag still wins
+    monkeypatch.setenv("GPUSTACK_SERVER_URL", "http://other:1")
+    assert Settings.load().url == "http://other:1"  # the older variable keeps working
+
+
+def test_a_bad_gpustack_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUSTACK_HOST", "localhost:notaport")
+    with pytest.raises(ValueError, match="GPUSTACK_HOST"):
+        Settings.load()
