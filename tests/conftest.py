@@ -334,3 +334,20 @@ def chat_templates() -> dict[str, str]:
     file name: Llama 3.x, Qwen, Mistral, Gemma, DeepSeek, Granite, Hermes, Command R, ..."""
     folder = extract_llama_cpp(CACHE / "templates", lambda path: path.startswith("models/templates/"))
     return {path.name: path.read_text() for path in sorted((folder / "models" / "templates").glob("*.jinja"))}
+
+
+@pytest.fixture(scope="session")
+def built_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-file binary, built by scripts/build_binary.py with the llama.cpp engine."""
+    out = tmp_path_factory.mktemp("binary")
+    build = subprocess.run(
+        [sys.executable, "scripts/build_binary.py", "--engines", "llm", "--dist", out / "dist", "--work", out / "work"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    path = out / "dist" / "gpustack"
+    assert path.is_file() and "built" in build.stdout
+    return path

@@ -12,28 +12,12 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, clean_env
+from tests.conftest import ServerProcess, clean_env
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("binary")
-    build = subprocess.run(
-        [sys.executable, "scripts/build_binary.py", "--engines", "llm", "--dist", out / "dist", "--work", out / "work"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    path = out / "dist" / "gpustack"
-    assert path.is_file() and "built" in build.stdout
-    return path
-
-
-@pytest.fixture(scope="module")
-def served(binary: Path, models_home: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(models_home, "--no-pull", "--preload", "smollm2", command=[str(binary)]) as server:
+def served(built_binary: Path, models_home: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(models_home, "--no-pull", "--preload", "smollm2", command=[str(built_binary)]) as server:
         yield server
 
 
@@ -50,10 +34,10 @@ def run(binary: Path, *args: str, home: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_version_and_list(binary: Path, models_home: Path) -> None:
-    version = run(binary, "version", home=models_home)
+def test_version_and_list(built_binary: Path, models_home: Path) -> None:
+    version = run(built_binary, "version", home=models_home)
     assert version.returncode == 0 and version.stdout.startswith("gpustack ")
-    listed = run(binary, "list", "--json", home=models_home)
+    listed = run(built_binary, "list", "--json", home=models_home)
     assert listed.returncode == 0 and '"smollm2"' in listed.stdout
 
 
