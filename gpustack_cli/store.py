@@ -9,13 +9,14 @@ lock (the `filelock` package: portable, and already a dependency of huggingface_
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -83,16 +84,33 @@ def check_name(name: str) -> str:
     return name
 
 
-def link_or_copy(source: Path, target: Path) -> str:
-    """`target` made the same file as `source`: a hard link where the filesystem allows one, else
-    a copy. Returns which it made ("link" or "copy")."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def link_or_copy(source: Path, dest: Path, done: Callable[[int], None] | None = None) -> None:
+    """`dest` made the same file as `source`: a hard link where the filesystem allows one (no
+    copy, and safe if the original goes; a store's files are never changed in place, only
+    replaced), else a copy. `done` is told of the bytes as they are placed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(source, target)
-        return "link"
-    except OSError:  # another filesystem, or one without hard links
-        shutil.copy2(source, target)
-        return "copy"
+        os.link(source, dest)
+        if done:
+            done(source.stat().st_size)
+        return
+    except OSError:
+        pass
+    try:
+        with source.open("rb") as src, dest.open("wb") as out:
+            while block := src.read(1024 * 1024):
+                out.write(block)
+                if done:
+                    done(len(block))
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        if disk_full(exc):
+            raise StoreError(f"{source.name}: disk full while copying") from exc
+        raise
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -238,8 +256,8 @@ class ModelStore:
         return manifest
 
     def copy(self, source: str, target: str) -> Manifest:
-        """Model `source` again under the name `target`, sharing its files (hard links: a store's
-        files are never changed in place, only replaced), copied where links cannot be made."""
+        """Model `source` again under the name `target`, sharing its files (hard links), copied
+        where links cannot be made."""
         manifest = self.get(source)
         check_name(target)
         if self.exists(target):

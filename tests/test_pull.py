@@ -12,7 +12,7 @@ import pytest
 from gpustack_cli.catalog import CATALOG, CatalogEntry, Join
 from gpustack_cli.config import Settings
 from gpustack_cli.pull import Puller, PullError, default_name
-from gpustack_cli.pull.pypi import PipConfig, model_members, read_pip_config
+from gpustack_cli.pull.pypi import PipConfig, model_members, pip_config_files, read_pip_config
 from gpustack_cli.store import Category, ModelStore
 from tests.conftest import ROOT, clean_env
 from tests.gguf_writer import write_gguf
@@ -123,6 +123,46 @@ def test_model_members_skips_code_and_refuses_traversal() -> None:
         model_members(["pkg/../../etc/passwd"])
 
 
+@pytest.mark.parametrize(
+    ("platform", "env", "expected"),
+    [
+        (
+            "linux",
+            {"XDG_CONFIG_DIRS": "/opt/xdg:/etc/xdg", "XDG_CONFIG_HOME": "/home/u/.cfg"},
+            [
+                "/opt/xdg/pip/pip.conf",
+                "/etc/xdg/pip/pip.conf",
+                "/etc/pip.conf",
+                "/home/u/.pip/pip.conf",
+                "/home/u/.cfg/pip/pip.conf",
+            ],
+        ),
+        (
+            "darwin",
+            {},
+            [
+                "/Library/Application Support/pip/pip.conf",
+                "/home/u/.pip/pip.conf",
+                "/home/u/Library/Application Support/pip/pip.conf",
+            ],
+        ),
+        (
+            "win32",
+            {"APPDATA": "C:/Users/u/AppData/Roaming", "PROGRAMDATA": "C:/ProgramData"},
+            ["C:/ProgramData/pip/pip.ini", "/home/u/pip/pip.ini", "C:/Users/u/AppData/Roaming/pip/pip.ini"],
+        ),
+    ],
+)
+def test_pip_config_files_where_pip_looks(platform: str, env: dict[str, str], expected: list[str]) -> None:
+    found = [p.as_posix() for p in pip_config_files(platform, env, Path("/home/u"))]
+    name = "pip.ini" if platform == "win32" else "pip.conf"
+    assert found == [*expected, (Path(sys.prefix) / name).as_posix()]
+    # PIP_CONFIG_FILE comes last; when it exists the user's files are left out; the null device reads none.
+    with_file = pip_config_files(platform, {**env, "PIP_CONFIG_FILE": __file__}, Path("/home/u"))
+    assert with_file[-1] == Path(__file__) and not any("/home/u/" in p.as_posix() for p in with_file)
+    assert pip_config_files(platform, {**env, "PIP_CONFIG_FILE": os.devnull}, Path("/home/u")) == []
+
+
 def test_pip_config_files_and_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "pip.conf"
     config.write_text(
@@ -145,9 +185,11 @@ def test_pip_config_files_and_variables(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def hf(monkeypatch: pytest.MonkeyPatch, loopback: LoopbackServer) -> LoopbackServer:
+def hf(monkeypatch: pytest.MonkeyPatch, loopback: LoopbackServer, tmp_path: Path) -> LoopbackServer:
     monkeypatch.setenv("HF_ENDPOINT", loopback.url)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     return loopback
 
 
@@ -160,6 +202,26 @@ def test_hf_single_file(home: Path, tmp_path: Path, hf: LoopbackServer) -> None:
     assert manifest.metadata == {"repo": "org/tiny-GGUF", "revision": "0" * 40}
     downloads = [r for r in hf.requests if "/resolve/" in r.path]
     assert downloads and all(r.headers.get("Authorization") == "Bearer hf_secret_token" for r in downloads)
+
+
+def test_hf_shares_the_users_hugging_face_cache(
+    home: Path, tmp_path: Path, hf: LoopbackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files go through the Hugging Face cache (HF_HUB_CACHE here), are not downloaded again once
+    there, and the store links to them instead of holding a second copy."""
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    gguf = gguf_bytes(tmp_path)
+    hf.hf_repos["org/tiny-GGUF"] = {"tiny-q4.gguf": gguf}
+    first = puller(home).pull("hf:org/tiny-GGUF/tiny-q4.gguf")
+    blobs = list((cache / "models--org--tiny-GGUF" / "blobs").iterdir())
+    assert len(blobs) == 1 and blobs[0].read_bytes() == gguf
+    stored = ModelStore(home).model_dir(first.name) / "tiny-q4.gguf"
+    assert stored.stat().st_ino == blobs[0].stat().st_ino  # one file on disk for both
+    gets = len([r for r in hf.requests if r.method == "GET" and "/resolve/" in r.path])
+    again = puller(home).pull("hf:org/tiny-GGUF/tiny-q4.gguf", name="tiny-again")
+    assert [f.sha256 for f in again.files] == [f.sha256 for f in first.files]
+    assert len([r for r in hf.requests if r.method == "GET" and "/resolve/" in r.path]) == gets  # nothing downloaded
 
 
 def test_hf_glob_and_whole_repo(home: Path, hf: LoopbackServer) -> None:

