@@ -165,3 +165,13 @@ def test_without_a_download_url_it_says_so(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 1 and "GPUSTACK_DOWNLOAD_URL" in done.stderr
+
+
+def test_release_takes_its_version_and_notes_from_one_place() -> None:
+    assert release_tool("version").strip() == __version__
+    notes = release_tool("notes", "0.1.0")
+    assert notes.startswith("### Added") and "## [" not in notes
+    unreleased = subprocess.run(
+        [sys.executable, "scripts/release.py", "notes", "9.9.9"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert unreleased.returncode != 0 and "no section for 9.9.9" in unreleased.stderr
