@@ -285,6 +285,29 @@ def _loads(arguments: str) -> Any:
 
 
 def render_chat(engine: TextGenerator, request: ChatRequest) -> str:
+    """The chat as the model's template writes it. A system message after the first (as coding
+    agents send them) stays where it stands when the template renders it there; a template that
+    refuses it or leaves it out gets every system message merged, in order, into the first."""
+    late = [m for m in request.messages[1:] if m.role == "system" and m.content.strip()]
+    if not late:
+        return _render(engine, request)
+    try:
+        text = _render(engine, request)
+        if all(m.content.strip() in text for m in late):
+            return text
+    except GenerationError:
+        pass
+    return _render(engine, replace(request, messages=merged_system(request.messages)))
+
+
+def merged_system(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """`messages` with every system message's text joined, in order, into one system message first."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
+    rest = [m for m in messages if m.role != "system"]
+    return [ChatMessage("system", system), *rest] if system else rest
+
+
+def _render(engine: TextGenerator, request: ChatRequest) -> str:
     template = _template(engine)
     variables = {**getattr(engine, "template_kwargs", {}), **request.template_kwargs}
     native = tool_format(template) is not None and _has_tools(request)
@@ -348,7 +371,9 @@ def _native_messages(request: ChatRequest) -> list[dict[str, Any]]:
 
 
 def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | None, what: str = "messages") -> int:
-    """The completion budget for a prompt, or a GenerationError that names the numbers."""
+    """The completion budget for a prompt: what was asked, cut to what the context leaves (as
+    llama-server does: an answer that reaches it ends with `length`); a GenerationError naming the
+    numbers only when the prompt itself does not fit."""
     if prompt_tokens == 0:
         raise GenerationError(f"The {what} is empty: there is nothing to continue.", param=what)
     room = engine.n_ctx - prompt_tokens
@@ -359,15 +384,7 @@ def fit_context(engine: TextGenerator, prompt_tokens: int, max_tokens: int | Non
             param=what,
             code="context_length_exceeded",
         )
-    if max_tokens is not None and prompt_tokens + max_tokens > engine.n_ctx:
-        raise GenerationError(
-            f"This model's maximum context length is {engine.n_ctx} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the completion). "
-            f"Please reduce the length of the {what} or completion.",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    return room if max_tokens is None else max_tokens
+    return room if max_tokens is None else min(max_tokens, room)
 
 
 def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:

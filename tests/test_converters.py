@@ -412,3 +412,133 @@ def test_anthropic_thinking_blocks_when_asked_for() -> None:
         "content_block_delta",
         "content_block_stop",
     ]
+
+
+# -- what coding agents send ---------------------------------------------------------------------
+
+
+def agent_tools(count: int = 24) -> list[dict]:
+    """Tools shaped as a coding agent's: nested objects, arrays of objects, enums, descriptions."""
+    return [
+        {
+            "name": f"Tool{n}",
+            "description": f"Tool number {n}. " * 20,
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "An absolute path."},
+                    "mode": {"type": "string", "enum": ["read", "write", "append"]},
+                    "edits": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "old": {"type": "string"},
+                                "new": {"type": "string"},
+                                "all": {"type": "boolean"},
+                            },
+                            "required": ["old", "new"],
+                            "additionalProperties": False,
+                        },
+                    },
+                    "options": {"type": "object", "properties": {"timeout": {"type": "number", "minimum": 0}}},
+                },
+                "required": ["path"],
+                "additionalProperties": False,
+                "$schema": "http://json-schema.org/draft-07/schema#",
+            },
+        }
+        for n in range(count)
+    ]
+
+
+def agent_body(**changes) -> dict:
+    """A Messages request in the shape Claude Code sends its first one (written here, not copied)."""
+    body = {
+        "model": "m",
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "You are a coding agent."},
+            {"type": "text", "text": "Work carefully.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<context>the repository</context>"},
+                    {"type": "text", "text": "Fix the bug.", "cache_control": {"type": "ephemeral"}},
+                ],
+            },
+            {"role": "system", "content": "Reminder: the tools are described above. " * 100},
+        ],
+        "tools": agent_tools(),
+        "metadata": {"user_id": '{"device_id": "d", "session_id": "s"}'},
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    }
+    return {**body, **changes}
+
+
+def test_a_coding_agents_request_becomes_a_chat() -> None:
+    body = anthropic.MessagesBody.model_validate(agent_body())
+    chat = anthropic.chat_request(body)
+    assert [m.role for m in chat.messages] == ["system", "user", "system"]
+    assert chat.messages[0].content == "You are a coding agent.Work carefully."
+    assert chat.messages[2].content.startswith("Reminder:")
+    assert chat.template_kwargs == {"enable_thinking": True, "reasoning_effort": "high"}
+    assert len(chat.tools) == 24 and chat.max_tokens == 32000 and chat.tool_choice == "auto"
+    # The thinking of an earlier answer comes back, and is left out of the prompt.
+    later = agent_body(
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Let me see.", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "xyz"},
+                    {"type": "text", "text": "Hello."},
+                ],
+            },
+            {"role": "user", "content": "Again"},
+        ]
+    )
+    chat = anthropic.chat_request(anthropic.MessagesBody.model_validate(later))
+    assert [(m.role, m.content) for m in chat.messages[1:]] == [
+        ("user", "Hi"),
+        ("assistant", "Hello."),
+        ("user", "Again"),
+    ]
+
+
+def test_structured_output_and_effort() -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    for fields in (
+        {"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        {"output_format": {"type": "json_schema", "schema": schema}},
+    ):
+        chat = anthropic.chat_request(anthropic.MessagesBody.model_validate(agent_body(**fields)))
+        assert chat.json_schema == schema
+    off = anthropic.chat_request(anthropic.MessagesBody.model_validate(agent_body(thinking={"type": "disabled"})))
+    assert off.template_kwargs["enable_thinking"] is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]}, "mcp_servers"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "text only"),
+    ],
+)
+def test_what_cannot_be_served_is_a_400_naming_it(changes: dict, words: str) -> None:
+    body = anthropic.MessagesBody.model_validate(agent_body(**changes))
+    with pytest.raises(APIError) as caught:
+        anthropic.chat_request(body)
+    assert caught.value.status == 400 and words in caught.value.message
+
+
+def test_fields_that_change_nothing_here_are_accepted() -> None:
+    extra = {"service_tier": "auto", "container": "c1", "inference_geo": "us", "cache_control": {"type": "ephemeral"}}
+    assert anthropic.chat_request(anthropic.MessagesBody.model_validate(agent_body(**extra))).messages

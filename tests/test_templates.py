@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from engines.base import Sampling
 from gpustack_cli import templates
 
 WEATHER = {
@@ -149,3 +150,46 @@ def test_the_environment_has_what_templates_use() -> None:
     )
     assert rendered == '{"a":"é","b":1}|False|4|1'
     assert templates.check(source) is None and "does not compile" in (templates.check("{% if %}") or "")
+
+
+class TemplatedGenerator:
+    """Unit tests only: what render_chat reads of an engine, with a given chat template."""
+
+    n_ctx = 4096
+    architecture = "llama"
+    bos_text, eos_text = "<s>", "</s>"
+
+    def __init__(self, template: str):
+        self.chat_template = template
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(range(len(text)))
+
+
+@pytest.mark.parametrize(
+    ("name", "in_place"),
+    [
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", True),  # renders a system turn anywhere
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", True),
+        ("Qwen3.5-4B.jinja", False),  # refuses a system message past the first
+        ("HuggingFaceTB-SmolLM3-3B.jinja", False),  # leaves it out
+        ("openai-gpt-oss-120b.jinja", False),  # leaves it out too
+    ],
+)
+def test_a_late_system_message_is_never_dropped(chat_templates: dict[str, str], name: str, in_place: bool) -> None:
+    """Coding agents send system messages among the others: rendered where they stand when the
+    template allows, else joined in order to the first system message."""
+    from gpustack_cli.textgen import ChatMessage, ChatRequest, render_chat
+
+    engine = TemplatedGenerator(chat_templates[name])
+    messages = [
+        ChatMessage("system", "FIRST-RULE"),
+        ChatMessage("user", "Hello"),
+        ChatMessage("system", "LATE-REMINDER"),
+    ]
+    text = render_chat(engine, ChatRequest(messages, Sampling.of()))
+    assert "FIRST-RULE" in text and "LATE-REMINDER" in text and "Hello" in text
+    if in_place:
+        assert text.index("Hello") < text.index("LATE-REMINDER")
+    else:
+        assert text.index("LATE-REMINDER") < text.index("Hello")

@@ -172,3 +172,16 @@ def test_a_template_that_writes_the_bos_gets_one() -> None:
     engine = BosAddingGenerator([b"a"])
     assert chat_tokens(engine, "<bos>hi") == chat_tokens(engine, "hi") == [1, ord("h"), ord("i")]
     assert chat_tokens(FakeGenerator([b"a"]), "<bos>hi") == [0, 1, 2, 3, 4, 5, 6]  # nothing added: kept
+
+
+def test_a_budget_past_the_context_is_cut_to_fit() -> None:
+    """As llama-server: max_tokens beyond what the prompt leaves is cut to it; only a prompt that
+    does not fit is refused."""
+    from gpustack_cli.textgen import GenerationError, fit_context
+
+    engine = FakeGenerator([b"a"])  # a context of 512
+    assert fit_context(engine, 500, 32000) == 12
+    assert fit_context(engine, 500, 5) == 5
+    assert fit_context(engine, 500, None) == 12
+    with pytest.raises(GenerationError, match="maximum context length is 512"):
+        fit_context(engine, 512, 1)

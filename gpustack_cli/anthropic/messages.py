@@ -65,15 +65,24 @@ class ToolResultBlock(Wire):
     is_error: bool = False
 
 
+class ThinkingBlock(Wire):
+    """An earlier answer's thinking, sent back: accepted, and left out of the prompt (chat
+    templates drop the reasoning of earlier turns, as `clear_thinking` asks)."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
 class OtherBlock(Wire):
-    type: Literal["image", "document", "thinking", "redacted_thinking", "search_result"]
+    type: Literal["image", "document", "search_result"]
 
 
-Block = TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock
+Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock
 
 
 class Message(Wire):
-    role: Literal["user", "assistant"]
+    # Claude Code sends `system` messages among the others: they are rendered where they stand
+    # when the model's template allows, else joined to the system prompt (textgen.render_chat).
+    role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
 
@@ -89,37 +98,78 @@ class ToolChoice(Wire):
     disable_parallel_tool_use: bool = False
 
 
+class ThinkingConfig(Wire):
+    type: Literal["enabled", "disabled", "adaptive"]
+    # Accepted: `max_tokens` bounds the thinking and the answer together.
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
+class OutputFormat(Wire):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Wire):
+    model_config = ConfigDict(extra="forbid")
+    # How hard to think: passed to templates that take it, as OpenAI's `reasoning_effort`.
+    effort: Literal["low", "medium", "high", "max"] | None = None
+    # Structured output: the answer held to this JSON schema by grammar.
+    format: OutputFormat | None = None
+
+
+class ContextEdit(Wire):
+    # Clearing earlier thinking is what the chat templates do anyway; earlier tool results are
+    # kept (their context is the model's own here, with no server-side cache to trim).
+    type: Literal["clear_thinking_20251015", "clear_tool_uses_20250919"]
+
+
+class ContextManagement(Wire):
+    edits: list[ContextEdit] = Field(default_factory=list)
+
+
+# Fields that change nothing in a local answer, accepted and ignored; any other field this body
+# does not declare is a 400 naming it (it would change the answer, and cannot be honoured).
+IGNORED_FIELDS = frozenset({"service_tier", "container", "inference_geo", "cache_control"})
+
+
 class CountTokensBody(Wire):
+    """What shapes the prompt: the messages, the system prompt, the tools, and the switches the
+    chat template is told of."""
+
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
     system: str | list[TextBlock] | None = None
     tools: list[ToolDef] | None = None
     tool_choice: ToolChoice | None = None
+    # Extended thinking: the model's reasoning comes back as `thinking` blocks, and a template
+    # that can switch thinking on or off (`enable_thinking`) is told which.
+    thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
+    # The structured-outputs beta's spelling of `output_config.format`.
+    output_format: OutputFormat | None = None
+    context_management: ContextManagement | None = None
+    metadata: dict[str, Any] | None = None
 
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        found = (self.output_config.format if self.output_config else None) or self.output_format
+        return found.schema_ if found else None
 
-class ThinkingConfig(Wire):
-    type: Literal["enabled", "disabled", "adaptive"]
-    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+    @property
+    def thinking_shown(self) -> bool:
+        return self.thinking is not None and self.thinking.type != "disabled"
 
 
 class MessagesBody(CountTokensBody):
     max_tokens: Annotated[int, Field(ge=1)]
-    # Extended thinking: the model's reasoning comes back as `thinking` blocks, and a template
-    # that can switch thinking on or off (`enable_thinking`) is told which.
-    thinking: ThinkingConfig | None = None
     stop_sequences: list[str] | None = None
     temperature: Annotated[float, Field(ge=0, le=1)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
     # Our extension (Anthropic has none): reproducible sampling, as OpenAI's `seed`.
     seed: int | None = None
-    metadata: dict[str, Any] | None = None
     stream: bool = False
     keep_alive: str | int | float | None = None
-
-    @property
-    def thinking_shown(self) -> bool:
-        return self.thinking is not None and self.thinking.type != "disabled"
 
     def sampling(self) -> Sampling:
         return Sampling.of(
@@ -141,6 +191,8 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
         for block in message.content:
             if isinstance(block, OtherBlock):
                 raise bad_request(f"messages.{index}.content: this model reads text only, not '{block.type}' blocks")
+            if isinstance(block, ThinkingBlock):
+                continue
             if isinstance(block, TextBlock):
                 text += block.text
             elif isinstance(block, ToolUseBlock):
@@ -157,7 +209,15 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
     return messages
 
 
+def refuse_unknown(body: CountTokensBody) -> None:
+    """A 400 naming the first field this route neither serves nor may ignore."""
+    unknown = sorted(set(body.model_extra or {}) - IGNORED_FIELDS)
+    if unknown:
+        raise bad_request(f"{unknown[0]}: this parameter is not supported here (it would change the answer)")
+
+
 def chat_request(body: CountTokensBody) -> ChatRequest:
+    refuse_unknown(body)
     tools = [Tool(t.name, t.description, t.input_schema) for t in body.tools or []]
     choice = body.tool_choice or ToolChoice(type="auto")
     mode = {"auto": "auto", "any": "required", "none": "none", "tool": choice.name or ""}[choice.type]
@@ -166,9 +226,11 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
     if choice.type == "any" and not tools:
         raise bad_request("tool_choice: 'any' needs tools")
     sampling = body.sampling() if isinstance(body, MessagesBody) else Sampling.of()
-    variables = {}
-    if isinstance(body, MessagesBody) and body.thinking is not None:
+    variables: dict[str, Any] = {}
+    if body.thinking is not None:
         variables["enable_thinking"] = body.thinking_shown
+    if body.output_config and body.output_config.effort:
+        variables["reasoning_effort"] = body.output_config.effort
     return ChatRequest(
         messages=_messages(body),
         sampling=sampling,
@@ -176,6 +238,7 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
         stop=list(body.stop_sequences or []) if isinstance(body, MessagesBody) else [],
         tools=tools,
         tool_choice=mode,
+        json_schema=body.json_schema,
         template_kwargs=variables,
         parallel_tool_calls=not choice.disable_parallel_tool_use,
     )
@@ -183,7 +246,7 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
 
 def checked_chat(request: web.Request, body: CountTokensBody) -> ChatRequest:
     chat = chat_request(body)
-    check_chat(chat, context(request).settings, tool_field="input_schema")
+    check_chat(chat, context(request).settings, schema_param="output_config.format", tool_field="input_schema")
     return chat
 
 
