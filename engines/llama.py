@@ -45,6 +45,38 @@ def _json(schema: dict[str, Any]) -> Structure:
     return Structure((Choice("", schema),))
 
 
+# Keywords that describe a schema without constraining it: the converter does not know them.
+_ANNOTATIONS = frozenset(
+    {"description", "title", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly", "$schema", "$id"}
+)
+_ANY_VALUE = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+def _convertible(schema: Any, nested: bool = False) -> Any:
+    """`schema` as llama-cpp-python's converter takes it: annotations dropped, and a nested
+    schema that constrains nothing (`{"description": ...}` alone: any value in JSON Schema, which
+    the converter refuses or reads as "an object") spelled out as any JSON value. A root `{}`
+    stays an object, as tool arguments are."""
+    if not isinstance(schema, dict):
+        return schema
+    plain: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            value = {name: _convertible(child, nested=True) for name, child in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            value = [_convertible(child, nested=True) for child in value]
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict | list):
+            value = (
+                [_convertible(c, nested=True) for c in value] if isinstance(value, list) else _convertible(value, True)
+            )
+        plain[key] = value
+    return dict(_ANY_VALUE) if nested and not plain else plain
+
+
 def _literal(text: str) -> str:
     """`text` as a GBNF string literal."""
     return '"' + "".join(_ESCAPES.get(ch, ch) for ch in text) + '"'
@@ -227,7 +259,8 @@ class LlamaEngine:
         alternatives = []
         try:
             for index, choice in enumerate(structure.choices):
-                rule = converter.visit(converter.resolve_refs(choice.schema, "request"), f"choice-{index}")
+                schema = converter.resolve_refs(_convertible(choice.schema), "request")
+                rule = converter.visit(schema, f"choice-{index}")
                 alternatives.append(f"{_literal(choice.before)} {rule} {_literal(choice.after)}")
         except RecursionError as exc:  # the converter recurses once per optional property
             raise InvalidSchema("it has too many optional properties in one object for the grammar converter") from exc

@@ -17,6 +17,10 @@ from typing import Any
 
 TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+# Upper bounds past the repeat limit (a tool's `maxLength: 524288`) are dropped rather than
+# refused: a grammar cannot afford them, and no answer comes near them. Lower bounds that large
+# cannot be dropped without letting through what the schema forbids, so they are refused.
+UPPER = frozenset({"maxItems", "maxLength", "maxProperties"})
 # Nesting deeper than this is no real schema, and would exhaust the converters' recursion.
 MAX_DEPTH = 48
 SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
@@ -68,7 +72,7 @@ class _Walk:
                 raise SchemaError(f"{where}.enum: must be a non-empty list (an empty one matches nothing)")
             self.count(len(values), f"{where}.enum")
         for key in COUNTS:
-            if key in node:
+            if key in node and not (key in UPPER and _past(node[key], self.limits.max_repeat)):
                 self.repeat(node[key], f"{where}.{key}")
         for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
             if isinstance(node.get(low), int) and isinstance(node.get(high), int) and node[low] > node[high]:
@@ -137,6 +141,23 @@ class _Walk:
                 raise SchemaError(f"{where}: {ref!r} points at nothing in the schema")
         if not isinstance(target, dict):
             raise SchemaError(f"{where}: {ref!r} does not point at a schema")
+
+
+def _past(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > limit
+
+
+def loosened(schema: Any, limit: int) -> Any:
+    """`schema` without the upper bounds past `limit` (see UPPER), as the grammar is built from
+    it; the schema itself when it has none."""
+    if isinstance(schema, list):
+        items = [loosened(item, limit) for item in schema]
+        return items if any(a is not b for a, b in zip(items, schema, strict=True)) else schema
+    if not isinstance(schema, dict):
+        return schema
+    changed = {k: loosened(v, limit) for k, v in schema.items() if not (k in UPPER and _past(v, limit))}
+    same = len(changed) == len(schema) and all(changed[k] is schema[k] for k in changed)
+    return schema if same else changed
 
 
 def _kind(value: Any) -> str:

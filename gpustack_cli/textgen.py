@@ -37,7 +37,7 @@ from gpustack_cli import templates
 from gpustack_cli.config import Settings
 from gpustack_cli.harmony import HarmonyReader
 from gpustack_cli.held_text import ready_and_held
-from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
+from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas, loosened
 from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
 from gpustack_cli.tool_calls import (
@@ -190,6 +190,10 @@ def check_chat(
         check_schemas(schemas, SchemaLimits(settings.max_schema_nodes, settings.max_schema_repeat))
     except SchemaError as exc:
         raise GenerationError(f"Invalid schema at {exc}.", param=exc.param, code="invalid_schema") from exc
+    limit = settings.max_schema_repeat
+    request.tools = [replace(t, parameters=loosened(t.parameters, limit)) for t in request.tools]
+    if request.json_schema is not None:
+        request.json_schema = loosened(request.json_schema, limit)
 
 
 def capped(max_tokens: int | None, settings: Settings) -> int | None:

@@ -81,3 +81,61 @@ def test_big_schemas_are_refused_at_once() -> None:
     with pytest.raises(SchemaError, match="nests deeper"):
         check(deep)
     assert time.perf_counter() - started < 5.0  # microseconds of work; generous for a busy machine
+
+
+def test_upper_bounds_past_the_limit_are_dropped_not_refused() -> None:
+    """A coding agent's tool says `maxLength: 524288`: the grammar leaves the bound out (no answer
+    comes near it) instead of refusing the tool; a lower bound that large is still refused."""
+    from gpustack_cli.json_schemas import loosened
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "script": {"type": "string", "maxLength": 524288},
+            "lines": {"type": "array", "items": {"type": "string", "maxLength": 80}, "maxItems": 10**6},
+        },
+    }
+    check(schema)
+    assert loosened(schema, 1000) == {
+        "type": "object",
+        "properties": {
+            "script": {"type": "string"},
+            "lines": {"type": "array", "items": {"type": "string", "maxLength": 80}},
+        },
+    }
+    small = {"type": "string", "maxLength": 10}
+    assert loosened(small, 1000) is small  # nothing to drop: the same object
+    with pytest.raises(SchemaError, match="minLength: 524288 is over"):
+        check({"type": "string", "minLength": 524288})
+
+
+def test_schemas_with_only_annotations_become_grammars() -> None:
+    """A coding agent's tool may describe a property and constrain nothing (any JSON value); the
+    grammar converter takes it once the annotations are gone and the "anything" is spelled out."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    from engines.llama import _convertible
+
+    schema = {
+        "type": "object",
+        "description": "A tool's arguments.",
+        "properties": {
+            "args": {"description": "Any value, passed on verbatim."},
+            "name": {"type": "string", "title": "Name", "default": "x"},
+            "description": {"type": "string"},  # a property named like an annotation stays
+        },
+        "$schema": "http://json-schema.org/draft-07/schema#",
+    }
+    plain = _convertible(schema)
+    assert plain == {
+        "type": "object",
+        "properties": {
+            "args": {"type": ["string", "number", "boolean", "object", "array", "null"]},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+        },
+    }
+    assert _convertible({}) == {}  # a root with nothing to say stays an object, as tool arguments are
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter.visit(converter.resolve_refs(plain, "t"), "")
+    assert "args" in converter.format_grammar()

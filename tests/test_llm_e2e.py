@@ -453,6 +453,30 @@ def test_claude_code_style_request(server: ServerProcess) -> None:
         json={"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]},
     )
     assert response.status_code == 200 and response.json()["type"] == "message"
+    # What Claude Code sends now: a system message among the others, adaptive thinking, an effort,
+    # context edits, metadata, and a max_tokens past the context (cut to fit), streamed.
+    body = {
+        "model": MODEL,
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Say hi.", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "system", "content": "Answer in at most three words."},
+        ],
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "metadata": {"user_id": "u"},
+        "stop_sequences": ["\n"],
+    }
+    with httpx.stream(
+        "POST", server.url + "/v1/messages?beta=true", json=body, headers={"x-api-key": "none"}, timeout=120
+    ) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("event: ")]
+    assert streamed.status_code == 200 and events[0] == "event: message_start" and events[-1] == "event: message_stop"
+    refused = httpx.post(server.url + "/v1/messages", json={**body, "mcp_servers": []}, timeout=60)
+    assert refused.status_code == 400 and "mcp_servers" in refused.json()["error"]["message"]
 
 
 # -- bad input -------------------------------------------------------------------------------------
