@@ -323,7 +323,8 @@ async def events_of_chunks(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterat
     yield Finished(finish, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
 
 
-def _logprob_entry(lp: Any) -> dict[str, Any]:
+def logprob_entry(lp: Any) -> dict[str, Any]:
+    """A token's log probability as OpenAI's chat and Responses APIs write it."""
     return {
         "token": lp.token,
         "logprob": lp.logprob,
@@ -400,7 +401,7 @@ def chat_choice(answer: Answer, index: int, with_logprobs: bool) -> dict[str, An
         message["reasoning_content"] = answer.reasoning
     if calls:
         message["tool_calls"] = calls
-    logprobs = [_logprob_entry(lp) for delta in answer.deltas for lp in delta.logprobs]
+    logprobs = [logprob_entry(lp) for delta in answer.deltas for lp in delta.logprobs]
     return {
         "index": index,
         "message": message,
@@ -416,7 +417,7 @@ def chunk_deltas(event: Event, with_logprobs: bool) -> list[tuple[dict[str, Any]
     if isinstance(event, TextDelta):
         logprobs = None
         if with_logprobs:
-            logprobs = {"content": [_logprob_entry(lp) for lp in event.logprobs], "refusal": None}
+            logprobs = {"content": [logprob_entry(lp) for lp in event.logprobs], "refusal": None}
         return [({"content": event.text}, None, logprobs)]
     if isinstance(event, ReasoningDelta):
         return [({"reasoning_content": event.text}, None, None)]

@@ -11,17 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpustack_cli.openai.chat import logprob_entry
 from gpustack_cli.openai.responses import ResponseBody, echoed_tool_choice, echoed_tools, new_item_id
-from gpustack_cli.textgen import Event, Finished, ReasoningDelta, TextDelta, TokenLogprob, ToolCallEvent
-
-
-def _logprob(lp: TokenLogprob) -> dict[str, Any]:
-    return {
-        "token": lp.token,
-        "logprob": lp.logprob,
-        "bytes": lp.bytes,
-        "top_logprobs": [{"token": t, "logprob": p, "bytes": b} for t, b, p in lp.top],
-    }
+from gpustack_cli.textgen import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent
 
 
 @dataclass
@@ -49,7 +41,7 @@ class OutputWriter:
         if isinstance(event, ReasoningDelta):
             return self._write("reasoning", event.text, [])
         if isinstance(event, TextDelta):
-            return self._write("message", event.text, [_logprob(lp) for lp in event.logprobs])
+            return self._write("message", event.text, [logprob_entry(lp) for lp in event.logprobs])
         if isinstance(event, ToolCallEvent):
             return self._close() + self._call(event)
         self.finished = event
