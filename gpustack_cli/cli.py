@@ -17,7 +17,7 @@ from gpustack_cli import __version__
 from gpustack_cli.config import Settings, parse_duration
 from gpustack_cli.keys import KeyStore, Scope
 from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots
-from gpustack_cli.store import ModelStore, StoreError
+from gpustack_cli.store import Manifest, ModelStore, StoreError
 
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -401,7 +401,7 @@ def run(
         raise fail(str(exc)) from exc
 
 
-def _pulled(config: Settings, name: str) -> Any:
+def _pulled(config: Settings, name: str) -> Manifest:
     """The model's manifest, pulled first (with the progress bars) when the store lacks it."""
     from gpustack_cli.store import InvalidModelName, ModelNotFound
 

@@ -50,8 +50,7 @@ async def ui_file(request: web.Request) -> web.StreamResponse:
     if not path.is_relative_to(ROOT.resolve()) or not path.is_file():
         raise web.HTTPNotFound()
     kind = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    response = web.FileResponse(path, headers={**HEADERS, "Content-Type": f"{kind}; charset=utf-8"})
-    return response
+    return web.FileResponse(path, headers={**HEADERS, "Content-Type": f"{kind}; charset=utf-8"})
 
 
 def add_routes(app: web.Application) -> None:

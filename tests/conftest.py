@@ -169,6 +169,15 @@ def models_home() -> Path:
     return path
 
 
+def home_sharing_models(models_home: Path, home: Path) -> Path:
+    """`home`, a store of its own (keys, stored responses, models added to it) whose models
+    folder links to each of the test models: their files are shared, never copied or changed."""
+    (home / "models").mkdir(parents=True)
+    for model in (models_home / "models").iterdir():
+        (home / "models" / model.name).symlink_to(model, target_is_directory=True)
+    return home
+
+
 def llama_cpp_sdist() -> Path:
     """The source distribution of the llama-cpp-python installed (it vendors llama.cpp: its
     converter, its real chat templates), downloaded once into the tests' cache."""

@@ -5,21 +5,18 @@ writes a systemd user unit and starts it."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gpustack_cli import __version__
 from tests.conftest import ROOT
+from tests.loopback import LoopbackServer, Served
 
 OS = "macos" if sys.platform == "darwin" else "linux"
 PLATFORM = f"{OS}-{'arm64' if platform.machine() in ('aarch64', 'arm64') else 'x86_64'}"
@@ -58,17 +55,11 @@ def release(built_binary: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served(release: Path) -> Iterator[str]:
-    handler = functools.partial(QuietHandler, directory=str(release))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
+def served(release: Path, loopback: LoopbackServer) -> str:
+    """The release's files on the loopback file host; the download URL the installer takes."""
+    for path in release.iterdir():
+        loopback.files[path.name] = Served(path.read_bytes())
+    return loopback.url + "/files"
 
 
 def tools(tmp_path: Path, **scripts: str) -> Path:
@@ -111,11 +102,11 @@ def test_installs_the_release_into_a_prefix(served: str, tmp_path: Path) -> None
     assert sorted(p.name for p in (prefix / "lib").iterdir()) == ["gpustack"]
 
 
-def test_a_tampered_archive_is_refused(release: Path, served: str, tmp_path: Path) -> None:
-    archive = release / f"gpustack-{__version__}-{PLATFORM}.tar.gz"
-    data = bytearray(archive.read_bytes())
+def test_a_tampered_archive_is_refused(served: str, loopback: LoopbackServer, tmp_path: Path) -> None:
+    archive = loopback.files[f"gpustack-{__version__}-{PLATFORM}.tar.gz"]
+    data = bytearray(archive.data)
     data[len(data) // 2] ^= 0xFF
-    archive.write_bytes(bytes(data))
+    archive.data = bytes(data)
     prefix = tmp_path / "prefix"
     done = install(served, "--prefix", str(prefix), GPUSTACK_CPU_ONLY="1")
     assert done.returncode == 1 and "checksum mismatch" in done.stderr and "refusing to install" in done.stderr

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import ROOT, ServerProcess, clean_env, gpustack
+from tests.conftest import ROOT, ServerProcess, clean_env, gpustack, home_sharing_models
 
 ARTIFACTS = Path(os.environ.get("GPUSTACK_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "playground"
 KEY = "playground-key"
@@ -43,22 +43,12 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def new_home(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home of its own (keys, conversations) sharing the test models' files."""
-    path = tmp_path_factory.mktemp("playground-home")
-    (path / "models").symlink_to(models_home / "models", target_is_directory=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def home(
     models_home: Path, tiny_sd: str, chat_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """The test models, and SmolLM2 under DeepSeek-R1's template as `thinker` (a reasoning model)."""
-    path = tmp_path_factory.mktemp("playground-home")
-    (path / "models").mkdir()
-    for model in (models_home / "models").iterdir():
-        (path / "models" / model.name).symlink_to(model, target_is_directory=True)
+    path = home_sharing_models(models_home, tmp_path_factory.mktemp("playground-home"))
     env = clean_env(GPUSTACK_HOME=str(path))
     weights = next((models_home / "models" / "smollm2").glob("*.gguf"))
     assert gpustack("pull", str(weights), "--name", "thinker", env=env).returncode == 0
@@ -329,7 +319,7 @@ def test_a_phone_sized_screen(browser: Browser, server: ServerProcess) -> None:
 @pytest.fixture(scope="module")
 def keyed(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     """A server with keys: the environment's (every scope), and one for smollm2 only."""
-    home = new_home(models_home, tmp_path_factory)
+    home = home_sharing_models(models_home, tmp_path_factory.mktemp("keyed-home"))
     env = clean_env(GPUSTACK_HOME=str(home))
     limited = gpustack("keys", "create", "--name", "chat-only", "--models", "smollm2", env=env)
     assert limited.returncode == 0, limited.stderr

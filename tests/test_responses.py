@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_cli.openai.response_output import OutputWriter, ResponseHead, final_status
+from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_routes import prepare_fitting
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
 from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
@@ -199,7 +199,7 @@ def test_stream_events_in_order_and_valid() -> None:
         ),
     ]
     assert [e["output_index"] for e in events if e["type"] == "response.output_item.added"] == [0, 1, 2, 3]
-    response = head.response(final_status(writer), writer)
+    response = head.response(writer.status, writer)
     validate(response, "Response")
     reasoning, message, first, second = response["output"]
     assert reasoning["content"] == [{"type": "reasoning_text", "text": "Let me think."}]
@@ -213,7 +213,7 @@ def test_a_cut_answer_is_incomplete() -> None:
     writer = OutputWriter()
     for event in (TextDelta("Once upon"), Finished("length", 5, 2)):
         writer.feed(event)
-    response = ResponseHead(body(input="Tell a story", max_output_tokens=2), "m").response(final_status(writer), writer)
+    response = ResponseHead(body(input="Tell a story", max_output_tokens=2), "m").response(writer.status, writer)
     validate(response, "Response")
     assert response["status"] == "incomplete" and response["incomplete_details"] == {"reason": "max_output_tokens"}
     assert response["output"][0]["status"] == "incomplete" and response["completed_at"] is None

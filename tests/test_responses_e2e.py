@@ -14,7 +14,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import ServerProcess, clean_env, gpustack
+from tests.conftest import ServerProcess, clean_env, gpustack, home_sharing_models
 from tests.openapi import validate
 
 MODEL = "smollm2"
@@ -31,9 +31,7 @@ GREEDY = {"temperature": 0, "extra_body": {"seed": 0}}
 @pytest.fixture(scope="module")
 def home(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home of its own (keys, the response store) sharing the test models' files."""
-    path = tmp_path_factory.mktemp("responses-home")
-    (path / "models").symlink_to(models_home / "models", target_is_directory=True)
-    return path
+    return home_sharing_models(models_home, tmp_path_factory.mktemp("responses-home"))
 
 
 @pytest.fixture(scope="module")

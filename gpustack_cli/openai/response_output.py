@@ -37,6 +37,11 @@ class OutputWriter:
         self.finished: Finished | None = None
         self._open: _Open | None = None
 
+    @property
+    def status(self) -> str:
+        """The response's status once the answer ended: `incomplete` when cut by its budget."""
+        return "incomplete" if self.finished is not None and self.finished.reason == "length" else "completed"
+
     def feed(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, ReasoningDelta):
             return self._write("reasoning", event.text, [])
@@ -195,8 +200,3 @@ class ResponseHead:
             "user": body.user,
             "metadata": body.metadata or {},
         }
-
-
-def final_status(writer: OutputWriter) -> str:
-    finished = writer.finished
-    return "incomplete" if finished is not None and finished.reason == "length" else "completed"

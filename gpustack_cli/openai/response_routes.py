@@ -17,7 +17,7 @@ from aiohttp import web
 from engines.base import TextGenerator
 from engines.remote import RemoteEngine
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
-from gpustack_cli.openai.response_output import OutputWriter, ResponseHead, final_status
+from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse
 from gpustack_cli.openai.responses import (
     InputTokensBody,
@@ -133,7 +133,7 @@ async def _respond(
     async with contextlib.aclosing(events):
         async for event in events:
             writer.feed(event)
-    response = head.response(final_status(writer), writer)
+    response = head.response(writer.status, writer)
     await _keep(request, head, items, response)
     return json_response(response)
 
@@ -142,9 +142,6 @@ async def _keep(request: web.Request, head: ResponseHead, items: list[dict[str, 
     if head.body.store:
         stored = StoredResponse(head.id, _owner(request), head.body.previous_response_id, response, items)
         await asyncio.to_thread(request.app[RESPONSES].put, stored)
-
-
-_FAILED_CODES = {429: "rate_limit_exceeded"}
 
 
 async def _stream(
@@ -170,14 +167,20 @@ async def _stream(
             async for event in events:
                 for item in writer.feed(event):
                     await send(item)
-        status = final_status(writer)
+        status = writer.status
         response = head.response(status, writer)
         await _keep(request, head, items, response)
         await send({"type": f"response.{status}", "response": response})
     except Exception as exc:
         error = stream.error_of(exc)
         await send({"type": "error", "code": error.code, "message": error.message, "param": error.param})
-        code = _FAILED_CODES.get(error.status, "server_error" if error.status >= 500 else "invalid_prompt")
+        code = (
+            "rate_limit_exceeded"
+            if error.status == 429
+            else "server_error"
+            if error.status >= 500
+            else "invalid_prompt"
+        )
         response = head.response("failed", writer, {"code": code, "message": error.message})
         await _keep(request, head, items, response)
         await send({"type": "response.failed", "response": response})

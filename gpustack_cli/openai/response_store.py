@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +53,6 @@ class ResponseStore:
         """`ttl`: seconds a response is kept (0 or less: forever)."""
         self.path = path
         self.ttl = ttl
-        self._lock = threading.Lock()
         self._swept = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -91,9 +89,8 @@ class ResponseStore:
                     json.dumps(stored.input_items),
                 ),
             )
-            if self.ttl > 0 and now - self._swept > _SWEEP_EVERY:
-                with self._lock:
-                    self._swept = now
+            if self.ttl > 0 and now - self._swept > _SWEEP_EVERY:  # two threads sweeping at once do no harm
+                self._swept = now
                 db.execute("DELETE FROM responses WHERE created < ?", (now - self.ttl,))
 
     def get(self, response_id: str, owner: str) -> StoredResponse | None:

@@ -13,18 +13,15 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
+from gpustack_cli.openai.chat import Wire
 from gpustack_cli.server.errors import bad_request
 from gpustack_cli.textgen import ChatMessage, ChatRequest, Tool, ToolCall
 
 # The `include` value that asks for the answer's log probabilities.
 LOGPROBS = "message.output_text.logprobs"
-
-
-class Wire(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 # -- input items -------------------------------------------------------------------------------
