@@ -163,8 +163,9 @@ class Tokenizer(Protocol):
 @runtime_checkable
 class TextGenerator(Tokenizer, Protocol):
     """Chat and completions: tokens in, a stream of sampled tokens out, one request at a time.
-    Optional attributes the text core reads: `name` (for errors) and `template_kwargs` (the
-    chat template's variables unless a request sets them)."""
+    Optional attributes the text core reads: `name` (for errors), `template_kwargs` (the
+    chat template's variables unless a request sets them) and `stop_strings` (the model's own,
+    which end its text as its end of turn does)."""
 
     n_ctx: int
     architecture: str

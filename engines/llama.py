@@ -135,6 +135,7 @@ class LlamaEngine:
         self.chat_template = options.get("chat_template") or metadata.get("tokenizer.chat_template")
         # Variables the model's template gets unless a request sets them (`enable_thinking`, ...).
         self.template_kwargs: dict[str, Any] = dict(options.get("chat_template_kwargs") or {})
+        self.stop_strings: tuple[str, ...] = tuple(options.get("stop") or ())
         self.bos_text = self._token_text(self.llm.token_bos())
         self.eos_text = self._token_text(self.llm.token_eos())
         self.max_input_tokens = self.n_ctx

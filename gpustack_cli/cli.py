@@ -16,7 +16,7 @@ from rich.table import Table
 from gpustack_cli import __version__
 from gpustack_cli.config import Settings, parse_duration
 from gpustack_cli.keys import KeyStore, Scope
-from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots
+from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots, set_stops
 from gpustack_cli.store import Manifest, ModelStore, StoreError
 
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True)
@@ -537,12 +537,16 @@ def model_set(
         str | None,
         typer.Option(help='llama.cpp: the template\'s default variables, as JSON: {"enable_thinking": false}.'),
     ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(help="llama.cpp: text that ends the model's text like an end of turn (repeatable, '' clears)."),
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
-    if all(v is None for v in (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs)):
+    if all(v is None for v in (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop)):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
-            "--chat-template FILE or --chat-template-kwargs JSON"
+            "--chat-template FILE, --chat-template-kwargs JSON or --stop TEXT"
         )
     store = ModelStore(settings().home)
     try:
@@ -557,6 +561,9 @@ def model_set(
             options = set_chat_template(store, name, chat_template, chat_template_kwargs).options
             origin = "its own" if "chat_template" in options else "the GGUF's"
             console.print(f"{name}: {origin} chat template, variables {options.get('chat_template_kwargs', {})}")
+        if stop is not None:
+            options = set_stops(store, name, stop).options
+            console.print(f"{name}: stop strings {options.get('stop', [])}")
     except StoreError as exc:
         raise fail(str(exc)) from exc
 

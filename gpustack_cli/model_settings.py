@@ -1,5 +1,5 @@
 """A model's own settings, kept in its manifest's options and read at its next load: llama.cpp's
-context per slot and slots, and the chat template with its default variables."""
+context per slot and slots, the chat template with its default variables, and stop strings."""
 
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ def set_chat_template(store: ModelStore, name: str, source: str | None, kwargs: 
             options["chat_template_kwargs"] = variables
         else:
             options.pop("chat_template_kwargs", None)
+    return store.update(name, options=options)
+
+
+def set_stops(store: ModelStore, name: str, stops: list[str]) -> Manifest:
+    """A llama.cpp model's own stop strings, which end its text as its end-of-turn token does
+    (as Ollama's `PARAMETER stop`): what gives a base model, which never learnt to end a turn, an
+    end. They replace the earlier ones; a single empty string clears them."""
+    options = _llama_options(store, name, "stop strings")
+    kept = [s for s in stops if s]
+    if kept:
+        options["stop"] = kept
+    else:
+        options.pop("stop", None)
     return store.update(name, options=options)
 
 

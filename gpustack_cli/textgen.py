@@ -9,12 +9,11 @@ from engines that deliver them there.
 
 Tool calls: a model whose template takes `tools` and shows a format `tool_calls.py` reads gets
 the tools through its template and calls them in its own format. Every other model gets the
-generic format, grammar-constrained so that it works the same even where the template knows
-nothing of tools: the tools and the reply format are described in the system prompt, and the
-output is held to a JSON schema (converted to a llama.cpp grammar by the engine):
-  `{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` or, when the model may also answer
-  in words (`tool_choice: auto`), `{"response": "..."}`.
-The schema guarantees the output parses and that arguments match each tool's parameters.
+generic format (`tool_calls.GENERIC`): the tools and the shape of a call are described in the
+system prompt, and earlier calls and results are written into the conversation in that shape.
+Either way a grammar holds each call to its tool's parameters: from the first token when a call
+is required, and from the call's opening marker under `tool_choice: auto`, so that an answer in
+words stays free.
 
 A reasoning model's thinking section (see `reasoning.py`) comes apart from its answer as
 `ReasoningDelta` events, and is counted in `Finished.reasoning_tokens`.
@@ -41,6 +40,7 @@ from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas, 
 from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from gpustack_cli.threads import iterate_in_thread
 from gpustack_cli.tool_calls import (
+    GENERIC,
     HARMONY,
     Call,
     ToolCallReader,
@@ -155,9 +155,7 @@ class Prepared:
     prompt_tokens: list[int]
     sampling: Sampling
     stop: list[str]
-    # How to read the output: plain text, or the JSON of the generic tool-call format above...
-    tool_mode: bool = False
-    # ...or text with tool calls in the model's own format.
+    # How to read tool calls in the output, when tools are offered.
     tool_format: ToolFormat | None = None
     # The model's reasoning tags, when its reasoning is to be kept apart from its answer.
     reasoning: ReasoningFormat | None = None
@@ -212,64 +210,44 @@ def check_text_size(chars: int, settings: Settings, param: str) -> None:
 # -- prompts ---------------------------------------------------------------------------------
 
 
-def _tool_schema(tools: list[Tool], choice: str, parallel: bool = True) -> dict[str, Any]:
-    chosen = [t for t in tools if choice in ("auto", "required") or t.name == choice]
-    call = {
-        "anyOf": [
-            {
-                "type": "object",
-                "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for t in chosen
-        ]
-    }
-    calls = {
-        "type": "object",
-        "properties": {
-            "tool_calls": {"type": "array", "items": call, "minItems": 1, **({} if parallel else {"maxItems": 1})}
-        },
-        "required": ["tool_calls"],
-        "additionalProperties": False,
-    }
-    if choice != "auto":
-        return calls
-    answer = {
-        "type": "object",
-        "properties": {"response": {"type": "string"}},
-        "required": ["response"],
-        "additionalProperties": False,
-    }
-    return {"anyOf": [calls, answer]}
-
-
 def _tool_instructions(tools: list[Tool], choice: str) -> str:
-    described = json.dumps(
-        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools], indent=1
+    """The generic format's system prompt: the tools as JSON, one per line, and how to call them."""
+    described = "\n".join(
+        json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters}) for t in tools
     )
-    if choice == "auto":
-        how = (
-            'To call tools reply with {"tool_calls": [{"name": TOOL_NAME, "arguments": {...}}]}; '
-            'to answer the user directly reply with {"response": YOUR_ANSWER}.'
-        )
-    else:
-        how = 'Reply with {"tool_calls": [{"name": TOOL_NAME, "arguments": {...}}]}.'
-    return f"You can call these tools:\n{described}\nReply in JSON only. {how}"
+    call = f'{GENERIC.call_open}{{"name": <tool name>, "arguments": <arguments object>}}{GENERIC.call_close}'
+    when = (
+        "Call a tool only when it helps; otherwise answer in plain text."
+        if choice == "auto"
+        else "Answer with tool calls only."
+    )
+    return (
+        f"You can call these tools:\n<tools>\n{described}\n</tools>\n\n"
+        f"To call a tool, write a JSON object with its name and arguments inside <tool_call></tool_call> "
+        f"tags:\n{call}\n{when}"
+    )
+
+
+def _generic_calls(message: ChatMessage) -> str:
+    """An assistant turn's text and calls, in the generic format."""
+    calls = [
+        GENERIC.call_open + json.dumps({"name": c.name, "arguments": _loads(c.arguments)}) + GENERIC.call_close
+        for c in message.tool_calls
+    ]
+    return "\n".join([message.content, *calls] if message.content else calls)
 
 
 def _wire_messages(request: ChatRequest, template: str) -> list[dict[str, Any]]:
-    """Our messages as the chat template takes them; tool turns written in the tool-call format."""
+    """Our messages as the chat template takes them; tool turns written in the generic format."""
     use_tools = bool(request.tools) and request.tool_choice != "none"
     messages: list[dict[str, Any]] = []
     tool_role = templates.supports_role(template, "tool")
     for message in request.messages:
         content = message.content
         if message.role == "assistant" and message.tool_calls:
-            calls = [{"name": c.name, "arguments": _loads(c.arguments)} for c in message.tool_calls]
-            content = json.dumps({"tool_calls": calls})
+            content = _generic_calls(message)
         if message.role == "tool" and not tool_role:
-            messages.append({"role": "user", "content": f"Result of tool call {message.tool_call_id}: {content}"})
+            messages.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
             continue
         messages.append({"role": message.role, "content": content})
     if use_tools:
@@ -340,12 +318,12 @@ def _has_tools(request: ChatRequest) -> bool:
     return bool(request.tools) or any(m.tool_calls or m.role == "tool" for m in request.messages)
 
 
-def _native_format(request: ChatRequest, template: str) -> ToolFormat | None:
-    """The model's own tool-call format, when the request offers tools (`tool_choice` other than
-    `none`) and the template has one."""
+def _call_format(request: ChatRequest, template: str) -> ToolFormat | None:
+    """How the answer writes its calls, when the request offers tools (`tool_choice` other than
+    `none`): the model's own format when its template has one, else the generic one."""
     if not request.tools or request.tool_choice == "none":
         return None
-    return tool_format(template)
+    return tool_format(template) or GENERIC
 
 
 def _wire_tool(tool: Tool) -> dict[str, Any]:
@@ -396,24 +374,17 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     prompt = chat_tokens(engine, text)
     budget = fit_context(engine, len(prompt), request.max_tokens)
     template = _template(engine)
-    native = _native_format(request, template)
-    tool_mode = bool(request.tools) and request.tool_choice != "none" and native is None
-    schema = (
-        _tool_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
-        if tool_mode
-        else request.json_schema
-    )
-    structure = None
-    if native is not None:
+    calls = _call_format(request, template)
+    schema, structure = request.json_schema, None
+    if calls is not None:
         specs = [ToolSpec(t.name, t.parameters) for t in request.tools]
-        structure = native.structure(specs, request.tool_choice, request.parallel_tool_calls)
+        structure = calls.structure(specs, request.tool_choice, request.parallel_tool_calls)
         schema = None  # the structure holds the output; a JSON answer is not asked for too
     if schema is not None:
         try:
             engine.check_schema(schema)
         except InvalidSchema as exc:
-            param = "tools" if tool_mode else "response_format"
-            raise GenerationError(f"Invalid schema: {exc}", param=param, code="invalid_schema") from exc
+            raise GenerationError(f"Invalid schema: {exc}", param="response_format", code="invalid_schema") from exc
     if structure is not None:
         try:
             for choice in structure.choices:
@@ -425,11 +396,11 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     harmony = is_harmony(template) and request.split_reasoning
     thinking = reasoning_format(template, text) if request.split_reasoning and free and not harmony else None
     # The markers the output is read by are shown even where they are special tokens.
-    preserve = (native.markers if native else ()) + ((thinking.start, thinking.end) if thinking else ())
+    preserve = (calls.markers if calls else ()) + ((thinking.start, thinking.end) if thinking else ())
     if harmony:
         preserve += HARMONY.markers
     sampling = replace(request.sampling, max_tokens=budget, json_schema=schema, structure=structure, preserve=preserve)
-    return Prepared(prompt, sampling, request.stop, tool_mode, native, thinking, harmony)
+    return Prepared(prompt, sampling, request.stop, calls, thinking, harmony)
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
@@ -457,16 +428,19 @@ def _logprob(engine: TextGenerator, token: Any) -> TokenLogprob:
 
 
 class TextStream:
-    """Tokens in, events out, for one answer: text deltas (UTF-8 safe, stop strings cut out and
-    never shown), then `Finished`. `feed` takes each token as the engine makes it; `done` says a
-    stop string ended the text (stop asking the engine for more); `end` closes the answer. Driven
-    by `stream_text` from a blocking engine, or `events` from one that delivers asynchronously."""
+    """Tokens in, events out, for one answer: text deltas (UTF-8 safe, the request's and the
+    model's stop strings cut out and never shown), then `Finished`. `feed` takes each token as
+    the engine makes it; `done` says a stop string ended the text (stop asking the engine for
+    more); `end` closes the answer. Driven by `stream_text` from a blocking engine, or `events`
+    from one that delivers asynchronously."""
 
     def __init__(self, engine: TextGenerator, prepared: Prepared):
         self.engine = engine
         self.prepared = prepared
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.stops = [s for s in prepared.stop if s]
+        self.asked = [s for s in prepared.stop if s]
+        # The model's own stop strings end the text as its end of turn does: no stop sequence.
+        self.stops = self.asked + [s for s in getattr(engine, "stop_strings", ()) if s]
         self.held, self.held_logprobs, self.produced = "", [], 0
         self.done = False
 
@@ -480,7 +454,8 @@ class TextStream:
             at, stop = min(found)
             self.done = True
             events: list[Event] = [TextDelta(self.held[:at], self.held_logprobs)] if self.held[:at] else []
-            return [*events, Finished("stop", len(self.prepared.prompt_tokens), self.produced, stop)]
+            asked = stop if stop in self.asked else None
+            return [*events, Finished("stop", len(self.prepared.prompt_tokens), self.produced, asked)]
         # Hold back the end of the text while it could still become a stop string.
         ready, held = ready_and_held(self.held, self.stops)
         if not ready:
@@ -506,32 +481,6 @@ def stream_text(engine: TextGenerator, prepared: Prepared, cancel: threading.Eve
         if text.done:
             return
     yield from text.end()
-
-
-def _parse_tool_output(text: str) -> tuple[str | None, list[ToolCall]]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text, []  # Cut short by max_tokens: hand back what there is as text.
-    if isinstance(data, dict) and isinstance(data.get("tool_calls"), list):
-        calls = [
-            ToolCall(new_call_id(), str(c.get("name")), json.dumps(c.get("arguments", {})))
-            for c in data["tool_calls"]
-            if isinstance(c, dict)
-        ]
-        return None, calls
-    if isinstance(data, dict) and "response" in data:
-        return str(data["response"]), []
-    return text, []
-
-
-def _tool_answer(text: str, finished: Finished) -> list[Event]:
-    """A tool-mode reply, read whole: tool calls, or the answer in words."""
-    content, calls = _parse_tool_output(text)
-    events: list[Event] = [TextDelta(content)] if content else []
-    events += [ToolCallEvent(index, call) for index, call in enumerate(calls)]
-    reason: FinishReason = "tool_calls" if calls else finished.reason
-    return [*events, Finished(reason, finished.prompt_tokens, finished.completion_tokens, finished.stop_sequence)]
 
 
 class AnswerReader(Protocol):
@@ -602,21 +551,10 @@ def _through(stages: list[Stage], event: Event) -> list[Event]:
 
 
 def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
-    """The events of one chat choice; in the generic tool mode the JSON reply becomes tool calls
-    or text."""
-    if not prepared.tool_mode:
-        stages = _chat_stages(engine, prepared)
-        for event in stream_text(engine, prepared, cancel):
-            yield from _through(stages, event)
-        return
-    text, finished = "", None
+    """The events of one chat choice: reasoning, text and tool calls read from the model's text."""
+    stages = _chat_stages(engine, prepared)
     for event in stream_text(engine, prepared, cancel):
-        if isinstance(event, TextDelta):
-            text += event.text
-        elif isinstance(event, Finished):
-            finished = event
-    assert finished is not None
-    yield from _tool_answer(text, finished)
+        yield from _through(stages, event)
 
 
 # -- on the event loop -----------------------------------------------------------------------
@@ -647,16 +585,11 @@ async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str
 
 async def chat_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_chat`'s events for an async caller (see `text_events`)."""
-    if not prepared.tool_mode:
-        stages = _chat_stages(engine, prepared)
-        async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
-            async for event in events:
-                for out in _through(stages, event):
-                    yield out
-        return
-    answer = await collect(text_events(engine, prepared, request_id))
-    for event in _tool_answer(answer.text, answer.finished):
-        yield event
+    stages = _chat_stages(engine, prepared)
+    async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
+        async for event in events:
+            for out in _through(stages, event):
+                yield out
 
 
 @dataclass

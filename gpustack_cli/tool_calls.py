@@ -17,9 +17,9 @@ A model trained for tool calling calls tools far better in the format its templa
 
 - GPT-OSS: a `commentary` message `to=functions.name` (read with its channels by harmony.py).
 
-Other templates (Kimi, GLM, MiniMax, Qwen3-Coder's XML calls) and
-every template without tools keep the text core's generic format: the tools described in the
-system prompt and the answer held to a JSON schema.
+Other templates (Kimi, GLM, MiniMax, Qwen3-Coder's XML calls) and every template without tools
+get `GENERIC`: Hermes's shape, the one most widely trained, with the tools and the shape described
+in the system prompt by the text core.
 
 `tool_choice` constrains the output with a `Structure` (a grammar around each call's JSON):
 `required` or a named tool from the first token; `auto` once the format's opening marker appears
@@ -141,6 +141,9 @@ class ToolFormat:
 
 
 HERMES = ToolFormat("hermes", "object", call_open="<tool_call>\n", call_close="\n</tool_call>")
+# For models whose template shows no format read here: the system prompt asks for Hermes's
+# shape, a call a line.
+GENERIC = ToolFormat("generic", "object", call_open="<tool_call>", call_close="</tool_call>")
 LLAMA3 = ToolFormat("llama3", "object", arguments_key="parameters", separator=None)
 MISTRAL = ToolFormat("mistral", "list", opening="[TOOL_CALLS]", separator=None, short_ids=True)
 MISTRAL_ARGS = ToolFormat(

@@ -88,7 +88,7 @@ def test_version_and_bad_settings(tmp_path: Path) -> None:
     assert result.returncode == 1 and "max_loaded_models" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_models_chat_template_is_set_shown_and_checked(tmp_path: Path) -> None:
+def test_a_models_chat_template_and_stops_are_set_shown_and_checked(tmp_path: Path) -> None:
     env = clean_env(GPUSTACK_HOME=str(tmp_path / "home"), COLUMNS="200")
     model = write_gguf(
         tmp_path / "Broken.gguf",
@@ -115,6 +115,11 @@ def test_a_models_chat_template_is_set_shown_and_checked(tmp_path: Path) -> None
     assert gpustack("model", "set", "t", "--chat-template", "", "--chat-template-kwargs", "{}", env=env).returncode == 0
     shown = json.loads(gpustack("show", "t", "--json", env=env).stdout)
     assert shown["chat_template"]["origin"] == "the GGUF file" and "chat_template_kwargs" not in shown["options"]
+
+    assert gpustack("model", "set", "t", "--stop", "\n", "--stop", "User:", env=env).returncode == 0
+    assert json.loads(gpustack("show", "t", "--json", env=env).stdout)["options"]["stop"] == ["\n", "User:"]
+    assert gpustack("model", "set", "t", "--stop", "", env=env).returncode == 0
+    assert "stop" not in json.loads(gpustack("show", "t", "--json", env=env).stdout)["options"]
 
 
 def test_version_verbose_says_what_this_build_can_do(tmp_path: Path) -> None:

@@ -11,16 +11,23 @@ import pytest
 
 from engines.base import AsyncTextGenerator, Sampling, Token
 from gpustack_cli.textgen import (
+    ChatMessage,
+    ChatRequest,
     Finished,
     Prepared,
     TextDelta,
+    Tool,
+    ToolCall,
     ToolCallEvent,
     chat_events,
     chat_tokens,
+    prepare_chat,
+    render_chat,
     stream_chat,
     stream_text,
     text_events,
 )
+from gpustack_cli.tool_calls import GENERIC, ToolFormat
 
 
 class FakeGenerator:
@@ -30,6 +37,7 @@ class FakeGenerator:
     architecture = "fake"
     chat_template = None
     bos_text = eos_text = ""
+    stop_strings: tuple[str, ...] = ()
 
     def __init__(self, pieces: list[bytes]):
         self.pieces = pieces
@@ -71,8 +79,8 @@ class AsyncFakeGenerator(FakeGenerator):
         return False
 
 
-def prepared(max_tokens: int = 50, stop: list[str] | None = None, tool_mode: bool = False) -> Prepared:
-    return Prepared([1, 2, 3], Sampling(max_tokens=max_tokens), stop or [], tool_mode)
+def prepared(max_tokens: int = 50, stop: list[str] | None = None, calls: ToolFormat | None = None) -> Prepared:
+    return Prepared([1, 2, 3], Sampling(max_tokens=max_tokens), stop or [], calls)
 
 
 def run(engine: FakeGenerator, job: Prepared) -> list:
@@ -101,16 +109,54 @@ def test_utf8_characters_split_across_tokens() -> None:
     assert text_of(events) == "x☃y" and "\ufffd" not in text_of(events)
 
 
+def test_the_models_own_stop_strings_end_the_text_as_its_end_of_turn() -> None:
+    engine = FakeGenerator([b"One line.", b"\n", b"Two"])
+    engine.stop_strings = ("\n",)
+    events = run(engine, prepared(stop=["Two"]))
+    assert text_of(events) == "One line." and events[-1] == Finished("stop", 3, 2, None)
+    events = run(FakeGenerator([b"One", b" Two", b"\n"]), prepared(stop=["Two"]))
+    assert text_of(events) == "One " and events[-1] == Finished("stop", 3, 2, "Two")
+
+
 def test_length_is_the_finish_reason_at_max_tokens() -> None:
     events = run(FakeGenerator([b"a"] * 10), prepared(max_tokens=4))
     assert text_of(events) == "aaaa" and events[-1] == Finished("length", 3, 4)
 
 
-def test_tool_mode_reads_the_whole_reply() -> None:
-    reply = b'{"tool_calls": [{"name": "f", "arguments": {"x": 1}}]}'
-    events = run(FakeGenerator([reply[:10], reply[10:]]), prepared(tool_mode=True))
+def test_generic_calls_after_free_text() -> None:
+    reply = b'Let me look.\n<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>'
+    events = run(FakeGenerator([reply[i : i + 7] for i in range(0, len(reply), 7)]), prepared(calls=GENERIC))
     [call] = [e for e in events if isinstance(e, ToolCallEvent)]
+    assert text_of(events).strip() == "Let me look."
     assert call.call.name == "f" and call.call.arguments == '{"x": 1}' and events[-1].reason == "tool_calls"
+
+
+WEATHER = Tool("get_weather", "The weather in a city", {"type": "object", "properties": {"city": {"type": "string"}}})
+
+
+@pytest.mark.parametrize(("choice", "trigger"), [("auto", "<tool_call>"), ("required", None), ("get_weather", None)])
+def test_a_template_without_tools_gets_the_generic_format(choice: str, trigger: str | None) -> None:
+    engine = FakeGenerator([])
+    engine.n_ctx = 4096  # a token a character
+    request = ChatRequest([ChatMessage("user", "Weather in Oslo?")], Sampling.of(), tools=[WEATHER], tool_choice=choice)
+    job = prepare_chat(engine, request)
+    assert job.tool_format is GENERIC and job.sampling.json_schema is None
+    # Free text until the call opens under `auto`; held from the first token otherwise.
+    assert job.sampling.structure is not None and job.sampling.structure.trigger == trigger
+    prompt = render_chat(engine, request)
+    assert '{"name": "get_weather", "description": "The weather in a city"' in prompt and "<tool_call>" in prompt
+
+
+def test_earlier_generic_calls_and_results_are_written_in_the_format() -> None:
+    call = ToolCall("call_1", "get_weather", '{"city": "Oslo"}')
+    messages = [
+        ChatMessage("user", "Weather in Oslo?"),
+        ChatMessage("assistant", "Looking.", [call]),
+        ChatMessage("tool", "sunny", tool_call_id="call_1"),
+    ]
+    prompt = render_chat(FakeGenerator([]), ChatRequest(messages, Sampling.of(), tools=[WEATHER]))
+    assert 'Looking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in prompt
+    assert "sunny" in prompt
 
 
 @pytest.mark.parametrize(
