@@ -6,8 +6,8 @@ exchange longer), in one run, on three sides:
 - gpustack's `/v1/messages`, on a server with one slot of --ctx tokens;
 - llama.cpp called directly (llama-cpp-python) on the very tokens gpustack's text core made of the
   request, reusing its evaluated prefix for the second turn as a server's slot does;
-- llama.cpp's `llama-server` (when --llama-server names one), given the same conversation and tools
-  on its chat completions (its own template and tool prompt: its prompt's token count is shown).
+- llama.cpp's `llama-server` (when --llama-server names one), given the same request on its own
+  `/v1/messages` (its own rendering of the tools: its prompt's token count is shown).
 
 Each round's system prompt starts with its own number, so no side finds a round's prefix cached
 from an earlier one. The request is written here, of the size and shape of Claude Code's, not
@@ -122,32 +122,6 @@ def agent_body(model: str, round_: int, turns: int) -> dict[str, Any]:
     }
 
 
-def openai_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The same conversation and tools as a chat completions request."""
-    system = "\n\n".join(block["text"] for block in body["system"])
-    messages = [{"role": "system", "content": system}]
-    for message in body["messages"]:
-        content = message["content"]
-        text = content if isinstance(content, str) else "\n".join(block["text"] for block in content)
-        messages.append({"role": message["role"], "content": text})
-    tools = [
-        {
-            "type": "function",
-            "function": {"name": t["name"], "description": t["description"], "parameters": t["input_schema"]},
-        }
-        for t in body["tools"]
-    ]
-    return {
-        "model": body["model"],
-        "messages": messages,
-        "tools": tools,
-        "max_tokens": body["max_tokens"],
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
-
 def first_token(http: httpx.Client, url: str, body: dict[str, Any]) -> tuple[float, int]:
     """(seconds to the first streamed piece of the answer, prompt tokens) of one request."""
     started, first, prompt = time.perf_counter(), None, 0
@@ -157,15 +131,9 @@ def first_token(http: httpx.Client, url: str, body: dict[str, Any]) -> tuple[flo
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             data = json.loads(line[6:])
-            if data.get("type") == "message_start":
-                prompt = data["message"]["usage"]["input_tokens"]
-            elif data.get("usage") and data["usage"].get("prompt_tokens"):
-                prompt = data["usage"]["prompt_tokens"]
-            piece = data.get("type") == "content_block_delta" or any(
-                c["delta"].get("content") or c["delta"].get("tool_calls") or c["delta"].get("reasoning_content")
-                for c in data.get("choices") or []
-            )
-            if piece and first is None:
+            usage = data.get("usage") or data.get("message", {}).get("usage") or {}
+            prompt = usage.get("input_tokens") or prompt
+            if data.get("type") == "content_block_delta" and first is None:
                 first = time.perf_counter()
     assert first is not None, "the answer had no piece"
     return first - started, prompt
@@ -173,7 +141,10 @@ def first_token(http: httpx.Client, url: str, body: dict[str, Any]) -> tuple[flo
 
 def start_llama_server(binary: str, model_path: Path, ctx: int, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    args = ["-m", str(model_path), "-c", str(ctx), "-np", "1", "-t", str(threads), "--jinja", "--port", str(port)]
+    # --swa-full: a sliding-window model's whole cache kept, as llama.cpp's library keeps it by
+    # default (and so our engine and the direct side), so that a prefix can be reused.
+    args = ["-m", str(model_path), "-c", str(ctx), "-np", "1", "-t", str(threads), "--jinja", "--swa-full"]
+    args += ["--port", str(port)]
     process = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/health", 300)
@@ -217,8 +188,8 @@ def main() -> None:
         "gpustack /v1/messages": lambda r, t: first_token(http, url + "/v1/messages", agent_body(args.model, r, t)),
     }
     if peer is not None:
-        sides["llama-server chat"] = lambda r, t: first_token(
-            http, peer[1] + "/v1/chat/completions", openai_body(agent_body(args.model, r, t))
+        sides["llama-server /v1/messages"] = lambda r, t: first_token(
+            http, peer[1] + "/v1/messages", agent_body(args.model, r, t)
         )
     results: dict[str, list[tuple[float, int, float, int]]] = {name: [] for name in sides}
     try:
@@ -235,10 +206,10 @@ def main() -> None:
             process.wait(20)
     print(f"model {args.model}, context {args.ctx}, {threads} threads, {args.runs} round(s), medians")
     heads = ("first: tokens", "first token s", "prompt tok/s", "next: tokens", "first token s")
-    print(f"{'':24}" + "".join(f"{head:>15}" for head in heads))
+    print(f"{'':26}" + "".join(f"{head:>15}" for head in heads))
     for name, runs in results.items():
         cold, cold_tokens, warm, warm_tokens = (statistics.median(x) for x in zip(*runs, strict=True))
-        print(f"{name:24}{cold_tokens:15.0f}{cold:15.1f}{cold_tokens / cold:15.0f}{warm_tokens:15.0f}{warm:15.2f}")
+        print(f"{name:26}{cold_tokens:15.0f}{cold:15.1f}{cold_tokens / cold:15.0f}{warm_tokens:15.0f}{warm:15.2f}")
     if peer is None:
         print("llama-server: not given (--llama-server PATH; build one with llama.cpp's sources)")
 

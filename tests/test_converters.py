@@ -139,6 +139,7 @@ def test_a_core_chat_goes_to_another_server_as_openai_would_send_it() -> None:
         stop=["END"],
         tools=[Tool("weather", "The weather", WEATHER)],
         tool_choice="weather",
+        parallel_tool_calls=False,
     )
     body = openai.chat_body(chat, "upstream-name")
     assert body["model"] == "upstream-name" and body["stream"] is True
@@ -151,6 +152,7 @@ def test_a_core_chat_goes_to_another_server_as_openai_would_send_it() -> None:
     # What goes out reads back as the same chat.
     back = openai.chat_request(openai.ChatCompletionBody.model_validate(body))
     assert back.messages == chat.messages and back.tools == chat.tools and back.tool_choice == "weather"
+    assert body["parallel_tool_calls"] is False and back.parallel_tool_calls is False
 
 
 def test_an_upstreams_chunks_become_the_cores_events() -> None:

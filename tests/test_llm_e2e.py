@@ -233,7 +233,14 @@ WEATHER = {
 def test_tool_call_round_trip(client: openai.OpenAI) -> None:
     messages = ask("What is the weather in Paris?")
     response = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, seed=0
+        model=MODEL,
+        messages=messages,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+        seed=0,
     )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -267,6 +274,7 @@ def test_streamed_tool_call(client: openai.OpenAI) -> None:
         messages=ask("Weather in Rome?"),
         tools=[WEATHER],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_tokens=60,
         temperature=0,
         seed=0,
@@ -406,7 +414,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
         max_tokens=60,
         messages=messages,
         tools=[TOOL],
-        tool_choice={"type": "any"},
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
         extra_body={"temperature": 0, "seed": 0},
     )
     assert message.stop_reason == "tool_use"

@@ -172,6 +172,7 @@ def test_responses(client: openai.OpenAI) -> None:
         input="Weather in Paris?",
         tools=[weather],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_output_tokens=80,
         temperature=0,
         extra_body={"seed": 0},

@@ -160,6 +160,7 @@ def test_function_tool_round_trip(client: openai.OpenAI) -> None:
         input="What is the weather in Paris?",
         tools=[WEATHER],
         tool_choice="required",
+        parallel_tool_calls=False,
         max_output_tokens=60,
         **GREEDY,
     )
@@ -198,6 +199,7 @@ def test_streamed_function_call(client: openai.OpenAI) -> None:
             input="Weather in Rome?",
             tools=[WEATHER],
             tool_choice="required",
+            parallel_tool_calls=False,
             max_output_tokens=60,
             stream=True,
             **GREEDY,

@@ -288,6 +288,7 @@ def chat_body(chat: ChatRequest, model: str) -> dict[str, Any]:
         else choice
         if choice in ("auto", "none", "required")
         else NamedToolChoice(type="function", function={"name": choice}),
+        parallel_tool_calls=False if tools and not chat.parallel_tool_calls else None,
     )
     return body.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
