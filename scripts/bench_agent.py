@@ -6,8 +6,9 @@ exchange longer), in one run, on three sides:
 - gpustack's `/v1/messages`, on a server with one slot of --ctx tokens;
 - llama.cpp called directly (llama-cpp-python) on the very tokens gpustack's text core made of the
   request, reusing its evaluated prefix for the second turn as a server's slot does;
-- llama.cpp's `llama-server` (when --llama-server names one), given the same request on its own
-  `/v1/messages` (its own rendering of the tools: its prompt's token count is shown).
+- llama.cpp's `llama-server` (when --llama-server names one), given the same tokens on its
+  `/completion`, with its prompt cache on. (Its own `/v1/messages` renders the request its own
+  way: for a model whose template has no tools it leaves the tools out, a much shorter prompt.)
 
 Each round's system prompt starts with its own number, so no side finds a round's prefix cached
 from an earlier one. The request is written here, of the size and shape of Claude Code's, not
@@ -72,7 +73,7 @@ def tool(rng: random.Random, index: int) -> dict[str, Any]:
     }
     return {
         "name": f"tool_{index:02d}",
-        "description": " ".join(prose(rng, 25) for _ in range(1 + index % 6)),
+        "description": " ".join(prose(rng, 35) for _ in range(4 + index % 12)),
         "input_schema": {
             "type": "object",
             "properties": {
@@ -132,8 +133,8 @@ def first_token(http: httpx.Client, url: str, body: dict[str, Any]) -> tuple[flo
                 continue
             data = json.loads(line[6:])
             usage = data.get("usage") or data.get("message", {}).get("usage") or {}
-            prompt = usage.get("input_tokens") or prompt
-            if data.get("type") == "content_block_delta" and first is None:
+            prompt = usage.get("input_tokens") or data.get("tokens_evaluated") or prompt
+            if (data.get("type") == "content_block_delta" or data.get("content")) and first is None:
                 first = time.perf_counter()
     assert first is not None, "the answer had no piece"
     return first - started, prompt
@@ -170,11 +171,18 @@ def main() -> None:
     # Our engine renders the direct side's tokens; the direct side and the peer take its threads.
     engine = load_model(store, args.model, settings)
     threads = engine.threads
-    llm = Llama(str(model_path), n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=threads, verbose=False)
+    # Flash attention as llama.cpp's library and server choose it on this device (auto: on).
+    llm = Llama(
+        str(model_path), n_ctx=args.ctx, n_batch=512, n_ubatch=512, n_threads=threads, flash_attn=True, verbose=False
+    )
+
+    def tokens_of(round_: int, turns: int) -> list[int]:
+        """The tokens gpustack's text core makes of the request."""
+        chat = chat_request(MessagesBody.model_validate(agent_body(args.model, round_, turns)))
+        return prepare_chat(engine, chat).prompt_tokens
 
     def direct(round_: int, turns: int) -> tuple[float, int]:
-        chat = chat_request(MessagesBody.model_validate(agent_body(args.model, round_, turns)))
-        tokens = prepare_chat(engine, chat).prompt_tokens
+        tokens = tokens_of(round_, turns)
         started = time.perf_counter()
         # generate() evaluates only what follows the prefix it evaluated last (a slot's cache).
         next(iter(llm.generate(tokens, temp=0)))
@@ -188,9 +196,13 @@ def main() -> None:
         "gpustack /v1/messages": lambda r, t: first_token(http, url + "/v1/messages", agent_body(args.model, r, t)),
     }
     if peer is not None:
-        sides["llama-server /v1/messages"] = lambda r, t: first_token(
-            http, peer[1] + "/v1/messages", agent_body(args.model, r, t)
-        )
+
+        def peer_tokens(round_: int, turns: int) -> tuple[float, int]:
+            tokens = tokens_of(round_, turns)
+            body = {"prompt": tokens, "n_predict": 8, "temperature": 0, "stream": True, "cache_prompt": True}
+            return first_token(http, peer[1] + "/completion", body)[0], len(tokens)
+
+        sides["llama-server, same tokens"] = peer_tokens
     results: dict[str, list[tuple[float, int, float, int]]] = {name: [] for name in sides}
     try:
         for round_ in range(args.runs):

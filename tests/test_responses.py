@@ -300,3 +300,82 @@ def test_namespaced_functions_are_offered_and_their_calls_carry_the_namespace() 
     assert caught.value.param == "tools[0].tools[1].type"
     with pytest.raises(APIError, match="unique"):
         refuse_unsupported(body(input="Hi", tools=[spawn, agents]))
+
+
+def codex_body() -> dict:
+    """A request of the shape and size Codex sends on its first turn (written here, not copied):
+    long developer instructions and an environment block as input messages, function tools with
+    `strict` and a namespace of sub-agent tools, reasoning summaries asked for, nothing stored,
+    encrypted reasoning included, a cache key and the client's own metadata."""
+
+    def function(name: str, size: int) -> dict:
+        properties = {
+            "cmd": {"type": "string", "description": "The command to run. " * size},
+            "workdir": {"type": "string"},
+            "yield_time_ms": {"type": "number"},
+            "justification": {"type": "string"},
+        }
+        parameters = {"type": "object", "properties": properties, "required": ["cmd"], "additionalProperties": False}
+        return {
+            "type": "function",
+            "name": name,
+            "description": f"{name}. " * size,
+            "strict": False,
+            "parameters": parameters,
+        }
+
+    agents = [function(n, 40) for n in ("spawn_agent", "send_input", "wait", "close_agent")]
+    return {
+        "model": "m",
+        "instructions": "You are a coding agent running in a terminal. " * 300,
+        "input": [
+            {
+                "type": "message",
+                "role": "developer",
+                "content": [{"type": "input_text", "text": "Sandbox: read-only. " * 400}],
+            },
+            {
+                "type": "message",
+                "role": "developer",
+                "content": [
+                    {"type": "input_text", "text": "Approvals: never. " * 50},
+                    {"type": "input_text", "text": "Skills."},
+                ],
+            },
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "<environment_context>cwd</environment_context>"}],
+            },
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello."}]},
+        ],
+        "tools": [
+            *[function(n, 30) for n in ("exec_command", "write_stdin", "request_user_input", "view_image")],
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents. " * 20, "tools": agents},
+            *[function(n, 10) for n in ("get_goal", "create_goal", "update_goal")],
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "reasoning": {"summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "0199-session",
+        "client_metadata": {"session_id": "0199-session", "turn_id": "0199-turn"},
+    }
+
+
+def test_a_coding_agents_responses_request_becomes_a_chat() -> None:
+    request = ResponseBody.model_validate(codex_body())
+    refuse_unsupported(request)
+    chat = chat_request(request, [], input_items(request))
+    assert [m.role for m in chat.messages] == ["system", "system", "system", "user", "user"]
+    assert chat.messages[0].content.startswith("You are a coding agent") and chat.messages[-1].content == "Say hello."
+    assert len(chat.tools) == 11 and chat.tools[4].name == "spawn_agent" and chat.tool_choice == "auto"
+    assert chat.parallel_tool_calls is True and chat.max_tokens is None
+    # Rendered by a template that takes one system message first: all three joined, in order.
+    engine = FakeGenerator([])
+    engine.n_ctx = 1_000_000
+    prompt = render_chat(engine, chat)
+    assert prompt.index("You are a coding agent") < prompt.index("Sandbox") < prompt.index("Approvals")
+    assert prompt.index("Approvals") < prompt.index("<environment_context>") < prompt.index("Say hello.")
