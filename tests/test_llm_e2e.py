@@ -230,18 +230,21 @@ WEATHER = {
 }
 
 
+# One call to the weather tool, asked for greedily.
+ONE_CALL = {
+    "model": MODEL,
+    "tools": [WEATHER],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+    "max_tokens": 60,
+    "temperature": 0,
+    "seed": 0,
+}
+
+
 def test_tool_call_round_trip(client: openai.OpenAI) -> None:
     messages = ask("What is the weather in Paris?")
-    response = client.chat.completions.create(
-        model=MODEL,
-        messages=messages,
-        tools=[WEATHER],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=60,
-        temperature=0,
-        seed=0,
-    )
+    response = client.chat.completions.create(messages=messages, **ONE_CALL)
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
     [call] = choice.message.tool_calls
@@ -269,17 +272,7 @@ def test_tool_call_round_trip(client: openai.OpenAI) -> None:
 
 
 def test_streamed_tool_call(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=ask("Weather in Rome?"),
-        tools=[WEATHER],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        max_tokens=60,
-        temperature=0,
-        seed=0,
-        stream=True,
-    )
+    stream = client.chat.completions.create(messages=ask("Weather in Rome?"), stream=True, **ONE_CALL)
     name, arguments, finish, ids = "", "", None, set()
     for chunk in stream:
         validate(json.loads(chunk.model_dump_json(exclude_unset=True)), "CreateChatCompletionStreamResponse")
