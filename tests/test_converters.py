@@ -53,7 +53,7 @@ def test_an_openai_chat_body_becomes_the_cores_request() -> None:
                 {"role": "developer", "content": "Be brief."},
                 {
                     "role": "user",
-                    "content": [{"type": "text", "text": "Weather "}, {"type": "text", "text": "in Oslo?"}],
+                    "content": [{"type": "text", "text": "Weather in Oslo?"}, {"type": "text", "text": "Be brief."}],
                 },
                 {
                     "role": "assistant",
@@ -81,7 +81,7 @@ def test_an_openai_chat_body_becomes_the_cores_request() -> None:
     )
     chat = openai.chat_request(body)
     assert [m.role for m in chat.messages] == ["system", "user", "assistant", "tool"]
-    assert chat.messages[1].content == "Weather in Oslo?"
+    assert chat.messages[1].content == "Weather in Oslo?\nBe brief."  # parts a line apart
     assert chat.messages[2].tool_calls == [ToolCall("call_1", "weather", '{"city":"Oslo"}')]
     assert chat.messages[3].tool_call_id == "call_1"
     assert chat.tools == [Tool("weather", "", WEATHER)] and chat.tool_choice == "weather"
@@ -487,7 +487,7 @@ def test_a_coding_agents_request_becomes_a_chat() -> None:
     body = anthropic.MessagesBody.model_validate(agent_body())
     chat = anthropic.chat_request(body)
     assert [m.role for m in chat.messages] == ["system", "user", "system"]
-    assert chat.messages[0].content == "You are a coding agent.Work carefully."
+    assert chat.messages[0].content == "You are a coding agent.\nWork carefully."
     assert chat.messages[2].content.startswith("Reminder:")
     assert chat.template_kwargs == {"enable_thinking": True, "reasoning_effort": "high"}
     assert len(chat.tools) == 24 and chat.max_tokens == 32000 and chat.tool_choice == "auto"

@@ -178,7 +178,8 @@ class MessagesBody(CountTokensBody):
 
 
 def _text(content: str | list[TextBlock]) -> str:
-    return content if isinstance(content, str) else "".join(b.text for b in content)
+    # Text blocks go to the template as one text, a line apart, as OpenAI's text parts do.
+    return content if isinstance(content, str) else "\n".join(b.text for b in content)
 
 
 def _messages(body: CountTokensBody) -> list[ChatMessage]:
@@ -187,14 +188,15 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
         if isinstance(message.content, str):
             messages.append(ChatMessage(message.role, message.content))
             continue
-        text, calls = "", []
+        texts: list[str] = []
+        calls: list[ToolCall] = []
         for block in message.content:
             if isinstance(block, OtherBlock):
                 raise bad_request(f"messages.{index}.content: this model reads text only, not '{block.type}' blocks")
             if isinstance(block, ThinkingBlock):
                 continue
             if isinstance(block, TextBlock):
-                text += block.text
+                texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
             else:
@@ -204,8 +206,8 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
                         "tool", f"Error: {result}" if block.is_error else result, tool_call_id=block.tool_use_id
                     )
                 )
-        if text or calls:
-            messages.append(ChatMessage(message.role, text, calls))
+        if texts or calls:
+            messages.append(ChatMessage(message.role, "\n".join(texts), calls))
     return messages
 
 

@@ -207,7 +207,8 @@ def _text_of(message: Message, index: int) -> str:
                 param=f"messages[{index}].content",
                 code="unsupported_content",
             )
-    return "".join(part.text for part in message.content if isinstance(part, TextPart))
+    # Text parts go to the template as one text, a line apart (as llama.cpp and vLLM join them).
+    return "\n".join(part.text for part in message.content if isinstance(part, TextPart))
 
 
 def chat_request(body: ChatCompletionBody) -> ChatRequest:

@@ -308,7 +308,8 @@ def _check_content(content: str | list[Any], param: str) -> None:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(part.get("text") or part.get("refusal") or "" for part in content)
+    # A line apart, as chat completions joins its text parts.
+    return "\n".join(part.get("text") or part.get("refusal") or "" for part in content)
 
 
 def chat_messages(items: list[dict[str, Any]]) -> list[ChatMessage]:
