@@ -101,15 +101,23 @@ def link_or_copy(source: Path, dest: Path, done: Callable[[int], None] | None = 
     except OSError:
         pass
     try:
+        copy_blocks(source, dest, lambda block: done(len(block)) if done else None)
+    except OSError as exc:
+        if disk_full(exc):
+            raise StoreError(f"{source.name}: disk full while copying") from exc
+        raise
+
+
+def copy_blocks(source: Path, dest: Path, each: Callable[[bytes], None]) -> None:
+    """Copy `source` to `dest` a megabyte at a time, handing each block to `each` as it is
+    written (to count or hash it); a copy that fails leaves no `dest` behind."""
+    try:
         with source.open("rb") as src, dest.open("wb") as out:
             while block := src.read(1024 * 1024):
                 out.write(block)
-                if done:
-                    done(len(block))
-    except OSError as exc:
+                each(block)
+    except OSError:
         dest.unlink(missing_ok=True)
-        if disk_full(exc):
-            raise StoreError(f"{source.name}: disk full while copying") from exc
         raise
 
 

@@ -20,7 +20,7 @@ import httpx
 from filelock import FileLock
 
 from gpustack_cli import __version__
-from gpustack_cli.store import disk_full
+from gpustack_cli.store import copy_blocks, disk_full
 
 CHUNK = 1024 * 1024
 RETRIES = 3
@@ -109,15 +109,15 @@ class Downloader:
         if not source.is_file():
             raise PullError(f"{label}: not found: {source}")
         digest = hashlib.sha256()
-        total = source.stat().st_size
+
+        def hashed(block: bytes) -> None:
+            digest.update(block)
+            done(len(block))
+
         try:
-            with self.progress.task(label, size or total) as done, source.open("rb") as src, part.open("wb") as out:
-                while block := src.read(CHUNK):
-                    out.write(block)
-                    digest.update(block)
-                    done(len(block))
+            with self.progress.task(label, size or source.stat().st_size) as done:
+                copy_blocks(source, part, hashed)
         except OSError as exc:
-            part.unlink(missing_ok=True)
             if disk_full(exc):
                 raise PullError(f"{label}: disk full while copying") from exc
             raise

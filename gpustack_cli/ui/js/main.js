@@ -33,6 +33,14 @@ export function fillModels(select, list) {
   if (list.some((m) => m.id === current)) select.value = current;
 }
 
+/** A form's models: those of one category in its <select>, the form hidden when there are none. */
+export function offerModels(formId, selectId, list, category) {
+  const chosen = list.filter((m) => m.categories.includes(category));
+  fillModels($(selectId), chosen);
+  $(formId).hidden = !chosen.length;
+  return chosen;
+}
+
 function askForKey(message) {
   $("key-message").textContent = message;
   $("key-input").value = "";
@@ -82,7 +90,7 @@ function buildTabs(list) {
   };
   for (const tab of shown) {
     if (!started.has(tab.id)) {
-      tab.module.init({ notice, fillModels });
+      tab.module.init({ notice, fillModels, offerModels });
       started.add(tab.id);
     }
     tab.module.setModels(list.filter((m) => !tab.kinds || m.categories.some((c) => tab.kinds.includes(c))));

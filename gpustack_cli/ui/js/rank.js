@@ -105,10 +105,6 @@ export function init(context) {
 }
 
 export function setModels(list) {
-  const rerankers = list.filter((m) => m.categories.includes("reranker"));
-  const embedders = list.filter((m) => m.categories.includes("embedding"));
-  ui.fillModels($("rerank-model"), rerankers);
-  ui.fillModels($("embed-model"), embedders);
-  $("rerank-form").hidden = !rerankers.length;
-  $("embed-form").hidden = !embedders.length;
+  ui.offerModels("rerank-form", "rerank-model", list, "reranker");
+  ui.offerModels("embed-form", "embed-model", list, "embedding");
 }

@@ -146,12 +146,8 @@ export function init(context) {
 }
 
 export async function setModels(list) {
-  const speakers = list.filter((m) => m.categories.includes("text_to_speech"));
-  const listeners = list.filter((m) => m.categories.includes("speech_to_text"));
-  ui.fillModels($("tts-model"), speakers);
-  ui.fillModels($("stt-model"), listeners);
-  $("tts-form").hidden = !speakers.length;
-  $("stt-form").hidden = !listeners.length;
+  const speakers = ui.offerModels("tts-form", "tts-model", list, "text_to_speech");
+  ui.offerModels("stt-form", "stt-model", list, "speech_to_text");
   if (speakers.length) {
     try {
       voices = (await getJSON("/v1/audio/voices")).data;
