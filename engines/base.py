@@ -33,6 +33,8 @@ class LoadSpec:
     parallel: int = 1
     # Tokens of context per request slot (llama.cpp); None: the engine's default.
     ctx_size: int | None = None
+    # Seconds a request's grammar may take on one token before the request is ended (llama.cpp).
+    grammar_budget: float = 1.0
 
 
 @runtime_checkable
@@ -290,6 +292,8 @@ class Transcriber(Protocol):
         temperature: float | None = None,
         translate: bool = False,
         words: bool = False,
+        # The longest audio to take, in seconds: longer is an AudioError, found while decoding.
+        max_seconds: float | None = None,
     ) -> Transcription: ...
 
 
@@ -344,6 +348,11 @@ class InvalidTokens(ValueError):
 
 class RequestAborted(RuntimeError):
     """The engine ended a request before its end: aborted by id, or its model unloaded."""
+
+
+class OutOfMemory(RuntimeError):
+    """A model that cannot be loaded in the memory there is, as it is asked to load (its context
+    times its slots, say); the message names the memory it needs."""
 
 
 class EngineUnavailable(RuntimeError):

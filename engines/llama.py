@@ -149,16 +149,23 @@ class LlamaEngine:
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
         self.decoder: BatchDecoder | None = None
         if not self.embedding_mode:
-            self.decoder = BatchDecoder(
-                self.llm.model,
-                n_ctx=n_ctx,
-                parallel=self.max_concurrency,
-                n_batch=n_batch,
-                threads=threads,
-                is_eog=self.is_eog,
-                piece=self.piece,
-                special_piece=self._special_piece,
-            )
+            try:
+                self.decoder = BatchDecoder(
+                    self.llm.model,
+                    n_ctx=n_ctx,
+                    parallel=self.max_concurrency,
+                    n_batch=n_batch,
+                    threads=threads,
+                    is_eog=self.is_eog,
+                    piece=self.piece,
+                    special_piece=self._special_piece,
+                    # With layers on a GPU the cache is there too: llama.cpp says when it does not fit.
+                    check_memory=not self.gpu_offload,
+                    grammar_budget=spec.grammar_budget,
+                )
+            except Exception:
+                self.llm.close()
+                raise
         log.info(
             "loaded %s: %s, context %d x %d slots, %s, %d threads",
             spec.name,

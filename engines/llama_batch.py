@@ -8,6 +8,13 @@ in Python; its low-level bindings expose llama.cpp's batch API (`llama_batch_*`,
 request samples in C with a chain of its own (logit bias, penalties, grammar, top-k/p, min-p,
 temperature, and a seeded `dist`), reading its row of the batch's logits.
 
+A request with a grammar samples as llama.cpp's common sampler does: the token is drawn without
+the grammar first and kept if the grammar accepts it (one token checked), and only otherwise is
+the grammar applied to the whole vocabulary and the token drawn again. That full pass is what a
+pathological grammar makes slow, and it runs on the loop that every slot waits on: a request
+whose pass takes longer than its `grammar_budget` ends with an InvalidSchema error, and the other
+slots go on.
+
 Requests join and leave between steps. A prompt is read in chunks that share each step's
 `n_batch` tokens with the running streams' next tokens (running streams go first), so a long
 prompt slows the others by one chunk per step instead of stopping them for its whole prefill. A
@@ -33,7 +40,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from engines.base import DecodeStats, RequestAborted, Sampling, Token
+from engines.base import DecodeStats, InvalidSchema, OutOfMemory, RequestAborted, Sampling, Token
 
 log = logging.getLogger("gpustack.engines.llama")
 RANDOM_SEED = 0xFFFFFFFF
@@ -72,6 +79,8 @@ class _Job:
     produced: int = 0
     last: int | None = None
     chain: Any = None
+    # The request's grammar sampler, kept out of `chain` (see the module's docstring).
+    grammar_sampler: Any = None
     # When the request came, and when it got its latest token (time.monotonic).
     since: float = field(default_factory=time.monotonic)
     # Special tokens shown as their text (see Sampling.preserve).
@@ -113,6 +122,8 @@ class BatchDecoder:
         is_eog: Callable[[int], bool],
         piece: Callable[[int], bytes],
         special_piece: Callable[[int], bytes],
+        check_memory: bool = True,
+        grammar_budget: float = 1.0,
     ):
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -120,8 +131,13 @@ class BatchDecoder:
         self._is_eog = is_eog
         self._piece = piece
         self._special_piece = special_piece
+        self.grammar_budget = grammar_budget
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        needed = n_ctx * parallel * kv_bytes_per_token(model)
+        available = available_memory()
+        if check_memory and available is not None and needed > available:
+            raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * parallel
         params.n_batch = n_batch
@@ -133,9 +149,16 @@ class BatchDecoder:
         params.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
-            raise RuntimeError("llama.cpp could not create a context for batched decoding")
+            raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
         self._memory = llama_cpp.llama_get_memory(self.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        # The candidates a grammar is applied to: the whole vocabulary, and one token.
+        self._candidates = (llama_cpp.llama_token_data * self.n_vocab)()
+        self._candidate_rows = np.ctypeslib.as_array(self._candidates).view(
+            np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        )
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._one = llama_cpp.llama_token_data()
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
@@ -306,7 +329,9 @@ class BatchDecoder:
                 continue
             try:
                 job.chain = self._sampler(job)
+                job.grammar_sampler = self._grammar(job)
             except Exception as exc:
+                self._release(job)
                 job.deliver(exc)
                 continue
             slot = max(free, key=lambda s: _common_prefix(s.cached, job.prompt) if reuse else -len(s.cached))
@@ -354,12 +379,6 @@ class BatchDecoder:
             for token in job.prompt[-PENALTY_WINDOW:]:  # the prompt counts as history, as in llama-server
                 llama_cpp.llama_sampler_accept(penalties, token)
             add(chain, penalties)
-        if job.grammar is not None:
-            grammar = _grammar_sampler(self._vocab, job.grammar)
-            if not grammar:
-                llama_cpp.llama_sampler_free(chain)
-                raise ValueError("llama.cpp cannot parse the grammar")
-            add(chain, grammar)
         if s.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -371,6 +390,14 @@ class BatchDecoder:
             seed = RANDOM_SEED if s.seed is None else s.seed & 0x7FFFFFFF
             add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
+
+    def _grammar(self, job: _Job) -> Any:
+        if job.grammar is None:
+            return None
+        grammar = _grammar_sampler(self._vocab, job.grammar)
+        if not grammar:
+            raise InvalidSchema("llama.cpp cannot parse the grammar")
+        return grammar
 
     def _add(self, token: int, pos: int, seq: int, logits: bool) -> int:
         batch, i = self._batch, self._batch.n_tokens
@@ -424,7 +451,12 @@ class BatchDecoder:
 
     def _sample(self, job: _Job, index: int) -> None:
         logprobs, top = self._logprobs(job, index) if job.sampling.logprobs is not None else (None, ())
-        token = llama_cpp.llama_sampler_sample(job.chain, self.ctx, index)
+        if job.grammar_sampler is None:
+            token = llama_cpp.llama_sampler_sample(job.chain, self.ctx, index)
+        else:
+            token = self._sample_with_grammar(job, index)
+            if token is None:
+                return
         if self._is_eog(token):
             self._finish(job)
             return
@@ -440,6 +472,47 @@ class BatchDecoder:
             self._finish(job)
         else:
             job.last = token
+
+    def _draw(self, sampler: Any, index: int) -> int:
+        """Apply `sampler` to every token's logit at batch row `index`; the token it selects."""
+        rows = self._candidate_rows
+        rows["id"] = self._ids
+        rows["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+        rows["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        return int(array.data[array.selected].id)
+
+    def _grammar_accepts(self, grammar: Any, token: int) -> bool:
+        one = self._one
+        one.id, one.logit, one.p = token, 0.0, 0.0
+        array = llama_cpp.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+        return one.logit != float("-inf")
+
+    def _sample_with_grammar(self, job: _Job, index: int) -> int | None:
+        """The token drawn as the module's docstring says; None when the grammar took longer than
+        its budget (the job is ended with an error)."""
+        grammar = job.grammar_sampler
+        token = self._draw(job.chain, index)
+        started = time.monotonic()
+        if not self._grammar_accepts(grammar, token):
+            self._draw(grammar, index)  # rejected tokens' logits become -inf in the buffer
+            array = llama_cpp.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
+            llama_cpp.llama_sampler_apply(job.chain, ctypes.byref(array))
+            token = int(array.data[array.selected].id)
+        llama_cpp.llama_sampler_accept(grammar, token)
+        if time.monotonic() - started > self.grammar_budget:
+            self._finish(
+                job,
+                InvalidSchema(
+                    f"its grammar took over {self.grammar_budget:g} s to apply to one token "
+                    "(simplify the schema's patterns)"
+                ),
+            )
+            return None
+        llama_cpp.llama_sampler_accept(job.chain, token)
+        return token
 
     def _logits(self, job: _Job, index: int) -> np.ndarray:
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
@@ -461,13 +534,48 @@ class BatchDecoder:
             top = tuple((int(i), float(logprobs[i])) for i in best)
         return logprobs, top
 
+    def _release(self, job: _Job) -> None:
+        for sampler in (job.chain, job.grammar_sampler):
+            if sampler is not None:
+                llama_cpp.llama_sampler_free(sampler)
+        job.chain = job.grammar_sampler = None
+
     def _finish(self, job: _Job, error: BaseException | None = None) -> None:
-        if job.chain is not None:
-            llama_cpp.llama_sampler_free(job.chain)
-            job.chain = None
+        self._release(job)
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
         job.deliver(error or _aborted(job) or _END)
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of f16 KV cache one token takes: keys and values of every layer, at the width of
+    the model's key-value heads (grouped-query attention shares them among its heads)."""
+    layers = llama_cpp.llama_model_n_layer(model)
+    width = llama_cpp.llama_model_n_embd(model)
+    heads, kv_heads = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
+    if heads > 0 and kv_heads > 0:
+        width = width * kv_heads // heads
+    return 2 * layers * width * 2
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _memory_message(n_ctx: int, parallel: int, needed: int, available: int | None) -> str:
+    have = "" if available is None else f", and {available / 2**30:.1f} GiB is available"
+    return (
+        f"the model's KV cache needs about {needed / 2**30:.1f} GiB for {parallel} slots of {n_ctx} tokens{have}: "
+        "load it with fewer slots (--parallel) or a smaller context (--ctx-size)"
+    )
 
 
 def _grammar_sampler(vocab: Any, grammar: Grammar) -> Any:

@@ -1,6 +1,9 @@
 """Speech to text with Whisper models in CTranslate2 format (faster-whisper): CUDA in float16
 when there is a GPU, else the CPU in int8. Audio files are decoded with PyAV (FFmpeg) before the
-model sees them, so that anything that is not audio is the caller's error, whatever PyAV raised."""
+model sees them, so that anything that is not audio is the caller's error, whatever PyAV raised.
+They are decoded frame by frame into 16-bit samples, and refused as soon as they run past the
+longest audio the caller allows (faster-whisper's own `decode_audio` keeps every decoded frame
+and several copies of the whole, about 60 bytes a sample: hours of audio take gigabytes)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from faster_whisper import WhisperModel, decode_audio
+import numpy as np
+from faster_whisper import WhisperModel
 
 from engines.base import AudioError, LoadSpec, Segment, Transcription, Word
 
@@ -24,6 +28,41 @@ def _device() -> tuple[str, str]:
     except (ImportError, RuntimeError):
         pass
     return "cpu", "int8"
+
+
+def _too_long(max_seconds: float) -> AudioError:
+    return AudioError(f"the audio is longer than the limit of {max_seconds:g} seconds")
+
+
+def decode(audio: Any, rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 samples at `rate` of an audio file (a path or a file object)."""
+    import av
+
+    limit = None if max_seconds is None else int(max_seconds * rate)
+    chunks: list[np.ndarray] = []
+    total = 0
+    try:
+        with av.open(audio, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioError("the file holds no audio")
+            if max_seconds is not None and container.duration and container.duration / av.time_base > max_seconds:
+                raise _too_long(max_seconds)  # as the file says, before any of it is decoded
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+            frames = container.decode(container.streams.audio[0])
+            for frame in [*frames, None]:
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    total += chunk.size
+                    if limit is not None and total > limit:  # as it decodes, whatever the file said
+                        raise _too_long(max_seconds or 0)
+                    chunks.append(chunk)
+    except AudioError:
+        raise
+    except Exception as exc:  # PyAV and FFmpeg fail in many ways on what is not audio
+        raise AudioError(f"the file could not be decoded as audio: {exc}") from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
 class WhisperEngine:
@@ -44,11 +83,9 @@ class WhisperEngine:
         temperature: float | None = None,
         translate: bool = False,
         words: bool = False,
+        max_seconds: float | None = None,
     ) -> Transcription:
-        try:
-            samples = decode_audio(audio, sampling_rate=self.model.feature_extractor.sampling_rate)
-        except Exception as exc:  # PyAV and FFmpeg fail in many ways on what is not audio
-            raise AudioError(f"the file could not be decoded as audio: {exc}") from exc
+        samples = decode(audio, self.model.feature_extractor.sampling_rate, max_seconds)
         if samples.size == 0:
             raise AudioError("the file holds no audio")
         if language is not None and language not in self.model.supported_languages:

@@ -105,6 +105,20 @@ def serve(
         str | None,
         typer.Option(help="A reasoning model's thinking: apart from the answer (auto) or in it (none)."),
     ] = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-hosts", help="A host name to answer without keys, besides loopback (repeatable)."),
+    ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origins", help="A web origin that may call the server (repeatable; * for any) [GPUSTACK_ORIGINS]."
+        ),
+    ] = None,
+    sse_keepalive: Annotated[
+        float | None,
+        typer.Option(help="Seconds a stream may stay silent before a keep-alive is sent (0: never) [default 15]."),
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
@@ -128,6 +142,9 @@ def serve(
         max_completion_tokens=max_completion_tokens,
         ctx_size=ctx_size,
         reasoning_format=reasoning_format,
+        sse_keepalive=sse_keepalive,
+        allowed_hosts=allowed_hosts or None,
+        origins=cors_origins or None,
         pull_defaults=False if no_pull else None,
         ui=False if no_ui else None,
     )

@@ -42,6 +42,10 @@ def split_host(value: str) -> tuple[str, int | None, str | None]:
     Returns the host, the port if one is named, and the URL clients should use when the value was
     one (an https URL, or one with a path)."""
     text = value.strip()
+    try:  # a bare IPv6 address (`::1`) reads as host:port otherwise
+        return str(ipaddress.IPv6Address(text)), None, None
+    except ValueError:
+        pass
     parsed = urlsplit(text if "://" in text else f"//{text}")
     try:
         port = parsed.port
@@ -119,15 +123,39 @@ class Settings(BaseModel):
     # for more, or for no limit, gets this many. Unset: as many as the context leaves.
     max_completion_tokens: int | None = Field(None, ge=1)
     max_text_chars: int = Field(2_000_000, ge=1000)
+    # Responses one `previous_response_id` conversation may chain (the Responses API).
+    max_response_chain: int = Field(1000, ge=1)
+    # Seconds of audio one transcription may hold (decoded as it is read, refused past this).
+    max_audio_seconds: float = Field(3600.0, gt=0)
+    # Choices one request asks for: prompts times n of a legacy completion, n of a chat.
+    max_choices: int = Field(128, ge=1)
+    # Stop strings of one request, and characters of each (searched for after every token).
+    max_stops: int = Field(16, ge=1)
+    max_stop_chars: int = Field(1000, ge=1)
     # JSON schemas of response formats and tools: nodes (subschemas, properties, enum values) in
     # all of them, and the largest count a schema may ask repeated (minItems, maxLength, ...).
     max_schema_nodes: int = Field(4000, ge=10)
     max_schema_repeat: int = Field(1000, ge=1)
+    # Unbounded repetitions (`*`, `+`) in one `pattern` of a schema: each can match where the
+    # others do, and the grammar's work per token grows with them (see docs/limits.md).
+    max_pattern_loops: int = Field(10, ge=1)
+    # Seconds a request's grammar may take to apply to one token before the request is ended
+    # with an error (the other requests on the model wait on it meanwhile).
+    grammar_token_budget: float = Field(1.0, gt=0)
     # Images: pixels of an uploaded image (read from its header, before it is decoded), pixels
     # of all the images one request asks for, and those pixels times the denoising steps.
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
+
+    # Host names a server without keys answers besides loopback and its own addresses (DNS
+    # rebinding: see server/origins.py); `*` for any.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Web page origins (`https://app.example`, wildcards allowed, `*` for any) that may call the
+    # server from a browser, besides its own pages and loopback ones.
+    origins: list[str] = Field(default_factory=list)
+    # Seconds a stream may stay silent before a keep-alive is sent in it (0: never).
+    sse_keepalive: float = Field(15.0, ge=0)
 
     # The browser playground at /ui/.
     ui: bool = True
@@ -146,7 +174,7 @@ class Settings(BaseModel):
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
 
-    @field_validator("preload", "default_models", "generic_proxy", mode="before")
+    @field_validator("preload", "default_models", "generic_proxy", "allowed_hosts", "origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -12,6 +12,7 @@ a subset of JSON Schema, not the meta-schema.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +40,11 @@ class SchemaLimits:
     # Nodes in all of a request's schemas: subschemas, properties, enum values, and each
     # repetition a count asks for.
     max_nodes: int
-    # The largest count one keyword may ask (minItems, maxLength, ...).
+    # The largest count one keyword may ask (minItems, maxLength, ...), or a pattern's `{m,n}`.
     max_repeat: int
+    # Unbounded repetitions (`*`, `+`) in one pattern, those inside a repeated group counted
+    # once per repetition.
+    max_pattern_loops: int = 10
 
 
 class _Walk:
@@ -77,8 +81,10 @@ class _Walk:
         for low, high in (("minItems", "maxItems"), ("minLength", "maxLength")):
             if isinstance(node.get(low), int) and isinstance(node.get(high), int) and node[low] > node[high]:
                 raise SchemaError(f"{where}: {low} is greater than {high}, so nothing matches")
-        if "pattern" in node and not isinstance(node["pattern"], str):
-            raise SchemaError(f"{where}.pattern: must be a string")
+        if "pattern" in node:
+            if not isinstance(node["pattern"], str):
+                raise SchemaError(f"{where}.pattern: must be a string")
+            self.pattern(node["pattern"], f"{where}.pattern")
         if "$ref" in node:
             self.ref(node["$ref"], f"{where}.$ref")
         if "required" in node and not (
@@ -126,6 +132,19 @@ class _Walk:
             raise SchemaError(f"{where}: {value} is over the limit of {self.limits.max_repeat}")
         self.count(value, where)
 
+    def pattern(self, text: str, where: str) -> None:
+        """A regular expression's cost in the grammar: each repetition `{m,n}` is written out
+        max(m, n) times by the converter (nested ones multiply), and each unbounded one (`*`,
+        `+`, `{m,}`) is a loop the grammar may be in at any point, which multiplies the states it
+        tracks per token."""
+        cost = _Pattern(text, where, self.limits.max_repeat).cost()
+        self.count(cost.size, where)
+        if cost.loops > self.limits.max_pattern_loops:
+            raise SchemaError(
+                f"{where}: {cost.loops} unbounded repetitions (`*`, `+`, `{{m,}}`, counting those repeated "
+                f"inside others) are over the limit of {self.limits.max_pattern_loops}"
+            )
+
     def ref(self, ref: Any, where: str) -> None:
         """Only references inside the schema itself: a caller's schema never makes us fetch a URL."""
         if not isinstance(ref, str) or not ref.startswith("#"):
@@ -135,12 +154,124 @@ class _Walk:
             key = part.replace("~1", "/").replace("~0", "~")
             if isinstance(target, dict) and key in target:
                 target = target[key]
-            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+            elif (
+                isinstance(target, list)
+                and key.isascii()
+                and key.isdigit()
+                and len(key) < 10
+                and int(key) < len(target)
+            ):
                 target = target[int(key)]
             else:
                 raise SchemaError(f"{where}: {ref!r} points at nothing in the schema")
         if not isinstance(target, dict):
             raise SchemaError(f"{where}: {ref!r} does not point at a schema")
+
+
+@dataclass(frozen=True)
+class _Cost:
+    # Grammar elements the pattern expands to, and the unbounded loops among them.
+    size: int
+    loops: int
+
+
+class _Pattern:
+    """A reader of the regular expressions JSON Schema's `pattern` holds (the subset
+    llama.cpp's converter takes: literals, classes, groups, alternatives and quantifiers), for
+    their cost alone: it never matches anything, so it need not be exact about what matches."""
+
+    def __init__(self, text: str, where: str, max_repeat: int):
+        self.text, self.where, self.max_repeat = text, where, max_repeat
+        self.at = 0
+
+    def cost(self) -> _Cost:
+        total = self.alternatives()
+        if self.at < len(self.text):  # a `)` with no `(`
+            raise SchemaError(f"{self.where}: unbalanced ')' at character {self.at}")
+        return total
+
+    def alternatives(self) -> _Cost:
+        size = loops = 0
+        while True:
+            part = self.sequence()
+            size, loops = size + part.size, loops + part.loops
+            if self.at < len(self.text) and self.text[self.at] == "|":
+                self.at += 1
+                continue
+            return _Cost(size, loops)
+
+    def sequence(self) -> _Cost:
+        size = loops = 0
+        text = self.text
+        while self.at < len(text) and text[self.at] not in "|)":
+            atom = self.atom()
+            low, high = self.quantifier()
+            if high is None:  # unbounded: written `low` times, then a loop
+                atom = _Cost(atom.size * max(low, 1), atom.loops * max(low, 1) + 1)
+            elif high != 1 or low != 1:
+                atom = _Cost(atom.size * max(high, 1), atom.loops * max(high, 1))
+            size, loops = size + atom.size, loops + atom.loops
+        return _Cost(size, loops)
+
+    def atom(self) -> _Cost:
+        text = self.text
+        ch = text[self.at]
+        self.at += 1
+        if ch == "(":
+            if text.startswith("?", self.at):  # (?:...), (?=...), (?P<name>...): the group's body
+                end = text.find(":", self.at) if text.startswith("?:", self.at) else self.at + 1
+                self.at = max(end + 1, self.at + 1)
+            inner = self.alternatives()
+            if self.at >= len(text) or text[self.at] != ")":
+                raise SchemaError(f"{self.where}: unbalanced '(' in the pattern")
+            self.at += 1
+            return _Cost(inner.size + 1, inner.loops)
+        if ch == "[":
+            if text.startswith("^", self.at):
+                self.at += 1
+            if text.startswith("]", self.at):
+                self.at += 1
+            while self.at < len(text) and text[self.at] != "]":
+                self.at += 2 if text[self.at] == "\\" else 1
+            if self.at >= len(text):
+                raise SchemaError(f"{self.where}: unbalanced '[' in the pattern")
+            self.at += 1
+        elif ch == "\\":
+            self.at += 1
+        elif ch in "*+?":
+            raise SchemaError(f"{self.where}: a quantifier '{ch}' with nothing to repeat at character {self.at - 1}")
+        return _Cost(1, 0)
+
+    def quantifier(self) -> tuple[int, int | None]:
+        """(least, most) repetitions of the atom just read; most is None when unbounded."""
+        text = self.text
+        if self.at >= len(text):
+            return 1, 1
+        ch = text[self.at]
+        bounds: tuple[int, int | None]
+        if ch in "*+?":
+            self.at += 1
+            bounds = {"*": (0, None), "+": (1, None), "?": (0, 1)}[ch]
+        elif ch == "{" and (match := _BRACES.match(text, self.at)):
+            self.at = match.end()
+            low = int(match.group(1))
+            high = low if match.group(2) is None else (int(match.group(3)) if match.group(3) else None)
+            for count in (low, high):
+                if count is not None and count > self.max_repeat:
+                    raise SchemaError(
+                        f"{self.where}: the repetition {match.group(0)} is over the limit of {self.max_repeat}"
+                    )
+            if high is not None and low > high:
+                raise SchemaError(f"{self.where}: the repetition {match.group(0)} has its bounds reversed")
+            bounds = (low, high)
+        else:
+            return 1, 1
+        if self.at < len(text) and text[self.at] in "?+":  # lazy or possessive: the same cost
+            self.at += 1
+        return bounds
+
+
+_BRACES = re.compile(r"\{(\d{1,12})(,(\d{0,12}))?\}")
 
 
 def _past(value: Any, limit: int) -> bool:

@@ -2,7 +2,9 @@
 
 scrypt comes with Python's hashlib, so a slow, salted hash needs no extra dependency. Verifying a
 slow hash on every request would cost tens of milliseconds, so a key that verified once is
-remembered in memory only, by a fast digest of the whole key, until the key file changes.
+remembered in memory only, by a fast keyed digest of the whole key, until the key file changes.
+A wrong key costs the server a slow hash each time, so the server hashes a few at a time and
+`Throttle` turns away a client address or key id after repeated failures.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -156,7 +159,10 @@ class Authenticator:
         self._lock = threading.Lock()
         self._mtime: float | None = -1.0
         self._keys: dict[str, ApiKey] = {}
+        # Keys verified once, by a digest keyed with a secret of this process (so that the table
+        # says nothing of the keys to whoever reads this process's memory without it).
         self._verified: dict[bytes, str] = {}
+        self._pepper = secrets.token_bytes(32)
 
     def _refresh(self) -> None:
         mtime = self.store.mtime()
@@ -183,13 +189,17 @@ class Authenticator:
         return self._check(token, hash_new=True) if token else None
 
     def _check(self, token: str, hash_new: bool) -> Principal | None:
-        if self.env_key and hmac.compare_digest(token.encode(), self.env_key.encode()):
+        try:
+            raw = token.encode()
+        except UnicodeEncodeError:  # bytes a header held that are not UTF-8: no key of ours
+            return None
+        if self.env_key and hmac.compare_digest(raw, self.env_key.encode()):
             return Principal(name="GPUSTACK_API_KEY", scope=Scope.all, key_id="env")
         parts = split_key(token)
         if parts is None:
             return None
         key_id, secret = parts
-        fast = hashlib.sha256(token.encode()).digest()
+        fast = hmac.digest(self._pepper, raw, "sha256")
         with self._lock:
             self._refresh()
             record = self._keys.get(key_id)
@@ -204,3 +214,37 @@ class Authenticator:
         return Principal(
             name=record.name or record.id, scope=record.scope, models=tuple(record.models), key_id=record.id
         )
+
+
+class Throttle:
+    """Failed key checks, per subject (a client address, a key id): past `limit` failures within
+    `window` seconds a subject is turned away until the oldest of them is that old."""
+
+    # Subjects kept at most; the idle ones are forgotten first.
+    MAX_SUBJECTS = 10_000
+
+    def __init__(self, limit: int = 20, window: float = 60.0):
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, subjects: list[str], now: float | None = None) -> float:
+        """Seconds before any of `subjects` may try again; 0 when all may now."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        for subject in subjects:
+            times = self._failures.get(subject)
+            if times is None:
+                continue
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                wait = max(wait, times[0] + self.window - now)
+        return wait
+
+    def failed(self, subjects: list[str], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if len(self._failures) >= self.MAX_SUBJECTS:
+            self._failures = {s: t for s, t in self._failures.items() if t and t[-1] > now - self.window}
+        for subject in subjects:
+            self._failures.setdefault(subject, deque(maxlen=self.limit)).append(now)

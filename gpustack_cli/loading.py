@@ -18,5 +18,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         threads=settings.threads,
         parallel=settings.parallel,
         ctx_size=settings.ctx_size,
+        grammar_budget=settings.grammar_token_budget,
     )
     return load_engine(manifest.engine, spec)

@@ -46,6 +46,8 @@ async def to_ui(request: web.Request) -> web.Response:
 
 async def ui_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["path"] or "index.html"
+    if "\0" in name:  # no file has one, and the file system refuses the name
+        raise web.HTTPNotFound()
     path = (ROOT / name).resolve()
     if not path.is_relative_to(ROOT.resolve()) or not path.is_file():
         raise web.HTTPNotFound()

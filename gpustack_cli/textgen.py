@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenerator
-from gpustack_cli import templates
+from gpustack_cli import json_values, templates
 from gpustack_cli.config import Settings
 from gpustack_cli.harmony import HarmonyReader
 from gpustack_cli.held_text import ready_and_held
@@ -167,7 +167,11 @@ class Prepared:
 
 
 def check_chat(
-    request: ChatRequest, settings: Settings, schema_param: str = "response_format", tool_field: str = "parameters"
+    request: ChatRequest,
+    settings: Settings,
+    schema_param: str = "response_format",
+    tool_field: str = "parameters",
+    stop_param: str = "stop",
 ) -> None:
     """The limits of one chat request, checked before a model is loaded or a slot taken: its
     messages, the characters to render and tokenize, and its schemas (a GenerationError). The
@@ -181,17 +185,39 @@ def check_chat(
         )
     chars = sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in request.messages)
     check_text_size(chars, settings, "messages")
+    check_stops(request.stop, settings, stop_param)
+    for index, message in enumerate(request.messages):
+        for call in message.tool_calls:
+            try:
+                json_values.loads(call.arguments or "{}", f"messages[{index}]: a tool call's arguments")
+            except json_values.TooDeep as exc:
+                raise GenerationError(f"{exc}.", param="messages") from exc
+            except ValueError:  # arguments that are not JSON reach the template as text
+                pass
     schemas: list[tuple[str, Any]] = [(f"tools[{i}].{tool_field}", t.parameters) for i, t in enumerate(request.tools)]
     if request.json_schema is not None:
         schemas.append((schema_param, request.json_schema))
     try:
-        check_schemas(schemas, SchemaLimits(settings.max_schema_nodes, settings.max_schema_repeat))
+        limits = SchemaLimits(settings.max_schema_nodes, settings.max_schema_repeat, settings.max_pattern_loops)
+        check_schemas(schemas, limits)
     except SchemaError as exc:
         raise GenerationError(f"Invalid schema at {exc}.", param=exc.param, code="invalid_schema") from exc
     limit = settings.max_schema_repeat
     request.tools = [replace(t, parameters=loosened(t.parameters, limit)) for t in request.tools]
     if request.json_schema is not None:
         request.json_schema = loosened(request.json_schema, limit)
+
+
+def check_stops(stops: list[str], settings: Settings, param: str = "stop") -> None:
+    """Stop strings are looked for in the text after every token: their number and length
+    bound that work."""
+    if len(stops) > settings.max_stops:
+        raise GenerationError(f"Too many stop strings: {len(stops)}; the limit is {settings.max_stops}.", param=param)
+    for stop in stops:
+        if len(stop) > settings.max_stop_chars:
+            raise GenerationError(
+                f"A stop string holds {len(stop)} characters; the limit is {settings.max_stop_chars}.", param=param
+            )
 
 
 def capped(max_tokens: int | None, settings: Settings) -> int | None:
@@ -261,7 +287,7 @@ def _wire_messages(request: ChatRequest, template: str) -> list[dict[str, Any]]:
 
 def _loads(arguments: str) -> Any:
     try:
-        return json.loads(arguments) if arguments else {}
+        return json_values.loads(arguments) if arguments else {}
     except ValueError:
         return arguments
 
@@ -378,7 +404,9 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     schema, structure = request.json_schema, None
     if calls is not None:
         specs = [ToolSpec(t.name, t.parameters) for t in request.tools]
-        structure = calls.structure(specs, request.tool_choice, request.parallel_tool_calls)
+        # A named choice is one call of that tool, as OpenAI and vLLM make it.
+        parallel = request.parallel_tool_calls and request.tool_choice in ("auto", "required")
+        structure = calls.structure(specs, request.tool_choice, parallel)
         schema = None  # the structure holds the output; a JSON answer is not asked for too
     if schema is not None:
         try:
@@ -473,13 +501,18 @@ class TextStream:
         return [*events, Finished(reason, len(self.prepared.prompt_tokens), self.produced)]
 
 
-def stream_text(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
-    """Text deltas until the end, with stop strings cut out, then `Finished`."""
+def stream_text(
+    engine: TextGenerator, prepared: Prepared, cancel: threading.Event, enough: Callable[[], bool] = lambda: False
+) -> Iterator[Event]:
+    """Text deltas until the end, with stop strings cut out, then `Finished`; `enough` ends the
+    answer early when it says so (checked after each token)."""
     text = TextStream(engine, prepared)
     for token in engine.generate(prepared.prompt_tokens, prepared.sampling, cancel):
         yield from text.feed(token)
         if text.done:
             return
+        if enough():
+            break
     yield from text.end()
 
 
@@ -503,6 +536,9 @@ class Stage:
         self.call_id = call_id
         self.reasoning = ""
         self.calls = 0
+        # The calls made so far, by name and arguments; a call made again ends the answer.
+        self.seen: set[tuple[str, str]] = set()
+        self.repeated = False
 
     def feed(self, event: Event) -> list[Event]:
         if isinstance(event, TextDelta):
@@ -518,7 +554,14 @@ class Stage:
     def _events(self, parts: list[tuple[str, str] | Call], logprobs: list[TokenLogprob]) -> list[Event]:
         events: list[Event] = []
         for part in parts:
+            if self.repeated:  # what follows a repeated call is not part of the answer
+                break
             if isinstance(part, Call):
+                key = (part.name, _canonical(part.arguments))
+                if key in self.seen:  # small models loop on a call: the answer ends at the first repeat
+                    self.repeated = True
+                    continue
+                self.seen.add(key)
                 events.append(ToolCallEvent(self.calls, ToolCall(self.call_id(), part.name, part.arguments)))
                 self.calls += 1
             elif part[0] == "reasoning":
@@ -528,6 +571,14 @@ class Stage:
                 events.append(TextDelta(part[1], logprobs))
                 logprobs = []
         return events
+
+
+def _canonical(arguments: str) -> str:
+    """Arguments as compared for repeats: the same JSON whatever its spacing and key order."""
+    try:
+        return json.dumps(json_values.loads(arguments), sort_keys=True)
+    except ValueError:
+        return arguments
 
 
 def _chat_stages(engine: TextGenerator, prepared: Prepared) -> list[Stage]:
@@ -553,20 +604,25 @@ def _through(stages: list[Stage], event: Event) -> list[Event]:
 def stream_chat(engine: TextGenerator, prepared: Prepared, cancel: threading.Event) -> Iterator[Event]:
     """The events of one chat choice: reasoning, text and tool calls read from the model's text."""
     stages = _chat_stages(engine, prepared)
-    for event in stream_text(engine, prepared, cancel):
+    for event in stream_text(engine, prepared, cancel, lambda: any(s.repeated for s in stages)):
         yield from _through(stages, event)
 
 
 # -- on the event loop -----------------------------------------------------------------------
 
 
-async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
+async def text_events(
+    engine: TextGenerator,
+    prepared: Prepared,
+    request_id: str | None = None,
+    enough: Callable[[], bool] = lambda: False,
+) -> AsyncIterator[Event]:
     """`stream_text`'s events for an async caller: straight from an engine that delivers tokens
     to the event loop (a batching engine: no thread waits on each stream), else from
     `stream_text` run in a worker thread. `request_id` names the request to the engine (for
     `abort`); a fresh one when None."""
     if not isinstance(engine, AsyncTextGenerator):
-        make = functools.partial(stream_text, engine, prepared)
+        make = functools.partial(stream_text, engine, prepared, enough=enough)
         async with contextlib.aclosing(iterate_in_thread(make)) as events:
             async for event in events:
                 yield event
@@ -579,6 +635,8 @@ async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str
                 yield event
             if text.done:
                 return
+            if enough():
+                break
     for event in text.end():
         yield event
 
@@ -586,7 +644,11 @@ async def text_events(engine: TextGenerator, prepared: Prepared, request_id: str
 async def chat_events(engine: TextGenerator, prepared: Prepared, request_id: str | None = None) -> AsyncIterator[Event]:
     """`stream_chat`'s events for an async caller (see `text_events`)."""
     stages = _chat_stages(engine, prepared)
-    async with contextlib.aclosing(text_events(engine, prepared, request_id)) as events:
+
+    def repeated() -> bool:
+        return any(s.repeated for s in stages)
+
+    async with contextlib.aclosing(text_events(engine, prepared, request_id, repeated)) as events:
         async for event in events:
             for out in _through(stages, event):
                 yield out

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engines.base import Choice, Structure
+from gpustack_cli import json_values
 from gpustack_cli.held_text import ready_and_held
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
@@ -296,7 +297,7 @@ class ToolCallReader:
     def _objects(self, body: str) -> list[Piece]:
         body = body.removeprefix(self.fmt.call_open.strip()).removesuffix(self.fmt.call_close.strip())
         try:
-            data = json.loads(body)
+            data = json_values.loads(body)
         except ValueError:
             return []
         items = data if isinstance(data, list) else [data]
@@ -312,7 +313,7 @@ class ToolCallReader:
             arguments = arguments.removeprefix("```json").removesuffix("```").strip()
             name = name.split("[CALL_ID]")[0].strip()  # newer Mistrals may write an id after the name
             try:
-                parsed = json.loads(arguments)
+                parsed = json_values.loads(arguments)
             except ValueError:
                 return []
             if not found or not name or not isinstance(parsed, dict):

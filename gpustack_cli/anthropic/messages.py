@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Sampling, TextGenerator
+from gpustack_cli import json_values
 from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.server.errors import bad_request
 from gpustack_cli.server.sse import EventStream
@@ -248,7 +249,13 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
 
 def checked_chat(request: web.Request, body: CountTokensBody) -> ChatRequest:
     chat = chat_request(body)
-    check_chat(chat, context(request).settings, schema_param="output_config.format", tool_field="input_schema")
+    check_chat(
+        chat,
+        context(request).settings,
+        schema_param="output_config.format",
+        tool_field="input_schema",
+        stop_param="stop_sequences",
+    )
     return chat
 
 
@@ -257,7 +264,7 @@ def _tool_use(call: ToolCall) -> dict[str, Any]:
         "type": "tool_use",
         "id": "toolu_" + call.id.removeprefix("call_"),
         "name": call.name,
-        "input": json.loads(call.arguments),
+        "input": json_values.loads(call.arguments),
     }
 
 
@@ -375,8 +382,12 @@ async def stream_events(
                 yield {"type": "message_stop"}
 
 
+# Anthropic's own keep-alive event, as its API sends it while a stream is silent.
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
 async def _stream(request: web.Request, items: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
-    stream = EventStream(request)
+    stream = EventStream(request, ping=PING)
     await stream.open()
     try:
         async with contextlib.aclosing(items):

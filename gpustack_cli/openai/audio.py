@@ -216,6 +216,7 @@ async def _transcribe(request: web.Request, translate: bool) -> web.StreamRespon
                 f"Model '{model}' is English-only and cannot translate; use a multilingual model.", param="model"
             )
         words = "word" in form.timestamp_granularities
+        max_seconds = context(request).settings.max_audio_seconds
 
         def run() -> Transcription:
             return engine.transcribe(
@@ -225,6 +226,7 @@ async def _transcribe(request: web.Request, translate: bool) -> web.StreamRespon
                 temperature=form.temperature,
                 translate=translate,
                 words=words,
+                max_seconds=max_seconds,
             )
 
         try:

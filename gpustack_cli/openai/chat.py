@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,7 @@ from gpustack_cli.textgen import (
     capped,
     chat_events,
     check_chat,
+    check_stops,
     check_text_size,
     collect,
     fit_context,
@@ -44,6 +46,8 @@ from gpustack_cli.textgen import (
 )
 
 T = TypeVar("T")
+# A token id as a `logit_bias` key: what int() reads, in ASCII digits (str.isdigit takes "²").
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
 
 # -- wire types --------------------------------------------------------------------------------
 
@@ -112,7 +116,7 @@ class StreamOptions(Wire):
     include_usage: bool = False
 
 
-Stop = str | Annotated[list[str], Field(max_length=16)] | None
+Stop = str | list[str] | None
 
 
 class SamplingFields(Wire):
@@ -139,7 +143,7 @@ class SamplingFields(Wire):
         """The sampling these fields ask for (`max_tokens` is set per prompt, from the context left)."""
         bias: dict[int, float] = {}
         for key, value in (self.logit_bias or {}).items():
-            if not key.lstrip("-").isdigit():
+            if not _INTEGER.fullmatch(key):
                 raise bad_request(f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias")
             bias[int(key)] = value
         return Sampling.of(
@@ -359,13 +363,23 @@ def _seeded(prepared: Prepared, index: int) -> Prepared:
     return replace(prepared, sampling=sampling)
 
 
-async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None) -> list[T]:
+async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None, slots: int) -> list[T]:
     """The choices of one request, decoded together where the engine batches; one after another
     when the request has a seed, so that each choice is what the same request for one would give
-    (a batch of several rounds its arithmetic differently from a batch of one)."""
-    if seed is None:
-        return list(await asyncio.gather(*(make() for make in choices)))
-    return [await make() for make in choices]
+    (a batch of several rounds its arithmetic differently from a batch of one).
+
+    A request of more choices than the model has slots runs at most all but one of them at a
+    time: each next one is submitted as one ends, behind whatever other requests came meanwhile,
+    and a slot stays for those, so a large request shares the model instead of holding it."""
+    if seed is not None:
+        return [await make() for make in choices]
+    gate = asyncio.Semaphore(slots if len(choices) <= slots else max(1, slots - 1))
+
+    async def run(make: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await make()
+
+    return list(await asyncio.gather(*(run(make) for make in choices)))
 
 
 # Changes when the serving code changes, as OpenAI's does with its backend.
@@ -454,6 +468,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         answers = await _together(
             [lambda i=i: _chat_choice(engine, _seeded(prepared, i), i, f"{rid}-{i}") for i in range(body.n)],
             prepared.sampling.seed,
+            engine.max_concurrency,
         )
         choices = [choice for choice, _ in answers]
         prompt = answers[0][1].prompt_tokens
@@ -515,6 +530,12 @@ def _prompts(body: CompletionBody, engine: TextGenerator) -> list[list[int]]:
     return [engine.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
 
 
+def _prompt_count(prompt: Prompt) -> int:
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return 1
+    return len(prompt)
+
+
 def _prompt_chars(prompt: Prompt) -> int:
     if isinstance(prompt, str):
         return len(prompt)
@@ -564,6 +585,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
     settings = context(request).settings
     check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings, "prompt")
+    check_stops(_stops(body.stop), settings)
+    choices = _prompt_count(body.prompt) * body.n
+    if choices > settings.max_choices:
+        raise bad_request(
+            f"This request asks for {choices} completions (prompts x n); the limit is {settings.max_choices}.",
+            param="n" if body.n > 1 else "prompt",
+        )
     manifest = resolve_model(request, body.model, Category.llm, "completions")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         sampling = body.sampling(body.logprobs)
@@ -580,7 +608,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _stream_completion(request, engine, jobs, body, envelope, usage)
         answers = await _together(
-            [lambda job=job: _completion_choice(engine, body, *job, f"{rid}-{job[0]}") for job in jobs], body.seed
+            [lambda job=job: _completion_choice(engine, body, *job, f"{rid}-{job[0]}") for job in jobs],
+            body.seed,
+            engine.max_concurrency,
         )
         choices = [choice for choice, _, _ in answers]
         prompt_total = sum(finished.prompt_tokens for _, finished, i in answers if i == 0)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from engines.base import TextGenerator
+from engines.base import RequestAborted, TextGenerator
 from engines.remote import RemoteEngine
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
@@ -65,14 +66,20 @@ async def _history(request: web.Request, previous_id: str | None) -> list[dict[s
     """The items of the stored turns `previous_id` ends: each one's input, then its output."""
     if previous_id is None:
         return []
-    depth = context(request).settings.max_messages
-    chain = await asyncio.to_thread(request.app[RESPONSES].conversation, previous_id, _owner(request), depth)
+    limit = context(request).settings.max_response_chain
+    chain = await asyncio.to_thread(request.app[RESPONSES].conversation, previous_id, _owner(request), limit + 1)
     if chain is None:
         raise APIError(
             404,
             f"Previous response with id '{previous_id}' not found.",
             param="previous_response_id",
             code="previous_response_not_found",
+        )
+    if len(chain) > limit:
+        raise bad_request(
+            f"The conversation that 'previous_response_id' continues is longer than {limit} responses; "
+            "start a new one (send the turns that matter as input).",
+            param="previous_response_id",
         )
     return [item for turn in chain for item in turn.input_items + turn.response.get("output", [])]
 
@@ -87,31 +94,49 @@ async def _read(request: web.Request, kind: type[InputTokensBody]) -> tuple[Any,
     return body, items, chat
 
 
-def prepare_fitting(engine: TextGenerator, chat: ChatRequest, truncate: bool) -> Prepared:
-    """The chat made ready for the engine; with `truncate` (`truncation: auto`), the oldest turns
-    after the system prompt are left out until the rest fits the context."""
-    while True:
+def prepare_fitting(
+    engine: TextGenerator, chat: ChatRequest, truncate: bool, cancel: threading.Event | None = None
+) -> Prepared:
+    """The chat made ready for the engine; with `truncate` (`truncation: auto`), the fewest of the
+    oldest turns after the system prompt are left out for the rest to fit the context. A turn is
+    a user message and whatever answers it; the cut is found by bisection over the turns (each
+    try renders and tokenizes the whole rest once), and `cancel` ends the search between tries."""
+    try:
+        return prepare_chat(engine, chat)
+    except GenerationError as exc:
+        if not truncate or exc.code != "context_length_exceeded":
+            raise
+        failure = exc
+    messages = chat.messages
+    head = 1 if messages and messages[0].role == "system" else 0
+    # Where the rest may begin: each later user message.
+    starts = [i for i in range(head + 1, len(messages)) if messages[i].role == "user"]
+    low, high, best = 0, len(starts) - 1, None
+    while low <= high:
+        if cancel is not None and cancel.is_set():
+            raise RequestAborted("the client left")
+        middle = (low + high) // 2
         try:
-            return prepare_chat(engine, chat)
+            best = prepare_chat(engine, replace(chat, messages=messages[:head] + messages[starts[middle] :]))
+            high = middle - 1
         except GenerationError as exc:
-            if not truncate or exc.code != "context_length_exceeded":
+            if exc.code != "context_length_exceeded":
                 raise
-            messages = chat.messages
-            start = 1 if messages and messages[0].role == "system" else 0
-            # Drop the oldest turn: a message, and whatever answers it up to the next user message.
-            end = start + 1
-            while end < len(messages) and messages[end].role != "user":
-                end += 1
-            if end >= len(messages):
-                raise
-            chat = replace(chat, messages=messages[:start] + messages[end:])
+            low = middle + 1
+    if best is None:
+        raise failure
+    return best
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     body, items, chat = await _read(request, ResponseBody)
     manifest = resolve_model(request, body.model, Category.llm, "responses")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        prepared = await asyncio.to_thread(prepare_fitting, engine, chat, body.truncation == "auto")
+        cancel = threading.Event()
+        try:
+            prepared = await asyncio.to_thread(prepare_fitting, engine, chat, body.truncation == "auto", cancel)
+        finally:  # the client left: the search ends at its next try
+            cancel.set()
         events = chat_events(engine, prepared, request[REQUEST_ID])
         return await _respond(request, ResponseHead(body, manifest.name), items, events)
 
@@ -216,7 +241,7 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not low <= int(raw) <= high:
         raise bad_request(f"Invalid '{name}': expected an integer from {low} to {high}.", param=name)
     return int(raw)
 

@@ -38,8 +38,15 @@ class OtherContent(Wire):
     type: str
 
 
+def _type_of(value: Any, default: str | None = None) -> str | None:
+    """The `type` a discriminator reads: a string, or None when it is anything else (an object or
+    a list there is the caller's error, which the model's own `type: str` then reports)."""
+    kind = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", default)
+    return kind if isinstance(kind, str) else None
+
+
 def _content_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    kind = _type_of(value)
     return "Text" if kind in ("input_text", "output_text", "text", "refusal") else "Other"
 
 
@@ -91,8 +98,7 @@ _ITEM_TAGS = {
 
 
 def _item_kind(value: Any) -> str:
-    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    return _ITEM_TAGS.get(kind, "Other")
+    return _ITEM_TAGS.get(_type_of(value, "message"), "Other")
 
 
 InputItem = Annotated[
@@ -121,8 +127,7 @@ class OtherTool(Wire):
 
 
 def _tool_kind(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return {"function": "Function", "namespace": "Namespace"}.get(kind, "Other")
+    return {"function": "Function", "namespace": "Namespace"}.get(_type_of(value), "Other")
 
 
 class NamespaceTool(Wire):

@@ -1,8 +1,9 @@
 """The access log: one line per request, as `remote "METHOD target HTTP/1.1" status bytes
 seconds rid=request-id`.
 
-Written here rather than with aiohttp's format string for two reasons: a key a client put in the
-query string (`?api_key=...`) must never reach the log, and a request whose client left while
+Written here rather than with aiohttp's format string for two reasons: a secret a client put in
+the query string (`?api_key=...`, `?k=...`) must never reach the log, so a query is logged by its
+parameters' names alone, and a request whose client left while
 its handler ran gets no line from aiohttp at all (it cancels the handler and logs nothing), so
 the error middleware writes that line itself, with nginx's 499. Requests aiohttp refuses before
 any handler runs (a malformed head, a header or URL over its limits) are logged in one line,
@@ -18,17 +19,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("aiohttp.access")
-# Query parameters that may carry a secret: their values are replaced in the log.
-SECRET_PARAM = re.compile(r"(^|&)([^&=]*(?:key|token|secret|password|auth|sig)[^&=]*)=[^&]*", re.IGNORECASE)
-REDACTED = r"\1\2=[redacted]"
+# Bytes a log line must not hold as they are (control characters, a raw NUL): written escaped.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def target(request: web.BaseRequest) -> str:
-    """The request's path and query as logged: secrets in the query redacted."""
+    """The request's path and query as logged: the query's parameter names, never their values
+    (any of them may be a secret, under any name and in any encoding)."""
     path, _, query = request.raw_path.partition("?")
     if not query:
-        return path
-    return path + "?" + SECRET_PARAM.sub(REDACTED, query)
+        return _printable(path)
+    names = (part.partition("=")[0] for part in query.split("&") if part)
+    return _printable(path + "?" + "&".join(f"{name}=*" for name in names))
 
 
 def line(request: web.BaseRequest, status: int, size: int, seconds: float, request_id: str | None) -> str:

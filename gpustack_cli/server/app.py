@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import re
 import secrets
 import time
@@ -14,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gpustack_cli import __version__
-from gpustack_cli.keys import Scope
-from gpustack_cli.server import access_log
+from gpustack_cli.keys import Scope, split_key
+from gpustack_cli.server import access_log, origins
 from gpustack_cli.server.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.server.errors import DEFAULT_ERROR_SHAPE, APIError, ErrorShape, client_left, engine_error, error_body
 from gpustack_cli.server.wire import json_response
@@ -73,6 +74,9 @@ async def stamp_request_id(request: web.Request, response: web.StreamResponse) -
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["x-request-id"] = rid
+    # No browser guesses a type other than the one sent; the server names no versions.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Server"] = "gpustack"
 
 
 @web.middleware
@@ -115,6 +119,16 @@ async def outer_middleware(request: web.Request, handler: Handler) -> web.Stream
         metrics.request_done(request.method, _route_name(request), status, time.perf_counter() - started)
 
 
+def _subjects(request: web.Request, token: str) -> list[str]:
+    """What failed key checks are counted against: the client's address, and the key id the
+    token names (whoever guesses its secret, from wherever)."""
+    subjects = [f"addr:{request.remote}"]
+    parts = split_key(token) if token.isascii() else None
+    if parts is not None:
+        subjects.append(f"key:{parts[0][:32]}")
+    return subjects
+
+
 def _required_scope(path: str) -> Scope:
     # The metrics name every model and upstream: they are the operator's, as the management routes.
     if path.startswith("/api/") or path == "/metrics":
@@ -149,8 +163,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the x-api-key header.",
         )
-    # A key seen before is checked on the loop; a new one costs a scrypt hash, in a thread.
-    found = auth.cached(token) or await asyncio.to_thread(auth.verify, token)
+    # A key seen before is checked on the loop; a new one costs a scrypt hash, in a thread, a few
+    # at a time, and not for a client or key id that failed too often of late.
+    found = auth.cached(token)
+    if found is None:
+        subjects = _subjects(request, token)
+        async with ctx.key_checks:
+            wait = ctx.throttle.retry_after(subjects)
+            if wait > 0:
+                raise APIError(
+                    429,
+                    "Too many failed API key checks; try again later.",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+            found = await asyncio.to_thread(auth.verify, token)
+            if found is None:
+                ctx.throttle.failed(subjects)
     if found is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     scope = _required_scope(request.path)
@@ -176,7 +205,7 @@ def application(ctx: ServerContext, default_errors: ErrorShape) -> web.Applicati
     """The application with the plumbing in place and no protocol yet: the caller adds the
     protocols' routes (and says how errors of other routes look)."""
     app = web.Application(
-        middlewares=[outer_middleware, auth_middleware],
+        middlewares=[outer_middleware, origins.origin_middleware, auth_middleware],
         client_max_size=max(ctx.settings.max_json_bytes, ctx.settings.max_upload_bytes),
     )
     app[CONTEXT] = ctx
@@ -194,6 +223,7 @@ def application(ctx: ServerContext, default_errors: ErrorShape) -> web.Applicati
         await ctx.scheduler.close()
 
     app.on_response_prepare.append(stamp_request_id)
+    app.on_response_prepare.append(origins.add_cors_headers)
     app.on_startup.append(preload)
     app.on_cleanup.append(shutdown)
     return app

@@ -7,7 +7,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -17,7 +17,8 @@ from multidict import MultiDict, MultiDictProxy
 from pydantic import BaseModel, ValidationError
 
 from gpustack_cli.config import Settings, parse_duration
-from gpustack_cli.keys import Authenticator, Principal, Scope
+from gpustack_cli.json_values import MAX_DEPTH, depth
+from gpustack_cli.keys import Authenticator, Principal, Scope, Throttle
 from gpustack_cli.metrics import Metrics
 from gpustack_cli.scheduler import Scheduler
 from gpustack_cli.server.errors import APIError, bad_request, from_validation, model_not_found
@@ -28,6 +29,10 @@ Body = TypeVar("Body", bound=BaseModel)
 ANONYMOUS = Principal(name="anonymous", scope=Scope.all)
 
 
+# How many scrypt checks of new keys run at once (each takes 16 MiB and tens of milliseconds of a core).
+KEY_CHECKS = 2
+
+
 @dataclass
 class ServerContext:
     settings: Settings
@@ -35,6 +40,9 @@ class ServerContext:
     scheduler: Scheduler
     auth: Authenticator
     metrics: Metrics
+    # Failed key checks by client address and key id, and the slow checks allowed at once.
+    throttle: Throttle = field(default_factory=Throttle)
+    key_checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(KEY_CHECKS))
 
 
 CONTEXT = web.AppKey("context", ServerContext)
@@ -90,8 +98,32 @@ async def _parsed_body(request: web.Request) -> Any:
     return request[JSON_BODY]
 
 
+# Types that clients which are not browsers put on JSON by default (`curl -d`, a library sending
+# bytes): read as JSON when no web page sent them.
+_UNTYPED = frozenset({"application/x-www-form-urlencoded", "application/octet-stream"})
+
+
+def _check_json_type(request: web.Request) -> None:
+    """A JSON route takes JSON: a body typed as text or a form is what a web page can send to
+    another site without asking the browser first, and is refused (415). No type, or the type
+    curl and byte-sending libraries put on any body, is taken as JSON from a client that is not
+    a browser (one that sends no `Origin`)."""
+    if hdrs.CONTENT_TYPE not in request.headers:
+        return
+    kind = request.content_type
+    if kind in _UNTYPED and hdrs.ORIGIN not in request.headers:
+        return
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise APIError(
+            415,
+            f"This route takes a JSON body: send it with 'Content-Type: application/json', not '{kind}'.",
+            code="unsupported_media_type",
+        )
+
+
 async def read_json(request: web.Request, model: type[Body]) -> Body:
-    """The request's JSON body, size-checked and validated into `model` (400/413 otherwise)."""
+    """The request's JSON body, size-checked and validated into `model` (400/413/415 otherwise)."""
+    _check_json_type(request)
     body = await _parsed_body(request)
     if body is None:
         raise bad_request("The request body is empty; send a JSON object.")
@@ -102,6 +134,8 @@ async def read_json(request: web.Request, model: type[Body]) -> Body:
         )
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    if depth(body) > MAX_DEPTH:
+        raise bad_request(f"The request body nests deeper than {MAX_DEPTH} levels.")
     try:
         return model.model_validate(body)
     except ValidationError as exc:

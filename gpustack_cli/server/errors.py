@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from engines.base import AudioError, EngineUnavailable, InvalidTokens, RequestAborted
+from engines.base import AudioError, EngineUnavailable, InvalidSchema, InvalidTokens, OutOfMemory, RequestAborted
 from gpustack_cli.scheduler import QueueFull
 from gpustack_cli.textgen import GenerationError
 
@@ -109,8 +109,12 @@ def engine_error(exc: Exception) -> APIError | None:
         return APIError(400, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, AudioError):
         return APIError(400, str(exc), param=exc.param, code="invalid_audio")
+    if isinstance(exc, InvalidSchema):  # found while generating: the grammar was too slow
+        return APIError(400, f"Invalid schema: {exc}.", code="invalid_schema")
     if isinstance(exc, InvalidTokens):
         return APIError(400, str(exc), code="invalid_tokens")
+    if isinstance(exc, OutOfMemory):
+        return APIError(507, f"The model cannot be loaded: {exc}.", code="insufficient_memory")
     if isinstance(exc, EngineUnavailable):
         return APIError(503, str(exc), code="engine_unavailable")
     if isinstance(exc, RequestAborted):

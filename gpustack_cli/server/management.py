@@ -7,7 +7,7 @@ from dataclasses import asdict
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from gpustack_cli.server.context import context, read_json, resolve_model
+from gpustack_cli.server.context import context, principal, read_json, resolve_model
 from gpustack_cli.server.errors import APIError
 from gpustack_cli.server.wire import json_response
 
@@ -18,7 +18,9 @@ class StopRequest(BaseModel):
 
 
 async def ps(request: web.Request) -> web.Response:
-    loaded = context(request).scheduler.loaded()
+    # A key limited to some models sees only those.
+    who = principal(request)
+    loaded = [m for m in context(request).scheduler.loaded() if who.may_use(m.name)]
     return json_response({"models": [asdict(m) for m in loaded]})
 
 

@@ -134,7 +134,7 @@ class Response:
         codings = []
         for name, value in self.headers:
             lowered = name.lower()
-            if lowered == "content-length" and value.isdigit():
+            if lowered == "content-length" and value.isascii() and value.isdigit():
                 self.content_length = int(value)
             elif lowered == "transfer-encoding":
                 codings += [c.strip().lower() for c in value.split(",")]

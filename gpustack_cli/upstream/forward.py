@@ -26,7 +26,8 @@ from gpustack_cli.upstream.client import UpstreamClient, UpstreamError, Upstream
 
 # Answers a request whose model's upstreams lack its route: (request, engine, manifest).
 Fallback = Callable[[web.Request, RemoteEngine, Manifest], Awaitable[web.StreamResponse]]
-# Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials.
+# Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials (a
+# browser's cookies for this server are not the upstream's either).
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -41,6 +42,8 @@ HOP_BY_HOP = {
     "content-length",
     "authorization",
     "x-api-key",
+    "cookie",
+    "proxy-connection",
 }
 CLIENT = web.AppKey("upstream_client", UpstreamClient)
 SMALL_ANSWER = 1024 * 1024
@@ -62,10 +65,16 @@ def _timed_out(upstream: Upstream) -> APIError:
     return APIError(504, message, code="upstream_timeout")
 
 
+def _named_in_connection(values: list[str]) -> set[str]:
+    """The headers a `Connection` header names: hop-by-hop for this connection alone (RFC 9110 7.6.1)."""
+    return {name.strip().lower() for value in values for name in value.split(",") if name.strip()}
+
+
 def _headers(request: web.Request, engine: RemoteEngine, content_type: str | None) -> list[tuple[str, str]]:
     """The client's headers for the upstream: hop-by-hop ones and our credentials left out, the
     request's id as ours (so that both servers' logs name the request alike)."""
     replaced = HOP_BY_HOP | {"x-request-id"} | ({"content-type"} if content_type is not None else set())
+    replaced |= _named_in_connection(request.headers.getall("Connection", []))
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in replaced]
     headers.append(("X-Request-Id", request[REQUEST_ID]))
     if content_type is not None:  # a form encoded anew has a boundary of its own
