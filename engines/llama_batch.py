@@ -11,9 +11,9 @@ temperature, and a seeded `dist`), reading its row of the batch's logits.
 A request with a grammar samples as llama.cpp's common sampler does: the token is drawn without
 the grammar first and kept if the grammar accepts it (one token checked), and only otherwise is
 the grammar applied to the whole vocabulary and the token drawn again. That full pass is what a
-pathological grammar makes slow, and it runs on the loop that every slot waits on: a request
-whose pass takes longer than its `grammar_budget` ends with an InvalidSchema error, and the other
-slots go on.
+pathological grammar makes slow, so it runs in a worker thread on a copy of the logits: the
+request skips the steps until its token is drawn while the other slots go on decoding, and a
+request whose pass takes longer than its `grammar_budget` ends with an InvalidSchema error.
 
 Requests join and leave between steps. A prompt is read in chunks that share each step's
 `n_batch` tokens with the running streams' next tokens (running streams go first), so a long
@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,8 +80,13 @@ class _Job:
     produced: int = 0
     last: int | None = None
     chain: Any = None
-    # The request's grammar sampler, kept out of `chain` (see the module's docstring).
+    # The request's grammar sampler, kept out of `chain` (see the module's docstring), and the
+    # draw of its next token over the whole vocabulary when one runs in a worker thread: the
+    # future, when it began, and the log probabilities read for that token.
     grammar_sampler: Any = None
+    drawing: Future[int] | None = None
+    drawing_since: float = 0.0
+    drawing_logprobs: tuple[Any, tuple[tuple[int, float], ...]] = (None, ())
     # When the request came, and when it got its latest token (time.monotonic).
     since: float = field(default_factory=time.monotonic)
     # Special tokens shown as their text (see Sampling.preserve).
@@ -159,6 +165,7 @@ class BatchDecoder:
         )
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._one = llama_cpp.llama_token_data()
+        self._draws = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llama-grammar")
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
@@ -280,6 +287,7 @@ class BatchDecoder:
             self._closed = True
             self._wake.notify()
         self._thread.join()
+        self._draws.shutdown(wait=True)  # a draw still running uses the model's vocabulary
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -414,8 +422,15 @@ class BatchDecoder:
         for job in running:
             if job.stopped:
                 self._finish(job)
+            elif job.drawing is not None:
+                self._collect_draw(job)
         running = [j for j in running if j.slot is not None and j.slot.job is j]
+        drawing = any(j.drawing is not None for j in running)
+        running = [j for j in running if j.drawing is None]
         if not running:
+            if drawing:  # only draws to wait for: until one ends, or a while
+                with self._wake:
+                    self._wake.wait(0.01)
             return
         self._batch.n_tokens = 0
         outputs: list[tuple[_Job, int]] = []
@@ -455,8 +470,12 @@ class BatchDecoder:
             token = llama_cpp.llama_sampler_sample(job.chain, self.ctx, index)
         else:
             token = self._sample_with_grammar(job, index)
-            if token is None:
+            if token is None:  # drawn in a worker: delivered by `_collect_draw`
+                job.drawing_logprobs = (logprobs, top)
                 return
+        self._emit(job, token, logprobs, top)
+
+    def _emit(self, job: _Job, token: int, logprobs: Any, top: tuple[tuple[int, float], ...]) -> None:
         if self._is_eog(token):
             self._finish(job)
             return
@@ -491,28 +510,50 @@ class BatchDecoder:
         return one.logit != float("-inf")
 
     def _sample_with_grammar(self, job: _Job, index: int) -> int | None:
-        """The token drawn as the module's docstring says; None when the grammar took longer than
-        its budget (the job is ended with an error)."""
-        grammar = job.grammar_sampler
+        """The token drawn as the module's docstring says: at once when the grammar takes the one
+        drawn without it; else None, and the draw over the whole vocabulary goes to a worker."""
         token = self._draw(job.chain, index)
-        started = time.monotonic()
-        if not self._grammar_accepts(grammar, token):
-            self._draw(grammar, index)  # rejected tokens' logits become -inf in the buffer
-            array = llama_cpp.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
-            llama_cpp.llama_sampler_apply(job.chain, ctypes.byref(array))
-            token = int(array.data[array.selected].id)
+        if self._grammar_accepts(job.grammar_sampler, token):
+            llama_cpp.llama_sampler_accept(job.grammar_sampler, token)
+            llama_cpp.llama_sampler_accept(job.chain, token)
+            return token
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)).copy()
+        job.drawing_since = time.monotonic()
+        job.drawing = self._draws.submit(self._draw_constrained, job.chain, job.grammar_sampler, logits)
+        job.drawing.add_done_callback(lambda _: self._notify())
+        return None
+
+    def _draw_constrained(self, chain: Any, grammar: Any, logits: np.ndarray) -> int:
+        """In a worker: the grammar over every token, then the chain over what it allows."""
+        candidates = (llama_cpp.llama_token_data * self.n_vocab)()
+        rows = np.ctypeslib.as_array(candidates).view(self._candidate_rows.dtype)
+        rows["id"], rows["logit"], rows["p"] = self._ids, logits, 0.0
+        array = llama_cpp.llama_token_data_array(candidates, self.n_vocab, -1, False)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
+        token = int(array.data[array.selected].id)
         llama_cpp.llama_sampler_accept(grammar, token)
-        if time.monotonic() - started > self.grammar_budget:
-            self._finish(
-                job,
-                InvalidSchema(
-                    f"its grammar took over {self.grammar_budget:g} s to apply to one token "
-                    "(simplify the schema's patterns)"
-                ),
-            )
-            return None
-        llama_cpp.llama_sampler_accept(job.chain, token)
+        llama_cpp.llama_sampler_accept(chain, token)
         return token
+
+    def _collect_draw(self, job: _Job) -> None:
+        """A job whose token a worker draws: delivered once drawn, ended past its budget."""
+        assert job.drawing is not None
+        if job.drawing.done():
+            drawing, job.drawing = job.drawing, None
+            try:
+                token = drawing.result()
+            except Exception as exc:
+                self._finish(job, exc)
+                return
+            self._emit(job, token, *job.drawing_logprobs)
+        elif time.monotonic() - job.drawing_since > self.grammar_budget:
+            budget = self.grammar_budget
+            self._finish(job, InvalidSchema(f"its grammar took over {budget:g} s on one token (simplify its patterns)"))
+
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify()
 
     def _logits(self, job: _Job, index: int) -> np.ndarray:
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
@@ -535,10 +576,19 @@ class BatchDecoder:
         return logprobs, top
 
     def _release(self, job: _Job) -> None:
-        for sampler in (job.chain, job.grammar_sampler):
-            if sampler is not None:
-                llama_cpp.llama_sampler_free(sampler)
+        """Free the job's samplers: now, or when the worker drawing with them is done."""
+        samplers = [s for s in (job.chain, job.grammar_sampler) if s is not None]
         job.chain = job.grammar_sampler = None
+
+        def free(_: object = None) -> None:
+            for sampler in samplers:
+                llama_cpp.llama_sampler_free(sampler)
+
+        drawing, job.drawing = job.drawing, None
+        if drawing is not None:
+            drawing.add_done_callback(free)  # at once if it is done
+        else:
+            free()
 
     def _finish(self, job: _Job, error: BaseException | None = None) -> None:
         self._release(job)

@@ -72,10 +72,11 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         port: int | None = None,
         command: list[str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.command = command or [sys.executable, "-m", "gpustack_cli"]
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
         self.args = ["serve", "--port", str(self.port), *args]
         self.env = clean_env(GPUSTACK_HOME=str(home), **(env or {}))
         self.log = home / f"serve-{self.port}.log"

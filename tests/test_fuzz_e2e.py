@@ -23,6 +23,15 @@ KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 # Each operation's requests: enough to reach every field's edge cases, few enough for minutes.
 EXAMPLES = 40
+# The text routes take the largest bodies (messages, tools, items of many kinds): more of them,
+# most where nothing is generated, so that nested fields of every kind are drawn too.
+MORE_EXAMPLES = {
+    "/v1/responses/input_tokens": 200,
+    "/v1/messages/count_tokens": 200,
+    "/v1/responses": 100,
+    "/v1/messages": 100,
+    "/v1/chat/completions": 100,
+}
 MODELS = ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe")
 
 
@@ -107,7 +116,7 @@ def test_no_request_gets_a_server_error(server: ServerProcess, mode: GenerationM
         strategy = operation.as_strategy(generation_mode=mode)
 
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=MORE_EXAMPLES.get(operation.path, EXAMPLES),
             derandomize=True,
             database=None,
             deadline=None,

@@ -251,6 +251,7 @@ def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: Test
     got = httpx.get(downstream.url + "/model/proxy/echo/path?x=1&y=two", headers=headers)
     assert got.status_code == 200 and got.json() == {"path": "/echo/path?x=1&y=two", "method": "GET", "length": 0}
     assert got.headers.get_list("set-cookie") == ["a=1", "b=2"] and got.headers["x-upstream"] == "test"
+    assert got.headers["server"] == "gpustack" and got.headers["x-content-type-options"] == "nosniff"
     seen = test_upstream.last("/echo/path?x=1&y=two")["headers"]
     assert seen["X-Custom"] == "kept" and "Authorization" not in seen  # our key never leaves
     sent_id = next(v for k, v in seen.items() if k.lower() == "x-request-id")
@@ -260,6 +261,11 @@ def test_proxy_forwarding_details(downstream: ServerProcess, test_upstream: Test
     big = httpx.get(downstream.url + "/model/proxy/big?mb=20", headers=headers, timeout=120)
     assert big.status_code == 200 and len(big.content) == 20 * 1024 * 1024
     assert big.headers["transfer-encoding"] == "chunked" and big.headers["x-request-id"].startswith("req_")
+    # A browser's cookies for this server, and the headers `Connection` names for this hop, stay here.
+    hop = {**headers, "Cookie": "session=ours", "Connection": "keep-alive, X-Hop", "X-Hop": "this hop"}
+    assert httpx.get(downstream.url + "/model/proxy/echo/hop", headers=hop).status_code == 200
+    seen = {k.lower(): v for k, v in test_upstream.last("/echo/hop")["headers"].items()}
+    assert "cookie" not in seen and "x-hop" not in seen and seen["x-custom"] == "kept"
     # An HTTP/1.0 client takes no chunks: the body comes unframed, and ends where the connection does.
     host, port = downstream.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:

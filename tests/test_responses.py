@@ -5,12 +5,14 @@ own types), refusals, and the SQLite store."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from engines.base import RequestAborted
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_routes import prepare_fitting
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
@@ -277,6 +279,58 @@ def test_truncation_auto_leaves_out_the_oldest_turns() -> None:
     kept = render_chat(engine, replace(chat, messages=chat.messages[:1] + chat.messages[3:]))
     assert len(fitted.prompt_tokens) == len(kept)  # one turn left out, no more
     assert "question 0" not in kept and "question 1" in kept and "Be brief." in kept and "last" in kept
+
+
+class CountingGenerator(FakeGenerator):
+    """Counts its tokenizing: each try of the truncation renders and tokenizes the whole rest once."""
+
+    tokenized = 0
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        self.tokenized += 1
+        return super().tokenize(text, special)
+
+
+def _turns(count: int) -> list[dict]:
+    turns = []
+    for n in range(count):
+        turns += [{"role": "user", "content": f"q{n} " + "x" * 40}, {"role": "assistant", "content": "y" * 10}]
+    return [*turns, {"role": "user", "content": "last"}]
+
+
+def test_truncation_searches_the_cut_by_bisection() -> None:
+    """A thousand turns, of which the last few fit: the cut is found in about log2(1000) tries,
+    not one try per turn left out (a 1,000-turn chain took minutes that way)."""
+    request = body(input=_turns(1000), truncation="auto")
+    engine = CountingGenerator([b"a"])
+    fitted = prepare_fitting(engine, chat_request(request, [], input_items(request)), truncate=True)
+    assert len(fitted.prompt_tokens) <= engine.n_ctx
+    assert engine.tokenized <= 2 * 12  # a render and a count for each of 1 + ceil(log2(1000)) tries
+
+
+def test_truncation_leaves_out_the_fewest_turns() -> None:
+    """The cut bisection finds is the one leaving out turns one at a time would find."""
+    chat = chat_request(body(input=_turns(60), truncation="auto"), [], input_items(body(input=_turns(60))))
+    engine = FakeGenerator([b"a"])
+    fitted = prepare_fitting(engine, chat, truncate=True)
+    messages = chat.messages
+    for start in range(0, len(messages), 2):  # each user message, oldest first
+        rest = render_chat(engine, replace(chat, messages=messages[start:]))
+        if len(rest) <= engine.n_ctx:
+            break
+    assert len(fitted.prompt_tokens) == len(rest)
+
+
+def test_truncation_stops_when_the_client_leaves() -> None:
+    turns = [{"role": "user", "content": "x" * 100}] * 200
+    request = body(input=turns, truncation="auto")
+    chat = chat_request(request, [], input_items(request))
+    left = threading.Event()
+    left.set()
+    engine = CountingGenerator([b"a"])
+    with pytest.raises(RequestAborted):
+        prepare_fitting(engine, chat, truncate=True, cancel=left)
+    assert engine.tokenized <= 2  # the first, whole try only
 
 
 def test_namespaced_functions_are_offered_and_their_calls_carry_the_namespace() -> None:
