@@ -131,6 +131,28 @@ def test_generic_calls_after_free_text() -> None:
     assert call.call.name == "f" and call.call.arguments == '{"x": 1}' and events[-1].reason == "tool_calls"
 
 
+def test_a_call_repeated_in_one_answer_ends_it() -> None:
+    """Small models loop on a call: the first repeat ends the answer (the engine is asked for no
+    more), and the calls made before it stand."""
+    one = b'<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>\n'
+    same = b'<tool_call>{"arguments": {"x":1}, "name": "f"}</tool_call>\n'
+    other = b'<tool_call>{"name": "f", "arguments": {"x": 2}}</tool_call>\n'
+    pieces = [one, other, same, b"more", b" text"]
+    engine = FakeGenerator(pieces)
+    for events in (
+        run(engine, prepared(calls=GENERIC)),
+        asyncio.run(_all(chat_events(AsyncFakeGenerator(pieces), prepared(calls=GENERIC)))),
+    ):
+        calls = [e.call.arguments for e in events if isinstance(e, ToolCallEvent)]
+        assert calls == ['{"x": 1}', '{"x": 2}']
+        assert "more" not in text_of(events)
+        assert events[-1].reason == "tool_calls" and events[-1].completion_tokens == 3
+
+
+async def _all(events) -> list:
+    return [event async for event in events]
+
+
 WEATHER = Tool("get_weather", "The weather in a city", {"type": "object", "properties": {"city": {"type": "string"}}})
 
 
