@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.test_batching_e2e import stream_times
 
 MODEL = "smollm2"
 PATHOLOGICAL = [r"^([a-z]*[a-z]*){20}$", r"^(.*){50}$"]
@@ -66,16 +67,10 @@ def test_repetitions_around_the_bound_never_crash(server: ServerProcess) -> None
 
 
 async def _stream_gaps(client: httpx.AsyncClient, body: dict) -> tuple[str, list[float]]:
-    text, times = "", [time.monotonic()]
-    async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
-                if delta:
-                    text += delta
-                    times.append(time.monotonic())
-    return text, [b - a for a, b in itertools.pairwise(times)]
+    """The streamed text, and the time before each of its pieces (from the request's start)."""
+    started = time.monotonic()
+    text, times = await stream_times(client, body)
+    return text, [b - a for a, b in itertools.pairwise([started, *times])]
 
 
 @pytest.mark.parametrize("pattern", PATHOLOGICAL)
