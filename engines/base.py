@@ -42,7 +42,7 @@ class Engine(Protocol):
     """A loaded model. Optional attributes the server reads: `admits_all` (True: the scheduler
     admits `max_concurrency` requests at once instead of at most the server's `parallel`) and
     `merges_calls` (True: concurrent requests' calls are merged into one engine call by
-    `gpustack_cli.batching`)."""
+    `gpustack_cli.runtime.batching`)."""
 
     # How many requests this loaded model can usefully run at once.
     max_concurrency: int

@@ -1,3 +1,3 @@
-from gpustack_cli.cli import main
+from gpustack_cli.cli.main import main
 
 main()

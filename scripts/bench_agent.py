@@ -40,10 +40,10 @@ from benchlib import free_port, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.anthropic.messages import MessagesBody, chat_request  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
-from gpustack_cli.loading import load_model  # noqa: E402
-from gpustack_cli.pull import Puller  # noqa: E402
-from gpustack_cli.store import ModelStore  # noqa: E402
-from gpustack_cli.textgen import prepare_chat  # noqa: E402
+from gpustack_cli.core.textgen import prepare_chat  # noqa: E402
+from gpustack_cli.models.loading import load_model  # noqa: E402
+from gpustack_cli.models.pull import Puller  # noqa: E402
+from gpustack_cli.models.store import ModelStore  # noqa: E402
 
 TEXT = (
     "the agent reads files edits code runs commands in the shell and reports what it changed "

@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 from benchlib import free_port, start_llama_cpp_python, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
-from gpustack_cli.pull import Puller  # noqa: E402
-from gpustack_cli.store import ModelStore  # noqa: E402
+from gpustack_cli.models.pull import Puller  # noqa: E402
+from gpustack_cli.models.store import ModelStore  # noqa: E402
 
 PROMPT = "Round {r}, client {c}. Write a detailed story about a lighthouse keeper and the sea."
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 from benchlib import start_server  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
-from gpustack_cli.pull import Puller  # noqa: E402
-from gpustack_cli.store import ModelStore  # noqa: E402
+from gpustack_cli.models.pull import Puller  # noqa: E402
+from gpustack_cli.models.store import ModelStore  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while rain falls on quiet city streets at night").split()  # noqa: SIM905
 

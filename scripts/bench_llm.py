@@ -37,9 +37,9 @@ from benchlib import start_llama_cpp_python, start_server  # noqa: E402
 
 from engines.base import Sampling  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
-from gpustack_cli.loading import load_model  # noqa: E402
-from gpustack_cli.pull import Puller  # noqa: E402
-from gpustack_cli.store import ModelStore  # noqa: E402
+from gpustack_cli.models.loading import load_model  # noqa: E402
+from gpustack_cli.models.pull import Puller  # noqa: E402
+from gpustack_cli.models.store import ModelStore  # noqa: E402
 
 PROMPT = "Run {i}. Write a detailed story about a lighthouse keeper and the sea."
 
@@ -111,7 +111,7 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from gpustack_cli.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, render_chat, stream_chat
+    from gpustack_cli.core.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, render_chat, stream_chat
 
     # Our engine first: the direct side and the peer take its context size and threads.
     engine = load_model(store, args.model, settings)

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gpustack_cli.app import create_app
-from gpustack_cli.json_values import MAX_DEPTH
-from gpustack_cli.keys import Authenticator, KeyStore, Scope, Throttle
+from gpustack_cli.core.json_values import MAX_DEPTH
 from gpustack_cli.openai.response_routes import RESPONSES
 from gpustack_cli.openai.response_store import StoredResponse
+from gpustack_cli.server.app import create_app
 from gpustack_cli.server.context import KEY_CHECKS, ServerContext
+from gpustack_cli.server.keys import Authenticator, KeyStore, Scope, Throttle
 from tests.test_api import bearer, error_of, keyed, make_context
 
 CHAT = [{"role": "user", "content": "hi"}]

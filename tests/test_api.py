@@ -10,14 +10,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gpustack_cli.app import create_app
 from gpustack_cli.config import Settings
-from gpustack_cli.keys import Authenticator, KeyStore, Scope
-from gpustack_cli.metrics import Metrics
-from gpustack_cli.scheduler import Scheduler
-from gpustack_cli.server.app import PUBLIC_PATHS, PUBLIC_PREFIXES
+from gpustack_cli.models.store import Category, Manifest, ModelFile, ModelStore
+from gpustack_cli.runtime.scheduler import Scheduler
+from gpustack_cli.server.app import create_app
 from gpustack_cli.server.context import CONTEXT, ServerContext
-from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore
+from gpustack_cli.server.keys import Authenticator, KeyStore, Scope
+from gpustack_cli.server.metrics import Metrics
+from gpustack_cli.server.plumbing import PUBLIC_PATHS, PUBLIC_PREFIXES
 from tests.fake_engine import FakeLoader
 from tests.openapi import validate
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 from PIL import Image
 
-from gpustack_cli.audio import wav_header
+from gpustack_cli.audio_formats import wav_header
 from tests.conftest import ServerProcess, clean_env, free_port, gpustack
 from tests.openapi import validate
 

@@ -198,7 +198,7 @@ def test_a_request_is_aborted_by_its_id(models_home: Path) -> None:
     is told so) and frees its slot, while the other request decodes on."""
     from engines.base import LoadSpec, RequestAborted, Sampling
     from engines.llama import LlamaEngine
-    from gpustack_cli.store import ModelStore
+    from gpustack_cli.models.store import ModelStore
 
     store = ModelStore(models_home)
     options = {**store.get(MODEL).options, "parallel": 2}
@@ -241,7 +241,7 @@ def test_special_tokens_are_shown_only_when_asked_for(models_home: Path) -> None
 
     from engines.base import LoadSpec, Sampling
     from engines.llama import LlamaEngine
-    from gpustack_cli.store import ModelStore
+    from gpustack_cli.models.store import ModelStore
 
     store = ModelStore(models_home)
     engine = LlamaEngine(

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gpustack_cli.config import DEFAULT_PORT, Settings, is_loopback, parse_duration
-from gpustack_cli.serve import StartupError, event_loop
+from gpustack_cli.server.serve import StartupError, event_loop
 
 
 @pytest.mark.parametrize(

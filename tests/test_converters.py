@@ -11,11 +11,7 @@ import pytest
 
 from engines.base import Ranking, Sampling
 from gpustack_cli.anthropic import messages as anthropic
-from gpustack_cli.jina.rerank import rerank_answer
-from gpustack_cli.native.engine_apis import tei_ranks
-from gpustack_cli.openai import chat as openai
-from gpustack_cli.server.errors import APIError
-from gpustack_cli.textgen import (
+from gpustack_cli.core.textgen import (
     Answer,
     ChatMessage,
     ChatRequest,
@@ -29,6 +25,10 @@ from gpustack_cli.textgen import (
     ToolCallEvent,
     collect,
 )
+from gpustack_cli.jina.rerank import rerank_answer
+from gpustack_cli.native.engine_apis import tei_ranks
+from gpustack_cli.openai import chat as openai
+from gpustack_cli.server.errors import APIError
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 

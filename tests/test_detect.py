@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_cli.detect import UnknownFormat, detect
-from gpustack_cli.gguf_meta import GGUFError, read_metadata
-from gpustack_cli.store import Category
+from gpustack_cli.models.detect import UnknownFormat, detect
+from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
+from gpustack_cli.models.store import Category
 from tests.gguf_writer import write_gguf
 
 CHAT = {"general.architecture": "llama", "llama.context_length": 32768, "tokenizer.chat_template": "{{ x }}"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_cli.pull.download import ChecksumError, Downloader, NoProgress, PullError
+from gpustack_cli.models.pull.download import ChecksumError, Downloader, NoProgress, PullError
 from tests.loopback import LoopbackServer
 
 DATA = os.urandom(700_000)

@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gpustack_cli.app import create_app
-from gpustack_cli.keys import Scope
 from gpustack_cli.openai.images import FILES
 from gpustack_cli.server import access_log
+from gpustack_cli.server.app import create_app
 from gpustack_cli.server.context import ServerContext
+from gpustack_cli.server.keys import Scope
 from tests.test_api import bearer, error_of, keyed, make_context
 
 CHAT = [{"role": "user", "content": "hi"}]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas
+from gpustack_cli.core.json_schemas import SchemaError, SchemaLimits, check_schemas
 
 LIMITS = SchemaLimits(max_nodes=4000, max_repeat=1000)
 
@@ -86,7 +86,7 @@ def test_big_schemas_are_refused_at_once() -> None:
 def test_upper_bounds_past_the_limit_are_dropped_not_refused() -> None:
     """A coding agent's tool says `maxLength: 524288`: the grammar leaves the bound out (no answer
     comes near it) instead of refusing the tool; a lower bound that large is still refused."""
-    from gpustack_cli.json_schemas import loosened
+    from gpustack_cli.core.json_schemas import loosened
 
     schema = {
         "type": "object",

@@ -1,7 +1,7 @@
 import time
 from pathlib import Path
 
-from gpustack_cli.keys import Authenticator, KeyStore, Scope, check_secret, hash_secret, split_key
+from gpustack_cli.server.keys import Authenticator, KeyStore, Scope, check_secret, hash_secret, split_key
 
 
 def test_hash_is_salted_and_slow_kind(tmp_path: Path) -> None:

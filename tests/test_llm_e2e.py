@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from gpustack_cli.config import Settings
-from gpustack_cli.loading import load_model
-from gpustack_cli.store import ModelStore
+from gpustack_cli.models.loading import load_model
+from gpustack_cli.models.store import ModelStore
 from tests.conftest import ServerProcess
 from tests.openapi import validate
 

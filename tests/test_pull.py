@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_cli.catalog import CATALOG, CatalogEntry, Join
 from gpustack_cli.config import Settings
-from gpustack_cli.pull import Puller, PullError, default_name
-from gpustack_cli.pull.pypi import PipConfig, model_members, pip_config_files, read_pip_config
-from gpustack_cli.store import Category, ModelStore
+from gpustack_cli.models.catalog import CATALOG, CatalogEntry, Join
+from gpustack_cli.models.pull import Puller, PullError, default_name
+from gpustack_cli.models.pull.pypi import PipConfig, model_members, pip_config_files, read_pip_config
+from gpustack_cli.models.store import Category, ModelStore
 from tests.conftest import ROOT, clean_env
 from tests.gguf_writer import write_gguf
 from tests.loopback import LoopbackServer

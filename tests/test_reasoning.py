@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
+from gpustack_cli.core.parsing.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 
 QWEN3 = "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
 R1 = "{% set content = content.split('</think>')[-1] %}{{'<｜Assistant｜><think>\\n'}}"
@@ -62,7 +62,7 @@ def test_the_format_comes_from_the_template_and_the_prompt() -> None:
 def test_real_templates_reasoning(chat_templates: dict[str, str]) -> None:
     """R1 distills open the section in the prompt; Qwen3 leaves it to the model, or closes an
     empty one when thinking is switched off; Llama 3.1 does not reason."""
-    from gpustack_cli import templates
+    from gpustack_cli.core import templates
 
     def prompt(name: str, **variables) -> str:
         messages = [{"role": "user", "content": "Hi"}]

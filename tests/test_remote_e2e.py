@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gpustack_cli.store import ModelStore
+from gpustack_cli.models.store import ModelStore
 from tests.conftest import ServerProcess, clean_env, gpustack, seeds_proxy_example
 from tests.upstream import TestUpstream, closed_port_url
 

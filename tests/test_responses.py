@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import RequestAborted
-from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
-from gpustack_cli.openai.response_routes import prepare_fitting
-from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
-from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
-from gpustack_cli.server.errors import APIError
-from gpustack_cli.textgen import (
+from gpustack_cli.core.textgen import (
     Finished,
     GenerationError,
     ReasoningDelta,
@@ -28,6 +23,11 @@ from gpustack_cli.textgen import (
     ToolCallEvent,
     render_chat,
 )
+from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
+from gpustack_cli.openai.response_routes import prepare_fitting
+from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
+from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
+from gpustack_cli.server.errors import APIError
 from tests.openapi import validate
 from tests.test_textgen import FakeGenerator
 

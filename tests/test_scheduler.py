@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from gpustack_cli.scheduler import QueueFull, Scheduler
+from gpustack_cli.runtime.scheduler import QueueFull, Scheduler
 from tests.fake_engine import FakeLoader
 
 

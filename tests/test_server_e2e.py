@@ -128,7 +128,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_cli_import_loads_no_engine() -> None:
     code = (
-        "import sys, gpustack_cli.cli, gpustack_cli.server, gpustack_cli.server.app\n"
+        "import sys, gpustack_cli.cli.main, gpustack_cli.server, gpustack_cli.server.plumbing\n"
         "heavy = [m for m in ('torch', 'llama_cpp', 'sentence_transformers', 'diffusers', 'faster_whisper',"
         " 'piper', 'transformers', 'numpy', 'PIL', 'av') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from gpustack_cli.store import MANIFEST, Category, Manifest, ModelFile, ModelNotFound, ModelStore, StoreError
+from gpustack_cli.models.store import MANIFEST, Category, Manifest, ModelFile, ModelNotFound, ModelStore, StoreError
 
 
 def manifest(name: str, **extra) -> Manifest:

@@ -11,7 +11,7 @@ import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from engines.base import Sampling
-from gpustack_cli import templates
+from gpustack_cli.core import templates
 
 WEATHER = {
     "type": "function",
@@ -179,7 +179,7 @@ class TemplatedGenerator:
 def test_a_late_system_message_is_never_dropped(chat_templates: dict[str, str], name: str, in_place: bool) -> None:
     """Coding agents send system messages among the others: rendered where they stand when the
     template allows, else joined in order to the first system message."""
-    from gpustack_cli.textgen import ChatMessage, ChatRequest, render_chat
+    from gpustack_cli.core.textgen import ChatMessage, ChatRequest, render_chat
 
     engine = TemplatedGenerator(chat_templates[name])
     messages = [

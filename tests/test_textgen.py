@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import pytest
 
 from engines.base import AsyncTextGenerator, Sampling, Token
-from gpustack_cli.textgen import (
+from gpustack_cli.core.parsing.tool_calls import GENERIC, ToolFormat
+from gpustack_cli.core.textgen import (
     ChatMessage,
     ChatRequest,
     Finished,
@@ -27,7 +28,6 @@ from gpustack_cli.textgen import (
     stream_text,
     text_events,
 )
-from gpustack_cli.tool_calls import GENERIC, ToolFormat
 
 
 class FakeGenerator:
@@ -211,8 +211,8 @@ def test_the_async_driver_names_each_request_to_the_engine() -> None:
 
 
 def test_reasoning_is_split_off_in_both_drivers() -> None:
-    from gpustack_cli.reasoning import ReasoningFormat
-    from gpustack_cli.textgen import ReasoningDelta
+    from gpustack_cli.core.parsing.reasoning import ReasoningFormat
+    from gpustack_cli.core.textgen import ReasoningDelta
 
     pieces = [b"<think>", b"So", b" 4.", b"</thi", b"nk>\n\n", b"Four", b"."]
     engine = AsyncFakeGenerator(pieces)
@@ -245,7 +245,7 @@ def test_a_template_that_writes_the_bos_gets_one() -> None:
 def test_a_budget_past_the_context_is_cut_to_fit() -> None:
     """As llama-server: max_tokens beyond what the prompt leaves is cut to it; only a prompt that
     does not fit is refused."""
-    from gpustack_cli.textgen import GenerationError, fit_context
+    from gpustack_cli.core.textgen import GenerationError, fit_context
 
     engine = FakeGenerator([b"a"])  # a context of 512
     assert fit_context(engine, 500, 32000) == 12

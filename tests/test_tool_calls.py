@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gpustack_cli.tool_calls import (
+from gpustack_cli.core.parsing.tool_calls import (
     COMMAND_R,
     DEEPSEEK_R1,
     DEEPSEEK_V31,
@@ -183,7 +183,7 @@ def test_call_ids_as_each_template_expects_them() -> None:
 
 
 def test_gpt_oss_channels() -> None:
-    from gpustack_cli.harmony import HarmonyReader
+    from gpustack_cli.core.parsing.harmony import HarmonyReader
 
     def parts(pieces: list[str]) -> list:
         reader = HarmonyReader()

@@ -1,5 +1,5 @@
 """Anthropic's `POST /v1/messages` and `/v1/messages/count_tokens`: a second translator onto the
-same text core as OpenAI's chat (`gpustack_cli.textgen`), with Anthropic's blocks, stop reasons,
+same text core as OpenAI's chat (`gpustack_cli.core.textgen`), with Anthropic's blocks, stop reasons,
 event stream and error shape. Claude Code's `anthropic-version` header and `?beta=true` are accepted.
 """
 
@@ -16,13 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Sampling, TextGenerator
-from gpustack_cli import json_values
-from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
-from gpustack_cli.server.errors import bad_request
-from gpustack_cli.server.sse import EventStream
-from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category
-from gpustack_cli.textgen import (
+from gpustack_cli.core import json_values
+from gpustack_cli.core.textgen import (
     Answer,
     ChatMessage,
     ChatRequest,
@@ -39,6 +34,11 @@ from gpustack_cli.textgen import (
     count_chat_tokens,
     prepare_chat,
 )
+from gpustack_cli.models.store import Category
+from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.sse import EventStream
+from gpustack_cli.server.wire import json_response
 
 STOP_REASONS = {"length": "max_tokens", "tool_calls": "tool_use"}
 

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from engines.remote import RemoteEngine
 from gpustack_cli.anthropic.messages import messages_via
+from gpustack_cli.models.store import Manifest
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
-from gpustack_cli.store import Manifest
 from gpustack_cli.upstream.forward import upstream_chunks
 
 

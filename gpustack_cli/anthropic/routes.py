@@ -8,9 +8,9 @@ from aiohttp import web
 from gpustack_cli.anthropic.errors import error_body
 from gpustack_cli.anthropic.messages import count_tokens, messages
 from gpustack_cli.anthropic.over_chat import messages_over_chat
+from gpustack_cli.models.store import Category
 from gpustack_cli.server.errors import speaks
 from gpustack_cli.server.routing import model_route
-from gpustack_cli.store import Category
 
 
 def add_routes(app: web.Application) -> None:

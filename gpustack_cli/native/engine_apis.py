@@ -14,12 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import Embedder, Ranking, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
-from gpustack_cli import batching
-from gpustack_cli.server.context import REQUEST_ID, context
-from gpustack_cli.server.errors import APIError, bad_request, from_validation
-from gpustack_cli.server.sse import EventStream
-from gpustack_cli.server.wire import json_response
-from gpustack_cli.textgen import (
+from gpustack_cli.core.textgen import (
     Finished,
     Prepared,
     TextDelta,
@@ -29,6 +24,11 @@ from gpustack_cli.textgen import (
     fit_context,
     text_events,
 )
+from gpustack_cli.runtime import batching
+from gpustack_cli.server.context import REQUEST_ID, context
+from gpustack_cli.server.errors import APIError, bad_request, from_validation
+from gpustack_cli.server.sse import EventStream
+from gpustack_cli.server.wire import json_response
 
 Handler = Callable[[web.Request, Any, dict[str, Any], str], Awaitable[web.StreamResponse]]
 

@@ -9,9 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Tokenizer
+from gpustack_cli.core.textgen import check_text_size
 from gpustack_cli.native.engine_apis import llama_detokenize, llama_tokenize
 from gpustack_cli.server.context import context, engine_for, read_json, resolve_model
-from gpustack_cli.textgen import check_text_size
 
 
 class TokenizeBody(BaseModel):

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines import piper_voice
 from engines.base import AudioError, Segment, Speaker, Transcriber, Transcription
-from gpustack_cli.audio import CONTENT_TYPES, encode, srt, vtt
+from gpustack_cli.audio_formats import CONTENT_TYPES, encode, srt, vtt
+from gpustack_cli.models.store import Category
+from gpustack_cli.runtime.threads import iterate_in_thread
 from gpustack_cli.server.context import (
     context,
     engine_for,
@@ -31,8 +33,6 @@ from gpustack_cli.server.errors import bad_request, from_validation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category
-from gpustack_cli.threads import iterate_in_thread
 
 # OpenAI's voice names: stock clients send one of these, and get the model's default voice.
 OPENAI_VOICES = {

@@ -16,13 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
-from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
-from gpustack_cli.server.errors import bad_request
-from gpustack_cli.server.routing import model_route
-from gpustack_cli.server.sse import EventStream
-from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category
-from gpustack_cli.textgen import (
+from gpustack_cli.core.textgen import (
     Answer,
     ChatMessage,
     ChatRequest,
@@ -44,6 +38,12 @@ from gpustack_cli.textgen import (
     prepare_chat,
     text_events,
 )
+from gpustack_cli.models.store import Category
+from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.routing import model_route
+from gpustack_cli.server.sse import EventStream
+from gpustack_cli.server.wire import json_response
 
 T = TypeVar("T")
 # A token id as a `logit_bias` key: what int() reads, in ASCII digits (str.isdigit takes "²").

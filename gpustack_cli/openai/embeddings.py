@@ -16,14 +16,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Embedder
-from gpustack_cli import batching
 from gpustack_cli.config import Settings
+from gpustack_cli.core.textgen import check_text_size
+from gpustack_cli.models.store import Category
+from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.server.errors import bad_request
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category
-from gpustack_cli.textgen import check_text_size
 
 MAX_INPUTS = 2048
 # Below this many characters, tokens are counted on the event loop (about a tenth of a millisecond).

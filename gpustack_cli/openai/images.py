@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.config import Settings
+from gpustack_cli.models.store import Category
+from gpustack_cli.runtime.threads import emit_in_thread
 from gpustack_cli.server.context import (
     context,
     engine_for,
@@ -36,8 +38,6 @@ from gpustack_cli.server.errors import APIError, bad_request, from_validation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category
-from gpustack_cli.threads import emit_in_thread
 
 FILE_LIFETIME = 3600.0
 MAX_SIDE = 2048

@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gpustack_cli.scheduler import Scheduler
+from gpustack_cli.models.store import Category, Manifest
+from gpustack_cli.runtime.scheduler import Scheduler
 from gpustack_cli.server.context import context, principal, resolve_model
 from gpustack_cli.server.errors import bad_request
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category, Manifest
 
 
 def model_object(manifest: Manifest, scheduler: Scheduler) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpustack_cli.core.textgen import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent
 from gpustack_cli.openai.chat import logprob_entry
 from gpustack_cli.openai.responses import ResponseBody, echoed_tool_choice, echoed_tools, new_item_id
-from gpustack_cli.textgen import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent
 
 
 @dataclass

@@ -17,6 +17,17 @@ from aiohttp import web
 
 from engines.base import RequestAborted, TextGenerator
 from engines.remote import RemoteEngine
+from gpustack_cli.core.textgen import (
+    ChatRequest,
+    Event,
+    GenerationError,
+    Prepared,
+    chat_events,
+    check_chat,
+    count_chat_tokens,
+    prepare_chat,
+)
+from gpustack_cli.models.store import Category, Manifest
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse
@@ -42,17 +53,6 @@ from gpustack_cli.server.errors import APIError, bad_request
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.store import Category, Manifest
-from gpustack_cli.textgen import (
-    ChatRequest,
-    Event,
-    GenerationError,
-    Prepared,
-    chat_events,
-    check_chat,
-    count_chat_tokens,
-    prepare_chat,
-)
 from gpustack_cli.upstream.forward import upstream_chunks
 
 RESPONSES = web.AppKey("responses", ResponseStore)

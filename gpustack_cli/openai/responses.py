@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
+from gpustack_cli.core.textgen import ChatMessage, ChatRequest, Tool, ToolCall
 from gpustack_cli.openai.chat import Wire
 from gpustack_cli.server.errors import bad_request
-from gpustack_cli.textgen import ChatMessage, ChatRequest, Tool, ToolCall
 
 # The `include` value that asks for the answer's log probabilities.
 LOGPROBS = "message.output_text.logprobs"

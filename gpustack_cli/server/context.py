@@ -17,12 +17,12 @@ from multidict import MultiDict, MultiDictProxy
 from pydantic import BaseModel, ValidationError
 
 from gpustack_cli.config import Settings, parse_duration
-from gpustack_cli.json_values import MAX_DEPTH, depth
-from gpustack_cli.keys import Authenticator, Principal, Scope, Throttle
-from gpustack_cli.metrics import Metrics
-from gpustack_cli.scheduler import Scheduler
+from gpustack_cli.core.json_values import MAX_DEPTH, depth
+from gpustack_cli.models.store import Category, Manifest, ModelNotFound, ModelStore
+from gpustack_cli.runtime.scheduler import Scheduler
 from gpustack_cli.server.errors import APIError, bad_request, from_validation, model_not_found
-from gpustack_cli.store import Category, Manifest, ModelNotFound, ModelStore
+from gpustack_cli.server.keys import Authenticator, Principal, Scope, Throttle
+from gpustack_cli.server.metrics import Metrics
 
 Body = TypeVar("Body", bound=BaseModel)
 

@@ -14,8 +14,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from engines.base import AudioError, EngineUnavailable, InvalidSchema, InvalidTokens, OutOfMemory, RequestAborted
-from gpustack_cli.scheduler import QueueFull
-from gpustack_cli.textgen import GenerationError
+from gpustack_cli.core.textgen import GenerationError
+from gpustack_cli.runtime.scheduler import QueueFull
 
 
 class APIError(Exception):

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gpustack_cli.models.store import Category, Manifest, ModelNotFound, ModelStore, StoreError
 from gpustack_cli.server.context import context, read_form, read_json_object, resolve_model
-from gpustack_cli.store import Category, Manifest, ModelNotFound, ModelStore, StoreError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Answers a request for a model served elsewhere: (request, its model's manifest, what answers

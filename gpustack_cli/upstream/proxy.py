@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from gpustack_cli.models.store import Manifest, ModelNotFound, StoreError
 from gpustack_cli.native.engine_apis import ROUTES
 from gpustack_cli.server.context import (
     context,
@@ -26,7 +27,6 @@ from gpustack_cli.server.context import (
 )
 from gpustack_cli.server.errors import APIError, bad_request
 from gpustack_cli.server.routing import REMOTE_ENGINE
-from gpustack_cli.store import Manifest, ModelNotFound, StoreError
 from gpustack_cli.upstream.forward import forward
 
 PREFIX = "/model/proxy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engines.base import Engine, LoadSpec, load_engine
 from gpustack_cli.config import Settings
-from gpustack_cli.store import ModelStore
+from gpustack_cli.models.store import ModelStore
 
 
 def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:

@@ -15,9 +15,9 @@ from rich.table import Table
 
 from gpustack_cli import __version__
 from gpustack_cli.config import Settings, parse_duration
-from gpustack_cli.keys import KeyStore, Scope
-from gpustack_cli.model_settings import chat_template_status, set_chat_template, set_slots, set_stops
-from gpustack_cli.store import Manifest, ModelStore, StoreError
+from gpustack_cli.models.model_settings import chat_template_status, set_chat_template, set_slots, set_stops
+from gpustack_cli.models.store import Manifest, ModelStore, StoreError
+from gpustack_cli.server.keys import KeyStore, Scope
 
 app = typer.Typer(help="Pull, serve and run models from one process.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -123,8 +123,8 @@ def serve(
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
     """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
-    from gpustack_cli.serve import StartupError
-    from gpustack_cli.serve import serve as run_server
+    from gpustack_cli.server.serve import StartupError
+    from gpustack_cli.server.serve import serve as run_server
 
     config = settings(
         host=host,
@@ -168,8 +168,8 @@ def pull(
     parallel: Parallel = None,
 ) -> None:
     """Pull a model into the local store."""
-    from gpustack_cli.progress import RichProgress
-    from gpustack_cli.pull import Puller, PullError
+    from gpustack_cli.cli.progress import RichProgress
+    from gpustack_cli.models.pull import Puller, PullError
 
     config = settings()
     puller = Puller(config, RichProgress(err))
@@ -206,8 +206,8 @@ def add_remote(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
 ) -> None:
     """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
-    from gpustack_cli.pull import Puller, PullError
-    from gpustack_cli.store import Category
+    from gpustack_cli.models.pull import Puller, PullError
+    from gpustack_cli.models.store import Category
 
     try:
         kinds = [Category(c.strip()) for c in categories.split(",") if c.strip()]
@@ -245,8 +245,8 @@ def list_models(as_json: JsonFlag = False) -> None:
 @app.command()
 def show(name: str, as_json: JsonFlag = False) -> None:
     """Show a model's manifest (and its GGUF metadata)."""
-    from gpustack_cli.detect import main_gguf
-    from gpustack_cli.gguf_meta import GGUFError, read_metadata
+    from gpustack_cli.models.detect import main_gguf
+    from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
 
     store = ModelStore(settings().home)
     try:
@@ -318,7 +318,7 @@ def cp(source: str, target: str) -> None:
 def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     import httpx
 
-    from gpustack_cli.client import checked
+    from gpustack_cli.cli.server_client import checked
 
     config = settings()
     try:
@@ -399,7 +399,7 @@ def run(
         if rerank is not None or "llm" not in manifest.categories:
             _run_once(config, manifest.categories, name, rerank, prompt or [])
             return
-        from gpustack_cli.repl import ChatOptions, Session, answer, backend_for, repl
+        from gpustack_cli.cli.repl import ChatOptions, Session, answer, backend_for, repl
 
         if fmt not in (None, "json"):
             raise fail("--format for a chat model is json (an answer in JSON)")
@@ -420,7 +420,7 @@ def run(
 
 def _pulled(config: Settings, name: str) -> Manifest:
     """The model's manifest, pulled first (with the progress bars) when the store lacks it."""
-    from gpustack_cli.store import InvalidModelName, ModelNotFound
+    from gpustack_cli.models.store import InvalidModelName, ModelNotFound
 
     store = ModelStore(config.home)
     try:
@@ -429,8 +429,8 @@ def _pulled(config: Settings, name: str) -> Manifest:
         pass
     except StoreError as exc:
         raise fail(str(exc)) from exc
-    from gpustack_cli.progress import RichProgress
-    from gpustack_cli.pull import Puller, PullError
+    from gpustack_cli.cli.progress import RichProgress
+    from gpustack_cli.models.pull import Puller, PullError
 
     err.print(f"[dim]{name} is not in the store: pulling it[/]")
     try:
@@ -464,7 +464,7 @@ def _run_image(
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from gpustack_cli import oneshot
+    from gpustack_cli.cli import oneshot
 
     if not prompt:
         raise fail('give a prompt: gpustack run MODEL "a lighthouse at dawn" -o out.png')
@@ -485,7 +485,7 @@ def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str
     import shutil
     import subprocess
 
-    from gpustack_cli import oneshot
+    from gpustack_cli.cli import oneshot
 
     if not text:
         raise fail('give the text to speak: gpustack run MODEL "some text" -o out.wav')
@@ -503,7 +503,7 @@ def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str
 
 
 def _run_transcription(config: Settings, name: str, files: list[str], fmt: str) -> None:
-    from gpustack_cli import oneshot
+    from gpustack_cli.cli import oneshot
 
     if len(files) != 1 or not Path(files[0]).is_file():
         raise fail("give one audio file to transcribe: gpustack run MODEL speech.wav [--format srt]")
@@ -513,7 +513,7 @@ def _run_transcription(config: Settings, name: str, files: list[str], fmt: str) 
 
 
 def _run_once(config: Settings, categories: list, name: str, query: str | None, texts: list[str]) -> None:
-    from gpustack_cli import oneshot
+    from gpustack_cli.cli import oneshot
 
     if query is not None:
         if "reranker" not in categories:
@@ -596,7 +596,7 @@ def version(
     if not verbose and not as_json:
         console.print(f"gpustack {__version__}")
         return
-    from gpustack_cli.about import report
+    from gpustack_cli.cli.about import report
 
     data = report(settings()) if verbose else {"version": __version__}
     if as_json:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpustack_cli.pull.download import Downloader, PullError
+from gpustack_cli.models.pull.download import Downloader, PullError
 
 MANIFEST_TYPES = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 LAYER_FILES = {

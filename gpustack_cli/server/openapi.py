@@ -27,9 +27,9 @@ from gpustack_cli.openai import chat as openai_chat
 from gpustack_cli.openai import embeddings as openai_embeddings
 from gpustack_cli.openai import images as openai_images
 from gpustack_cli.openai import responses as openai_responses
-from gpustack_cli.scheduler import LoadedModel
+from gpustack_cli.runtime.scheduler import LoadedModel
 from gpustack_cli.server import management as admin
-from gpustack_cli.server.app import public
+from gpustack_cli.server.plumbing import public
 from gpustack_cli.server.wire import json_response
 
 # -- responses ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpustack_cli.store import Category
+from gpustack_cli.models.store import Category
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from engines.base import DecodeStats, Observed
 from engines.remote import RemoteEngine
-from gpustack_cli.scheduler import Scheduler
+from gpustack_cli.runtime.scheduler import Scheduler
 
 
 class DecodeCollector(Collector):

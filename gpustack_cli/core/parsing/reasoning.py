@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpustack_cli.held_text import ready_and_held
+from gpustack_cli.core.parsing.held_text import ready_and_held
 
 # Known (opening, closing) tags, the most common first.
 TAGS = (

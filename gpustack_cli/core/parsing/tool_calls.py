@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engines.base import Choice, Structure
-from gpustack_cli import json_values
-from gpustack_cli.held_text import ready_and_held
+from gpustack_cli.core import json_values
+from gpustack_cli.core.parsing.held_text import ready_and_held
 
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # The arguments of a tool whose parameters are `{}`: none (an empty schema would allow any JSON).

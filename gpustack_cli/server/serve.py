@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from rich.console import Console
 
-from gpustack_cli.app import build_context, create_app
+from gpustack_cli.cli.progress import RichProgress
 from gpustack_cli.config import Settings
-from gpustack_cli.progress import RichProgress
-from gpustack_cli.pull import Puller, PullError
+from gpustack_cli.models.pull import Puller, PullError
 from gpustack_cli.server.access_log import AccessLogger, RefusedRequests
+from gpustack_cli.server.app import build_context, create_app
 
 log = logging.getLogger("gpustack.server")
 

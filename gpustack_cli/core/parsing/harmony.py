@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import re
 
-from gpustack_cli.held_text import ready_and_held
-from gpustack_cli.tool_calls import Call
+from gpustack_cli.core.parsing.held_text import ready_and_held
+from gpustack_cli.core.parsing.tool_calls import Call
 
 # What ends a message's body.
 _BODY_ENDS = ("<|end|>", "<|call|>", "<|return|>", "<|start|>")

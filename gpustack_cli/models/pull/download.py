@@ -20,7 +20,7 @@ import httpx
 from filelock import FileLock
 
 from gpustack_cli import __version__
-from gpustack_cli.store import copy_blocks, disk_full
+from gpustack_cli.models.store import copy_blocks, disk_full
 
 CHUNK = 1024 * 1024
 RETRIES = 3

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gpustack_cli.server.app import public
+from gpustack_cli.server.plumbing import public
 
-ROOT = Path(str(resources.files("gpustack_cli") / "ui"))
+ROOT = Path(str(resources.files("gpustack_cli.server") / "ui"))
 PREFIX = "/ui/"
 _POLICY = "; ".join(
     [

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpustack_cli.gguf_meta import GGUFError, read_metadata
-from gpustack_cli.store import Category
+from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
+from gpustack_cli.models.store import Category
 
 # llama.cpp pooling types (enum llama_pooling_type): 4 is RANK, used by GGUF rerankers.
 POOLING_RANK = 4

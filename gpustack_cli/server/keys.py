@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, Field, TypeAdapter
 
-from gpustack_cli.store import write_atomic
+from gpustack_cli.models.store import write_atomic
 
 PREFIX = "gpustack"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}

@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 
 from engines.base import AudioError, Embedder, ImageGenerator, ImageRequest, Reranker, Speaker, Transcriber
-from gpustack_cli.audio import encode, srt, vtt
-from gpustack_cli.client import checked, server_answers
+from gpustack_cli.audio_formats import encode, srt, vtt
+from gpustack_cli.cli.server_client import checked, server_answers
 from gpustack_cli.config import Settings
-from gpustack_cli.loading import load_model
-from gpustack_cli.store import ModelStore
+from gpustack_cli.models.loading import load_model
+from gpustack_cli.models.store import ModelStore
 
 
 def _post(settings: Settings, path: str, body: dict) -> dict:

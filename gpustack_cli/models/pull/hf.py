@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gpustack_cli.pull.download import ChecksumError, ProgressReporter, PullError, sha256_file
-from gpustack_cli.store import link_or_copy
+from gpustack_cli.models.pull.download import ChecksumError, ProgressReporter, PullError, sha256_file
+from gpustack_cli.models.store import link_or_copy
 
 # Repository housekeeping that is never part of a model.
 _SKIP = (".gitattributes", ".gitignore")

@@ -16,7 +16,7 @@ from typing import Any
 
 from gpustack_cli import __version__
 from gpustack_cli.config import Settings
-from gpustack_cli.store import ModelStore
+from gpustack_cli.models.store import ModelStore
 
 # Engine: (the modules it needs, the distribution whose version is shown).
 ENGINES = {

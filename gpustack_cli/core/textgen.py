@@ -32,14 +32,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from engines.base import AsyncTextGenerator, InvalidSchema, Sampling, TextGenerator
-from gpustack_cli import json_values, templates
 from gpustack_cli.config import Settings
-from gpustack_cli.harmony import HarmonyReader
-from gpustack_cli.held_text import ready_and_held
-from gpustack_cli.json_schemas import SchemaError, SchemaLimits, check_schemas, loosened
-from gpustack_cli.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
-from gpustack_cli.threads import iterate_in_thread
-from gpustack_cli.tool_calls import (
+from gpustack_cli.core import json_values, templates
+from gpustack_cli.core.json_schemas import SchemaError, SchemaLimits, check_schemas, loosened
+from gpustack_cli.core.parsing.harmony import HarmonyReader
+from gpustack_cli.core.parsing.held_text import ready_and_held
+from gpustack_cli.core.parsing.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
+from gpustack_cli.core.parsing.tool_calls import (
     GENERIC,
     HARMONY,
     Call,
@@ -50,6 +49,7 @@ from gpustack_cli.tool_calls import (
     new_call_id,
     tool_format,
 )
+from gpustack_cli.runtime.threads import iterate_in_thread
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
