@@ -43,7 +43,7 @@ def main() -> None:
         if args.model:
             Puller(settings).pull(model)
         else:
-            from tests.tiny_diffusion import build_tiny_pipeline
+            from tests.support.tiny_diffusion import build_tiny_pipeline
 
             Puller(settings).pull(str(build_tiny_pipeline(Path(tempfile.mkdtemp()))), name=model)
     width, height = (int(v) for v in args.size.split("x"))

@@ -1,0 +1,59 @@
+"""Active health checks of remote upstreams, against real loopback HTTP servers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from engines.remote import RemoteEngine, Upstream
+from gpustack_cli.upstream.client import UpstreamClient
+from gpustack_cli.upstream.health import probe
+from tests.support.upstream import closed_port_url
+
+
+class Upstreams:
+    """A loopback server whose health answer the test sets, recording what it was sent."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.seen: list[tuple[str, str | None]] = []
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.answer)
+        self.server = TestServer(app)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, request.headers.get("Authorization")))
+        return web.json_response({"object": "list", "data": []}, status=self.status)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+
+async def test_probe_takes_out_and_puts_back() -> None:
+    live = Upstreams()
+    await live.server.start_server()
+    client = UpstreamClient(read_timeout=5)
+    try:
+        up, dead = Upstream(live.url), Upstream(closed_port_url())
+        engine = RemoteEngine([dead, up], api_key="up-key")
+        assert await probe(client, engine, up, 2) and up.up
+        assert live.seen[-1] == ("/v1/models", "Bearer up-key")  # the upstream's own key
+        assert not await probe(client, engine, dead, 2) and not dead.up
+        assert [u.url for u in engine.order()] == [up.url, dead.url]  # the dead one goes last
+
+        live.status = 503
+        assert not await probe(client, engine, up, 2) and not up.up
+        live.status = 401  # refusing our key still proves the server is up
+        assert await probe(client, engine, up, 2) and up.up
+
+        live.status = 200
+        engine.health_path = "/health"
+        back = Upstream(live.url)
+        engine.failed(back)
+        assert not back.up
+        assert await probe(client, engine, back, 2) and back.up  # back without waiting out the cool-down
+        assert live.seen[-1][0] == "/health"
+    finally:
+        client.close()
+        await live.server.close()
