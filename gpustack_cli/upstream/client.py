@@ -46,6 +46,10 @@ MAX_IDLE = 32  # idle keep-alive connections kept per upstream
 # whole read timeout (aiohttp's client keeps them 15 s too).
 IDLE_SECONDS = 15.0
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+# Methods that do nothing more when sent twice (RFC 9110 9.2.2), and the headers by which a
+# request says the same of itself: either may be sent again on a new connection.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+_IDEMPOTENCY_KEYS = frozenset({"idempotency-key", "x-idempotency-key"})
 
 
 class UpstreamError(Exception):
@@ -104,6 +108,7 @@ class Response:
         self._sunk = 0  # bytes passed on to the sink
         self._last_data = 0.0  # loop time of the last piece passed on, for the read timeout
         self.started = False  # any byte of the answer arrived
+        self.unsent = False  # the request never left: its connection was closing as it was sent
         self.head_done = False
         self.done = False
         self.keep_alive = False
@@ -340,6 +345,8 @@ class _Connection(asyncio.Protocol):
     def send(self, head: bytes, body: bytes, head_only: bool, timeout: float, keep_framing: bool) -> Response:
         assert self.transport is not None
         self.response = Response(self, head_only, timeout, keep_framing)
+        # A connection already closing takes no bytes: the request did not leave.
+        self.response.unsent = self.closed or self.transport.is_closing()
         self.parser = httptools.HttpResponseParser(self.response)
         if len(body) <= COALESCE:
             self.transport.write(head + body)  # one packet
@@ -592,6 +599,7 @@ class UpstreamClient:
             lines.append(f"Content-Length: {len(body)}\r\n")
         head = "".join(lines).encode("utf-8", "surrogateescape") + b"\r\n"
         wait = self.read_timeout if timeout is None else timeout
+        replayable = method in _IDEMPOTENT or any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in headers)
         while True:
             connection = self._reuse(origin) or await self._connect(origin, proxy)
             response = connection.send(head, body, method == "HEAD", wait, keep_framing)
@@ -604,8 +612,10 @@ class UpstreamClient:
             except UpstreamError:
                 connection.close()
                 # A kept-alive connection the upstream closed while it was idle (its keep-alive
-                # timeout ran out as we sent): it answered nothing, so send again on a new one.
-                if not (connection.reused and not response.started):
+                # timeout ran out as we sent): it answered nothing. Sent again on a new one when
+                # that cannot do a thing twice: the request never left, or asks for nothing twice
+                # (an idempotent method, or an idempotency key), as Go's net/http and urllib3 do.
+                if not (connection.reused and not response.started and (response.unsent or replayable)):
                     raise
             except BaseException:
                 connection.close()

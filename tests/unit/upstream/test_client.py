@@ -97,18 +97,36 @@ async def test_a_long_idle_connection_is_not_used_again(scripted, monkeypatch: p
     client.close()
 
 
-async def test_a_closed_idle_connection_is_replaced(scripted) -> None:
-    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.head(reader)
-        writer.write(OK)
-        await server.head(reader)  # then closed unanswered, as when a keep-alive timeout ends it
+async def answer_once(server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await server.head(reader)
+    writer.write(OK)
+    await server.head(reader)  # then closed unanswered, as when a keep-alive timeout ends it
 
-    server, url = await scripted(answer_once)
+
+@pytest.mark.parametrize(
+    ("method", "headers"), [("GET", []), ("PUT", []), ("DELETE", []), ("POST", [("Idempotency-Key", "k1")])]
+)
+async def test_a_request_that_may_be_repeated_is_sent_again_on_a_new_connection(scripted, method, headers) -> None:
+    server, url = await scripted(lambda reader, writer: answer_once(server, reader, writer))
     client = UpstreamClient(read_timeout=5)
     for _ in range(3):
-        async with client.request("POST", url, "/", [], b"{}") as answer:
+        async with client.request(method, url, "/", headers, b"{}") as answer:
             assert await answer.read() == b"ok"
     assert server.connections == 3 and len(server.heads) == 5  # twice sent again on a new connection
+    client.close()
+
+
+async def test_a_post_that_reached_a_closing_connection_is_not_sent_twice(scripted) -> None:
+    """The upstream read the request before it closed the connection: it may have acted on it, so
+    a POST is not sent again (a chat would be made twice); the caller gets the error."""
+    server, url = await scripted(lambda reader, writer: answer_once(server, reader, writer))
+    client = UpstreamClient(read_timeout=5)
+    async with client.request("POST", url, "/", [], b"{}") as answer:
+        assert await answer.read() == b"ok"
+    with pytest.raises(UpstreamError):
+        async with client.request("POST", url, "/", [], b"{}"):
+            pass
+    assert server.connections == 1 and len(server.heads) == 2  # sent once, never again
     client.close()
 
 
