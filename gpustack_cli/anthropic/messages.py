@@ -23,6 +23,7 @@ from gpustack_cli.core.textgen import (
     ChatRequest,
     Event,
     Finished,
+    GenerationError,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -36,7 +37,6 @@ from gpustack_cli.core.textgen import (
 )
 from gpustack_cli.models.store import Category
 from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
-from gpustack_cli.server.errors import bad_request
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
 
@@ -193,7 +193,9 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
         calls: list[ToolCall] = []
         for block in message.content:
             if isinstance(block, OtherBlock):
-                raise bad_request(f"messages.{index}.content: this model reads text only, not '{block.type}' blocks")
+                raise GenerationError(
+                    f"messages.{index}.content: this model reads text only, not '{block.type}' blocks"
+                )
             if isinstance(block, ThinkingBlock):
                 continue
             if isinstance(block, TextBlock):
@@ -216,7 +218,7 @@ def refuse_unknown(body: CountTokensBody) -> None:
     """A 400 naming the first field this route neither serves nor may ignore."""
     unknown = sorted(set(body.model_extra or {}) - IGNORED_FIELDS)
     if unknown:
-        raise bad_request(f"{unknown[0]}: this parameter is not supported here (it would change the answer)")
+        raise GenerationError(f"{unknown[0]}: this parameter is not supported here (it would change the answer)")
 
 
 def chat_request(body: CountTokensBody) -> ChatRequest:
@@ -225,9 +227,9 @@ def chat_request(body: CountTokensBody) -> ChatRequest:
     choice = body.tool_choice or ToolChoice(type="auto")
     mode = {"auto": "auto", "any": "required", "none": "none", "tool": choice.name or ""}[choice.type]
     if choice.type == "tool" and mode not in {t.name for t in tools}:
-        raise bad_request(f"tool_choice: no tool named '{choice.name}' in tools")
+        raise GenerationError(f"tool_choice: no tool named '{choice.name}' in tools")
     if choice.type == "any" and not tools:
-        raise bad_request("tool_choice: 'any' needs tools")
+        raise GenerationError("tool_choice: 'any' needs tools")
     sampling = body.sampling() if isinstance(body, MessagesBody) else Sampling.of()
     variables: dict[str, Any] = {}
     if body.thinking is not None:

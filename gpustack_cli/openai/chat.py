@@ -22,6 +22,7 @@ from gpustack_cli.core.textgen import (
     ChatRequest,
     Event,
     Finished,
+    GenerationError,
     Prepared,
     ReasoningDelta,
     TextDelta,
@@ -40,7 +41,6 @@ from gpustack_cli.core.textgen import (
 )
 from gpustack_cli.models.store import Category
 from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
-from gpustack_cli.server.errors import bad_request
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
@@ -144,7 +144,7 @@ class SamplingFields(Wire):
         bias: dict[int, float] = {}
         for key, value in (self.logit_bias or {}).items():
             if not _INTEGER.fullmatch(key):
-                raise bad_request(f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias")
+                raise GenerationError(f"Invalid key in 'logit_bias': {key!r} is not a token id.", param="logit_bias")
             bias[int(key)] = value
         return Sampling.of(
             temperature=self.temperature,
@@ -206,7 +206,7 @@ def _text_of(message: Message, index: int) -> str:
         return message.content or ""
     for part in message.content:
         if isinstance(part, OtherPart):
-            raise bad_request(
+            raise GenerationError(
                 f"Invalid content part in messages[{index}]: this model reads text only, not '{part.type}'.",
                 param=f"messages[{index}].content",
                 code="unsupported_content",
@@ -226,15 +226,15 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
     if isinstance(choice, NamedToolChoice):
         choice = choice.function.get("name", "")
         if choice not in {t.name for t in tools}:
-            raise bad_request(f"Invalid 'tool_choice': no tool named '{choice}' in 'tools'.", param="tool_choice")
+            raise GenerationError(f"Invalid 'tool_choice': no tool named '{choice}' in 'tools'.", param="tool_choice")
     elif choice == "required" and not tools:
-        raise bad_request("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
+        raise GenerationError("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
     schema = None
     if body.response_format and body.response_format.type == "json_object":
         schema = {"type": "object"}
     elif body.response_format and body.response_format.type == "json_schema":
         if body.response_format.json_schema is None:
-            raise bad_request("Missing required parameter: 'response_format.json_schema'.", param="response_format")
+            raise GenerationError("Missing required parameter: 'response_format.json_schema'.", param="response_format")
         schema = body.response_format.json_schema.schema_
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     variables = dict(body.chat_template_kwargs or {})
@@ -526,7 +526,7 @@ def _prompts(body: CompletionBody, engine: TextGenerator) -> list[list[int]]:
     else:
         texts = list(prompt)  # type: ignore[arg-type]
     if not texts:
-        raise bad_request("Invalid 'prompt': it is empty.", param="prompt")
+        raise GenerationError("Invalid 'prompt': it is empty.", param="prompt")
     return [engine.tokenize(t) if isinstance(t, str) else list(t) for t in texts]
 
 
@@ -545,7 +545,9 @@ def _prompt_chars(prompt: Prompt) -> int:
 def _with_suffix(engine: TextGenerator, tokens: list[int], suffix: str) -> list[int]:
     fim = engine.fim_tokens()
     if fim is None:
-        raise bad_request("This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix")
+        raise GenerationError(
+            "This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix"
+        )
     pre, suf, mid = fim
     return [pre, *tokens, suf, *engine.tokenize(suffix, special=False), mid]
 
@@ -580,15 +582,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
     rid = request[REQUEST_ID]
     body = await read_json(request, CompletionBody)
     if body.best_of is not None and body.best_of != body.n:
-        raise bad_request("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
+        raise GenerationError("'best_of' other than 'n' is not supported: ask for n choices instead.", param="best_of")
     if body.echo and body.logprobs is not None:
-        raise bad_request("'echo' together with 'logprobs' is not supported.", param="echo")
+        raise GenerationError("'echo' together with 'logprobs' is not supported.", param="echo")
     settings = context(request).settings
     check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings, "prompt")
     check_stops(_stops(body.stop), settings)
     choices = _prompt_count(body.prompt) * body.n
     if choices > settings.max_choices:
-        raise bad_request(
+        raise GenerationError(
             f"This request asks for {choices} completions (prompts x n); the limit is {settings.max_choices}.",
             param="n" if body.n > 1 else "prompt",
         )

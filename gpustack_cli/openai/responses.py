@@ -16,9 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
-from gpustack_cli.core.textgen import ChatMessage, ChatRequest, Tool, ToolCall
+from gpustack_cli.core.textgen import ChatMessage, ChatRequest, GenerationError, Tool, ToolCall
 from gpustack_cli.openai.chat import Wire
-from gpustack_cli.server.errors import bad_request
 
 # The `include` value that asks for the answer's log probabilities.
 LOGPROBS = "message.output_text.logprobs"
@@ -245,12 +244,12 @@ def _all_tools(body: InputTokensBody) -> list[tuple[str, Any, bool]]:
 def refuse_unsupported(body: InputTokensBody) -> None:
     """A 400 naming the first thing asked for that a local model cannot do."""
     if body.conversation is not None:
-        raise bad_request(
+        raise GenerationError(
             "Conversations are not supported here: continue one with 'previous_response_id'.", param="conversation"
         )
     for param, tool, nested in _all_tools(body):
         if isinstance(tool, OtherTool) or (nested and isinstance(tool, NamespaceTool)):
-            raise bad_request(
+            raise GenerationError(
                 f"Tool type '{tool.type}' is not supported here: only 'function' tools and namespaces of them are.",
                 param=f"{param}.type",
                 code="unsupported_tool",
@@ -258,15 +257,15 @@ def refuse_unsupported(body: InputTokensBody) -> None:
     names = [fn.name for fn, _ in functions(body)]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
-        raise bad_request(f"Function names must be unique across tools and namespaces: {twice}.", param="tools")
+        raise GenerationError(f"Function names must be unique across tools and namespaces: {twice}.", param="tools")
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceObject) and choice.type != "function":
-        raise bad_request(f"tool_choice of type '{choice.type}' is not supported here.", param="tool_choice")
+        raise GenerationError(f"tool_choice of type '{choice.type}' is not supported here.", param="tool_choice")
     if isinstance(body, ResponseBody):
         if body.background:
-            raise bad_request("Background responses are not supported here.", param="background")
+            raise GenerationError("Background responses are not supported here.", param="background")
         if body.prompt is not None:
-            raise bad_request("Prompt templates are not supported here: send 'input'.", param="prompt")
+            raise GenerationError("Prompt templates are not supported here: send 'input'.", param="prompt")
 
 
 def input_items(body: InputTokensBody) -> list[dict[str, Any]]:
@@ -279,7 +278,7 @@ def input_items(body: InputTokensBody) -> list[dict[str, Any]]:
     items = []
     for index, item in enumerate(body.input):
         if isinstance(item, OtherItem):
-            raise bad_request(
+            raise GenerationError(
                 f"Input items of type '{item.type}' are not supported here.",
                 param=f"input[{index}].type",
                 code="unsupported_input",
@@ -303,7 +302,7 @@ _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output":
 def _check_content(content: str | list[Any], param: str) -> None:
     for index, part in enumerate([] if isinstance(content, str) else content):
         if isinstance(part, OtherContent):
-            raise bad_request(
+            raise GenerationError(
                 f"Content of type '{part.type}' is not supported here: this model reads text only.",
                 param=f"{param}[{index}]",
                 code="unsupported_content",
@@ -342,10 +341,12 @@ def tool_mode(body: InputTokensBody, tools: list[Tool]) -> str:
     choice = body.tool_choice or "auto"
     if isinstance(choice, ToolChoiceObject):
         if choice.name not in {t.name for t in tools}:
-            raise bad_request(f"Invalid 'tool_choice': no function named '{choice.name}' in 'tools'.", "tool_choice")
+            raise GenerationError(
+                f"Invalid 'tool_choice': no function named '{choice.name}' in 'tools'.", "tool_choice"
+            )
         return choice.name
     if choice == "required" and not tools:
-        raise bad_request("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
+        raise GenerationError("Invalid 'tool_choice': 'required' needs 'tools'.", param="tool_choice")
     return choice
 
 
@@ -357,7 +358,7 @@ def json_schema(body: InputTokensBody) -> dict[str, Any] | None:
     if text_format.type == "json_object":
         return {"type": "object"}
     if text_format.schema_ is None:
-        raise bad_request("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
+        raise GenerationError("Missing required parameter: 'text.format.schema'.", param="text.format.schema")
     return text_format.schema_
 
 
@@ -387,7 +388,7 @@ def chat_request(body: InputTokensBody, history: list[dict[str, Any]], items: li
     messages = [ChatMessage("system", body.instructions)] if body.instructions else []
     messages += chat_messages(history + items)
     if not messages:
-        raise bad_request("Missing required parameter: 'input'.", param="input")
+        raise GenerationError("Missing required parameter: 'input'.", param="input")
     variables: dict[str, Any] = {}
     if body.reasoning is not None and body.reasoning.effort is not None:
         variables["reasoning_effort"] = body.reasoning.effort

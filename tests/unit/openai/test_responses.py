@@ -27,7 +27,6 @@ from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_routes import prepare_fitting
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
 from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
-from gpustack_cli.server.errors import APIError
 from tests.support.openapi import validate
 from tests.unit.core.test_textgen import FakeGenerator
 
@@ -128,9 +127,9 @@ def test_history_comes_before_the_new_input() -> None:
     ],
 )
 def test_what_a_local_model_cannot_do_is_refused(fields: dict, param: str) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GenerationError) as caught:
         refuse_unsupported(body(input="Hi", **fields))
-    assert caught.value.status == 400 and caught.value.param == param
+    assert caught.value.param == param
 
 
 @pytest.mark.parametrize(
@@ -143,9 +142,9 @@ def test_what_a_local_model_cannot_do_is_refused(fields: dict, param: str) -> No
     ],
 )
 def test_inputs_a_text_model_cannot_read_are_refused(item: dict, param: str) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GenerationError) as caught:
         input_items(body(input=[item]))
-    assert caught.value.status == 400 and caught.value.param == param
+    assert caught.value.param == param
 
 
 def test_tool_choice_must_name_a_tool() -> None:
@@ -154,7 +153,7 @@ def test_tool_choice_must_name_a_tool() -> None:
         ({"tool_choice": "required"}, "needs 'tools'"),
     ]:
         request = body(input="Hi", **fields)
-        with pytest.raises(APIError, match=words):
+        with pytest.raises(GenerationError, match=words):
             chat_request(request, [], input_items(request))
 
 
@@ -349,10 +348,10 @@ def test_namespaced_functions_are_offered_and_their_calls_carry_the_namespace() 
     assert [item.get("namespace") for item in response["output"]] == ["multi_agent_v1", None]
     assert response["tools"][1]["tools"][0]["name"] == "spawn_agent"
     nested = {**agents, "tools": [spawn, {"type": "custom", "name": "apply_patch"}]}
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GenerationError) as caught:
         refuse_unsupported(body(input="Hi", tools=[nested]))
     assert caught.value.param == "tools[0].tools[1].type"
-    with pytest.raises(APIError, match="unique"):
+    with pytest.raises(GenerationError, match="unique"):
         refuse_unsupported(body(input="Hi", tools=[spawn, agents]))
 
 
