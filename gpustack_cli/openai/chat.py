@@ -7,15 +7,16 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
+from gpustack_cli.core.choices import Choice, collected, merged, seeded
 from gpustack_cli.core.textgen import (
     Answer,
     ChatMessage,
@@ -34,7 +35,6 @@ from gpustack_cli.core.textgen import (
     check_chat,
     check_stops,
     check_text_size,
-    collect,
     fit_context,
     prepare_chat,
     text_events,
@@ -45,7 +45,6 @@ from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
 
-T = TypeVar("T")
 # A token id as a `logit_bias` key: what int() reads, in ASCII digits (str.isdigit takes "²").
 _INTEGER = re.compile(r"-?[0-9]{1,10}")
 
@@ -354,34 +353,6 @@ def _tool_call(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
-def _seeded(prepared: Prepared, index: int) -> Prepared:
-    """Choice `index` of n: its own seed, so the n choices differ but stay reproducible."""
-    if index == 0:
-        return prepared
-    seed = None if prepared.sampling.seed is None else prepared.sampling.seed + index
-    sampling = replace(prepared.sampling, seed=seed)
-    return replace(prepared, sampling=sampling)
-
-
-async def _together(choices: list[Callable[[], Awaitable[T]]], seed: int | None, slots: int) -> list[T]:
-    """The choices of one request, decoded together where the engine batches; one after another
-    when the request has a seed, so that each choice is what the same request for one would give
-    (a batch of several rounds its arithmetic differently from a batch of one).
-
-    A request of more choices than the model has slots runs at most all but one of them at a
-    time: each next one is submitted as one ends, behind whatever other requests came meanwhile,
-    and a slot stays for those, so a large request shares the model instead of holding it."""
-    if seed is not None:
-        return [await make() for make in choices]
-    gate = asyncio.Semaphore(slots if len(choices) <= slots else max(1, slots - 1))
-
-    async def run(make: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await make()
-
-    return list(await asyncio.gather(*(run(make) for make in choices)))
-
-
 # Changes when the serving code changes, as OpenAI's does with its backend.
 FINGERPRINT = f"fp_gpustack_{__version__}"
 
@@ -446,11 +417,8 @@ def chunk_deltas(event: Event, with_logprobs: bool) -> list[tuple[dict[str, Any]
     return [({}, event.reason, None)]
 
 
-async def _chat_choice(
-    engine: TextGenerator, prepared: Prepared, index: int, request_id: str
-) -> tuple[dict[str, Any], Finished]:
-    answer = await collect(chat_events(engine, prepared, request_id))
-    return chat_choice(answer, index, prepared.sampling.logprobs is not None), answer.finished
+def _chat_choices(engine: TextGenerator, prepared: Prepared, n: int, rid: str) -> list[Choice]:
+    return [lambda i=i: chat_events(engine, seeded(prepared, i), f"{rid}-{i}") for i in range(n)]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -465,16 +433,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return await _stream_chat(request, engine, prepared, body.n, envelope, usage)
-        answers = await _together(
-            [lambda i=i: _chat_choice(engine, _seeded(prepared, i), i, f"{rid}-{i}") for i in range(body.n)],
-            prepared.sampling.seed,
-            engine.max_concurrency,
-        )
-        choices = [choice for choice, _ in answers]
-        prompt = answers[0][1].prompt_tokens
-        completion = sum(finished.completion_tokens for _, finished in answers)
-        reasoning = sum(finished.reasoning_tokens for _, finished in answers)
+        choices = _chat_choices(engine, prepared, body.n, rid)
+        answers = await collected(choices, prepared.sampling.seed is not None, engine.max_concurrency)
+        logprobs = prepared.sampling.logprobs is not None
+        prompt = answers[0].finished.prompt_tokens
+        completion = sum(answer.finished.completion_tokens for answer in answers)
+        reasoning = sum(answer.finished.reasoning_tokens for answer in answers)
         usage = _usage(prompt, completion, reasoning)
+        choices = [chat_choice(answer, index, logprobs) for index, answer in enumerate(answers)]
         return json_response(envelope.wrap("chat.completion", choices=choices, usage=usage))
 
 
@@ -492,16 +458,18 @@ async def _stream_chat(
         await stream.send(envelope.wrap("chat.completion.chunk", choices=[choice]))
 
     prompt = completion = reasoning = 0
+    choices = _chat_choices(engine, prepared, n, rid)
     try:
-        for index in range(n):
+        for index in range(n):  # each choice's first chunk says whose it is, as OpenAI's do
             await chunk(index, {"role": "assistant", "content": "", "refusal": None})
-            async with contextlib.aclosing(chat_events(engine, _seeded(prepared, index), f"{rid}-{index}")) as events:
-                async for event in events:
-                    for delta, finish, logprobs in chunk_deltas(event, prepared.sampling.logprobs is not None):
-                        await chunk(index, delta, finish, logprobs)
-                    if isinstance(event, Finished):
-                        prompt, completion = event.prompt_tokens, completion + event.completion_tokens
-                        reasoning += event.reasoning_tokens
+        sequential = prepared.sampling.seed is not None
+        async with contextlib.aclosing(merged(choices, sequential, engine.max_concurrency)) as events:
+            async for index, event in events:  # the choices interleaved, as they come
+                for delta, finish, logprobs in chunk_deltas(event, prepared.sampling.logprobs is not None):
+                    await chunk(index, delta, finish, logprobs)
+                if isinstance(event, Finished):
+                    prompt, completion = event.prompt_tokens, completion + event.completion_tokens
+                    reasoning += event.reasoning_tokens
         if usage:
             usage_chunk = envelope.wrap(
                 "chat.completion.chunk", choices=[], usage=_usage(prompt, completion, reasoning)
@@ -566,16 +534,13 @@ def completion_logprobs(deltas: list[TextDelta], offset: int) -> dict[str, Any]:
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
 
-async def _completion_choice(
-    engine: TextGenerator, body: CompletionBody, index: int, prepared: Prepared, i: int, request_id: str
-) -> tuple[dict[str, Any], Finished, int]:
-    """One choice of a completion: prompt `prepared`, the `i`th of its n."""
-    answer = await collect(text_events(engine, _seeded(prepared, i), request_id))
-    deltas, finished = answer.deltas, answer.finished
-    head = engine.detokenize(prepared.prompt_tokens) if body.echo else ""
-    text = head + "".join(d.text for d in deltas)
-    logprobs = completion_logprobs(deltas, len(head)) if body.logprobs is not None else None
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finished.reason}, finished, i
+def _completion_choices(engine: TextGenerator, prepared: list[Prepared], n: int, rid: str) -> list[Choice]:
+    """Choice `p * n + i` is the `i`th of the n of prompt `p`, as OpenAI numbers them."""
+    return [
+        lambda p=p, i=i: text_events(engine, seeded(prepared[p], i), f"{rid}-{p * n + i}")
+        for p in range(len(prepared))
+        for i in range(n)
+    ]
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -605,25 +570,32 @@ async def completions(request: web.Request) -> web.StreamResponse:
             budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings), what="prompt")
             prepared.append(Prepared(tokens, replace(sampling, max_tokens=budget), _stops(body.stop)))
         envelope = Envelope("cmpl", manifest.name)
-        jobs = [(p_index * body.n + i, p, i) for p_index, p in enumerate(prepared) for i in range(body.n)]
+        heads = [engine.detokenize(p.prompt_tokens) if body.echo else "" for p in prepared]
+        choices = _completion_choices(engine, prepared, body.n, rid)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _stream_completion(request, engine, jobs, body, envelope, usage)
-        answers = await _together(
-            [lambda job=job: _completion_choice(engine, body, *job, f"{rid}-{job[0]}") for job in jobs],
-            body.seed,
-            engine.max_concurrency,
-        )
-        choices = [choice for choice, _, _ in answers]
-        prompt_total = sum(finished.prompt_tokens for _, finished, i in answers if i == 0)
-        usage = _usage(prompt_total, sum(finished.completion_tokens for _, finished, _ in answers))
-        return json_response(envelope.wrap("text_completion", choices=choices, usage=usage))
+            return await _stream_completion(request, engine, choices, heads, body, envelope, usage)
+        answers = await collected(choices, body.seed is not None, engine.max_concurrency)
+        wire = []
+        for index, answer in enumerate(answers):
+            head = heads[index // body.n]
+            text = head + "".join(d.text for d in answer.deltas)
+            logprobs = completion_logprobs(answer.deltas, len(head)) if body.logprobs is not None else None
+            wire.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": answer.finished.reason})
+        prompt_total = sum(answer.finished.prompt_tokens for answer in answers[:: body.n])
+        usage = _usage(prompt_total, sum(answer.finished.completion_tokens for answer in answers))
+        return json_response(envelope.wrap("text_completion", choices=wire, usage=usage))
 
 
 async def _stream_completion(
-    request: web.Request, engine: TextGenerator, jobs: list, body: CompletionBody, envelope: Envelope, usage: bool
+    request: web.Request,
+    engine: TextGenerator,
+    choices: list[Choice],
+    heads: list[str],
+    body: CompletionBody,
+    envelope: Envelope,
+    usage: bool,
 ) -> web.StreamResponse:
-    rid = request[REQUEST_ID]
     stream = EventStream(request)
     await stream.open()
 
@@ -632,25 +604,24 @@ async def _stream_completion(
         await stream.send(envelope.wrap("text_completion", choices=[choice]))
 
     prompt_total = completion_total = 0
+    # Where each choice's text has got to (its echoed prompt first), for its logprobs' offsets.
+    offsets = [len(heads[index // body.n]) for index in range(len(choices))]
     try:
-        for index, p, i in jobs:
-            offset = 0
-            if body.echo:
-                head = engine.detokenize(p.prompt_tokens)
-                await chunk(index, head)
-                offset = len(head)
-            async with contextlib.aclosing(text_events(engine, _seeded(p, i), f"{rid}-{index}")) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        logprobs = None
-                        if body.logprobs is not None:
-                            logprobs = completion_logprobs([event], offset)
-                        offset += len(event.text)
-                        await chunk(index, event.text, logprobs=logprobs)
-                    elif isinstance(event, Finished):
-                        prompt_total += event.prompt_tokens if i == 0 else 0
-                        completion_total += event.completion_tokens
-                        await chunk(index, "", finish=event.reason)
+        if body.echo:
+            for index in range(len(choices)):
+                await chunk(index, heads[index // body.n])
+        async with contextlib.aclosing(merged(choices, body.seed is not None, engine.max_concurrency)) as events:
+            async for index, event in events:  # the choices interleaved, as they come
+                if isinstance(event, TextDelta):
+                    logprobs = None
+                    if body.logprobs is not None:
+                        logprobs = completion_logprobs([event], offsets[index])
+                    offsets[index] += len(event.text)
+                    await chunk(index, event.text, logprobs=logprobs)
+                elif isinstance(event, Finished):
+                    prompt_total += event.prompt_tokens if index % body.n == 0 else 0
+                    completion_total += event.completion_tokens
+                    await chunk(index, "", finish=event.reason)
         if usage:
             await stream.send(
                 envelope.wrap("text_completion", choices=[], usage=_usage(prompt_total, completion_total))

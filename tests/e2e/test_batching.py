@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -239,3 +240,18 @@ def test_special_tokens_are_shown_only_when_asked_for(models_home: Path) -> None
         assert hidden == [b""] and shown == [b"<|im_start|>"]
     finally:
         engine.close()
+
+
+def test_streamed_choices_are_interleaved(server: ServerProcess) -> None:
+    """n=3 in one stream: the choices decode together and their chunks come as they are made."""
+    body = chat("Tell me about the sea.", n=3, max_tokens=24, temperature=1.0, stream=True)
+    chunks = []
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:])["choices"][0])
+    first_end = next(i for i, c in enumerate(chunks) if c["index"] == 0 and c["finish_reason"])
+    assert any(c["index"] == 1 and c["delta"].get("content") for c in chunks[:first_end])
+    assert {c["index"] for c in chunks if c["finish_reason"]} == {0, 1, 2}
+    # Each choice's first chunk names the role, before any of the choices' text.
+    assert [c["delta"].get("role") for c in chunks[:3]] == ["assistant"] * 3
