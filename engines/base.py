@@ -372,7 +372,7 @@ ENGINES: dict[str, EngineInfo] = {
     "diffusers": EngineInfo("engines.diffusion", "images"),
     "faster-whisper": EngineInfo("engines.whisper", "audio"),
     "piper": EngineInfo("engines.piper", "audio"),
-    "remote": EngineInfo("engines.remote", "llm"),
+    "remote": EngineInfo("gpustack_cli.upstream.pool", "llm"),
 }
 
 

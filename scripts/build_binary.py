@@ -114,7 +114,7 @@ def pyinstaller_args(engines: list[str], onedir: bool, dist: Path, work: Path) -
         "--hidden-import",
         "engines.base",
         "--hidden-import",
-        "engines.remote",
+        "gpustack_cli.upstream.pool",
     ]
     for name in engines:
         group = GROUPS[name]

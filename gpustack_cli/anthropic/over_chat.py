@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engines.remote import RemoteEngine
 from gpustack_cli.anthropic.messages import messages_via
 from gpustack_cli.models.store import Manifest
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
 from gpustack_cli.upstream.forward import upstream_chunks
+from gpustack_cli.upstream.pool import RemoteEngine
 
 
 async def messages_over_chat(request: web.Request, engine: RemoteEngine, manifest: Manifest) -> web.StreamResponse:

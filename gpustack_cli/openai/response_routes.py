@@ -16,7 +16,6 @@ from typing import Any
 from aiohttp import web
 
 from engines.base import RequestAborted, TextGenerator
-from engines.remote import RemoteEngine
 from gpustack_cli.core.textgen import (
     ChatRequest,
     Event,
@@ -54,6 +53,7 @@ from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
 from gpustack_cli.upstream.forward import upstream_chunks
+from gpustack_cli.upstream.pool import RemoteEngine
 
 RESPONSES = web.AppKey("responses", ResponseStore)
 

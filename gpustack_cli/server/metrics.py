@@ -10,8 +10,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from engines.base import DecodeStats, Observed
-from engines.remote import RemoteEngine
 from gpustack_cli.runtime.scheduler import Scheduler
+from gpustack_cli.upstream.pool import RemoteEngine
 
 
 class DecodeCollector(Collector):

@@ -17,12 +17,12 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.models.store import Manifest
 from gpustack_cli.server.context import CONTEXT, REQUEST_ID, read_form, read_json_object
 from gpustack_cli.server.errors import APIError
 from gpustack_cli.upstream.client import Response as UpstreamResponse
 from gpustack_cli.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 
 # Answers a request whose model's upstreams lack its route: (request, engine, manifest).
 Fallback = Callable[[web.Request, RemoteEngine, Manifest], Awaitable[web.StreamResponse]]

@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.server.context import CONTEXT
 from gpustack_cli.upstream.client import UpstreamClient, UpstreamError
 from gpustack_cli.upstream.forward import CLIENT, credentials
+from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 
 log = logging.getLogger("gpustack.health")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from engines.remote import RemoteEngine, Upstream
 from gpustack_cli.upstream.client import UpstreamClient
 from gpustack_cli.upstream.health import probe
+from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 from tests.support.upstream import closed_port_url
 
 

@@ -1,7 +1,8 @@
-"""A model served by other servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
-llama-server, another `gpustack serve`). Nothing is loaded here; the engine picks the upstream for
-each request, round robin over its URLs, skipping one for a while after it fails to answer a
-request or a health check (the server's active checks: `gpustack_cli/upstream/health.py`)."""
+"""A remote model's pool of upstream servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
+llama-server, another `gpustack serve`). Nothing is loaded: the scheduler "loads" a remote model
+as this pool (engine `remote` in its manifest), which picks the upstream for each request, round
+robin over its URLs, skipping one for a while after it fails to answer a request or a health check
+(the server's active checks: `health.py` beside this)."""
 
 from __future__ import annotations
 
