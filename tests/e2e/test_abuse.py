@@ -22,7 +22,11 @@ from tests.support.harness import ServerProcess
 from tests.support.streams import stream_times
 
 MODEL = "smollm2"
-PATHOLOGICAL = [r"^([a-z]*[a-z]*){20}$", r"^(.*){50}$"]
+# The patterns that stalled every stream on the model (refused by default now), and two of the same
+# kind whose grammar takes about 2 s to apply to the whole vocabulary once (past the loop bound
+# too, which the server below raises): a normal stream beside them waited that long per token.
+REPORTED = [r"^([a-z]*[a-z]*){20}$", r"^(.*){50}$", r"^a{1000000}$", r"^[\s\S]{0,30000}$"]
+SLOW = [r"^([a-z]*[a-z]*){10}$", r"^(.*){30}$"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ async def _stream_gaps(client: httpx.AsyncClient, body: dict) -> tuple[str, list
     return text, [b - a for a, b in itertools.pairwise([started, *times])]
 
 
-@pytest.mark.parametrize("pattern", PATHOLOGICAL)
+@pytest.mark.parametrize("pattern", SLOW)
 async def test_a_slow_grammar_does_not_stall_the_other_streams(server: ServerProcess, pattern: str) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
         normal = asyncio.create_task(_stream_gaps(client, chat("Count from one to fifty in words.", max_tokens=60)))
@@ -93,12 +97,12 @@ async def test_a_slow_grammar_does_not_stall_the_other_streams(server: ServerPro
     else:
         assert slow.status_code == 200, slow.text
     assert slow_seconds < 120
-    assert text and max(gaps) < 5.0, (max(gaps), len(gaps))
+    assert text and max(gaps) < 2.0, (max(gaps), len(gaps))
 
 
 def test_the_patterns_of_the_report_are_refused_by_default(models_home: Path, tmp_path: Path) -> None:
     with ServerProcess(models_home, "--no-pull") as default:
-        for pattern in (*PATHOLOGICAL, r"^a{1000000}$", r"^[\s\S]{0,30000}$"):
+        for pattern in REPORTED + SLOW:
             body = chat("hi", max_tokens=4, response_format=_format(_pattern(pattern)))
             response = httpx.post(default.url + "/v1/chat/completions", json=body, timeout=60)
             assert response.status_code == 400, pattern
