@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -29,14 +29,20 @@ from gpustack_cli.core.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
-    chat_events,
     check_chat,
     collect,
     count_chat_tokens,
-    prepare_chat,
 )
 from gpustack_cli.models.store import Category
-from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.context import (
+    REQUEST_ID,
+    chat_backend,
+    context,
+    engine_for,
+    keep_alive_of,
+    read_json,
+    resolve_model,
+)
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
 
@@ -280,16 +286,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, MessagesBody)
     chat = checked_chat(request, body)
     manifest = resolve_model(request, body.model, Category.llm, "messages")
-    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        prepared = await asyncio.to_thread(prepare_chat, engine, chat)
-        events = chat_events(engine, prepared, request[REQUEST_ID])
-        return await _respond(request, body, manifest.name, events, len(prepared.prompt_tokens))
-
-
-async def messages_via(request: web.Request, make_events: Callable[[ChatRequest], AsyncIterator[Event]]):
-    """`/v1/messages` answered by another chat: a remote model's upstream chat completions."""
-    body = await read_json(request, MessagesBody)
-    return await _respond(request, body, body.model, make_events(chat_request(body)), 0)
+    async with chat_backend(request, manifest, keep_alive_of(request, body.keep_alive)) as backend:
+        run = await backend.start(chat, request[REQUEST_ID])
+        return await _respond(request, body, manifest.name, run.events, run.prompt_tokens)
 
 
 async def _respond(

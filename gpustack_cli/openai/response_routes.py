@@ -1,33 +1,26 @@
 """OpenAI's Responses API routes: create (whole or streamed), retrieve, delete, list input items,
 count input tokens. Responses are kept in the response store when `store` is true (OpenAI's
 default) and belong to the API key that made them; `previous_response_id` continues one of them.
-A remote model's request goes to its upstream's `/v1/responses`, or onto its chat completions
-when the upstream has none."""
+A remote model's response is made by its upstream's chat completions, through the same converters
+as a local model's, and kept here; its input token counts go to the upstream as they came."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
-from engines.base import RequestAborted, TextGenerator
+from engines.base import TextGenerator
 from gpustack_cli.core.textgen import (
     ChatRequest,
     Event,
-    GenerationError,
-    Prepared,
-    chat_events,
     check_chat,
     count_chat_tokens,
-    prepare_chat,
 )
-from gpustack_cli.models.store import Category, Manifest
-from gpustack_cli.openai.chat import chat_body, events_of_chunks
+from gpustack_cli.models.store import Category
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse
 from gpustack_cli.openai.responses import (
@@ -41,6 +34,7 @@ from gpustack_cli.openai.responses import (
 from gpustack_cli.server.context import (
     CONTEXT,
     REQUEST_ID,
+    chat_backend,
     context,
     engine_for,
     keep_alive_of,
@@ -52,8 +46,6 @@ from gpustack_cli.server.errors import APIError, bad_request
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
-from gpustack_cli.upstream.forward import upstream_chunks
-from gpustack_cli.upstream.pool import RemoteEngine
 
 RESPONSES = web.AppKey("responses", ResponseStore)
 
@@ -94,59 +86,12 @@ async def _read(request: web.Request, kind: type[InputTokensBody]) -> tuple[Any,
     return body, items, chat
 
 
-def prepare_fitting(
-    engine: TextGenerator, chat: ChatRequest, truncate: bool, cancel: threading.Event | None = None
-) -> Prepared:
-    """The chat made ready for the engine; with `truncate` (`truncation: auto`), the fewest of the
-    oldest turns after the system prompt are left out for the rest to fit the context. A turn is
-    a user message and whatever answers it; the cut is found by bisection over the turns (each
-    try renders and tokenizes the whole rest once), and `cancel` ends the search between tries."""
-    try:
-        return prepare_chat(engine, chat)
-    except GenerationError as exc:
-        if not truncate or exc.code != "context_length_exceeded":
-            raise
-        failure = exc
-    messages = chat.messages
-    head = 1 if messages and messages[0].role == "system" else 0
-    # Where the rest may begin: each later user message.
-    starts = [i for i in range(head + 1, len(messages)) if messages[i].role == "user"]
-    low, high, best = 0, len(starts) - 1, None
-    while low <= high:
-        if cancel is not None and cancel.is_set():
-            raise RequestAborted("the client left")
-        middle = (low + high) // 2
-        try:
-            best = prepare_chat(engine, replace(chat, messages=messages[:head] + messages[starts[middle] :]))
-            high = middle - 1
-        except GenerationError as exc:
-            if exc.code != "context_length_exceeded":
-                raise
-            low = middle + 1
-    if best is None:
-        raise failure
-    return best
-
-
 async def create_response(request: web.Request) -> web.StreamResponse:
     body, items, chat = await _read(request, ResponseBody)
     manifest = resolve_model(request, body.model, Category.llm, "responses")
-    async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
-        cancel = threading.Event()
-        try:
-            prepared = await asyncio.to_thread(prepare_fitting, engine, chat, body.truncation == "auto", cancel)
-        finally:  # the client left: the search ends at its next try
-            cancel.set()
-        events = chat_events(engine, prepared, request[REQUEST_ID])
-        return await _respond(request, ResponseHead(body, manifest.name), items, events)
-
-
-async def responses_over_chat(request: web.Request, engine: RemoteEngine, manifest: Manifest) -> web.StreamResponse:
-    """A remote model's response, made by its upstream's chat completions."""
-    body, items, chat = await _read(request, ResponseBody)
-    upstream_body = chat_body(chat, engine.upstream_model or manifest.name)
-    events = events_of_chunks(upstream_chunks(request, engine, upstream_body))
-    return await _respond(request, ResponseHead(body, manifest.name), items, events)
+    async with chat_backend(request, manifest, keep_alive_of(request, body.keep_alive)) as backend:
+        run = await backend.start(chat, request[REQUEST_ID], truncate=body.truncation == "auto")
+        return await _respond(request, ResponseHead(body, manifest.name), items, run.events)
 
 
 async def _respond(
@@ -289,8 +234,7 @@ async def _open_store(app: web.Application) -> AsyncGenerator[None]:
 
 def add_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(_open_store)
-    create = model_route(Category.llm, "responses", fallback=responses_over_chat)(create_response)
-    app.router.add_post("/v1/responses", create)
+    app.router.add_post("/v1/responses", create_response)
     app.router.add_post("/v1/responses/input_tokens", model_route(Category.llm, "responses")(input_tokens))
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)

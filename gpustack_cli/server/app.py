@@ -17,12 +17,13 @@ from gpustack_cli.openai import audio, chat, embeddings, images, models, respons
 from gpustack_cli.openai.errors import error_body as openai_errors
 from gpustack_cli.runtime.scheduler import Scheduler
 from gpustack_cli.server import management, openapi, playground
-from gpustack_cli.server.context import ServerContext
+from gpustack_cli.server.context import REMOTE_CHAT, ServerContext
 from gpustack_cli.server.keys import Authenticator, KeyStore
 from gpustack_cli.server.metrics import Metrics
 from gpustack_cli.server.plumbing import application
 from gpustack_cli.server.routing import FORWARDER, remote_manifest
 from gpustack_cli.upstream import forward, health, proxy
+from gpustack_cli.upstream.chat import remote_chat
 
 PROTOCOLS = (
     management.add_routes,
@@ -62,6 +63,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     # Errors of routes no protocol claims (an unknown path) take OpenAI's shape, as most clients expect.
     app = application(ctx, default_errors=openai_errors)
     app[FORWARDER] = forward.forward_model
+    app[REMOTE_CHAT] = remote_chat
     for add_routes in PROTOCOLS:
         add_routes(app)
     if ctx.settings.ui:

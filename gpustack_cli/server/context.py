@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -16,7 +16,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict, MultiDictProxy
 from pydantic import BaseModel, ValidationError
 
+from engines.base import TextGenerator
 from gpustack_cli.config import Settings, parse_duration
+from gpustack_cli.core.backend import ChatBackend, LocalChat
 from gpustack_cli.core.json_values import MAX_DEPTH, depth
 from gpustack_cli.models.store import Category, Manifest, ModelNotFound, ModelStore
 from gpustack_cli.runtime.scheduler import Scheduler
@@ -250,6 +252,30 @@ async def engine_for(
             what = _CAPABILITIES.get(capability.__name__, capability.__name__)
             raise bad_request(f"Model '{manifest.name}' cannot {what}.", param="model", code="model_not_supported")
         yield engine
+
+
+# Given by the composition root: the chat backend of a remote model's engine (None for a local one),
+# so that the plumbing needs no protocol to answer a remote model's chat.
+RemoteChat = Callable[[web.Request, Any, Manifest], ChatBackend | None]
+REMOTE_CHAT = web.AppKey("remote_chat", RemoteChat)
+
+
+@asynccontextmanager
+async def chat_backend(
+    request: web.Request, manifest: Manifest, keep_alive: float | None = None
+) -> AsyncIterator[ChatBackend]:
+    """Hold a request slot of the model, and the backend that answers its chats: the local engine,
+    or the upstreams of a remote model."""
+    async with context(request).scheduler.use(manifest.name, keep_alive) as engine:
+        remote = request.app.get(REMOTE_CHAT)
+        backend = remote(request, engine, manifest) if remote is not None else None
+        if backend is not None:
+            yield backend
+        elif isinstance(engine, TextGenerator):
+            yield LocalChat(engine)
+        else:
+            what = _CAPABILITIES["TextGenerator"]
+            raise bad_request(f"Model '{manifest.name}' cannot {what}.", param="model", code="model_not_supported")
 
 
 _CAPABILITIES = {

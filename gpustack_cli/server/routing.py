@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
 
 from aiohttp import web
 
@@ -15,9 +14,8 @@ from gpustack_cli.models.store import Category, Manifest, ModelNotFound, ModelSt
 from gpustack_cli.server.context import context, read_form, read_json_object, resolve_model
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Answers a request for a model served elsewhere: (request, its model's manifest, what answers
-# instead where the model's servers lack the route, if anything may).
-Forwarder = Callable[[web.Request, Manifest, Any], Awaitable[web.StreamResponse]]
+# Answers a request for a model served elsewhere, as it came: (request, its model's manifest).
+Forwarder = Callable[[web.Request, Manifest], Awaitable[web.StreamResponse]]
 FORWARDER = web.AppKey("forwarder", Forwarder)
 # The engine name of models served elsewhere.
 REMOTE_ENGINE = "remote"
@@ -41,9 +39,9 @@ def remote_manifest(store: ModelStore, name: str) -> Manifest | None:
     return manifest if manifest.engine == REMOTE_ENGINE else None
 
 
-def model_route(category: Category, route: str, fallback: Any = None) -> Callable[[Handler], Handler]:
+def model_route(category: Category, route: str) -> Callable[[Handler], Handler]:
     """A handler for a route serving models of `category` (`route` names it in errors), whose
-    remote models' requests go to the application's forwarder (with `fallback` for it)."""
+    remote models' requests go to the application's forwarder as they came."""
 
     def wrap(handler: Handler) -> Handler:
         @wraps(handler)
@@ -51,7 +49,7 @@ def model_route(category: Category, route: str, fallback: Any = None) -> Callabl
             forwarder = request.app.get(FORWARDER)
             name = await model_named(request) if forwarder is not None else None
             if name and remote_manifest(context(request).store, name) is not None:
-                return await forwarder(request, resolve_model(request, name, category, route), fallback)
+                return await forwarder(request, resolve_model(request, name, category, route))
             return await handler(request)
 
         return routed

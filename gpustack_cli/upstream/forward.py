@@ -8,7 +8,7 @@ upstream's chat completions through the same text core events the local engines 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -24,8 +24,6 @@ from gpustack_cli.upstream.client import Response as UpstreamResponse
 from gpustack_cli.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
 from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 
-# Answers a request whose model's upstreams lack its route: (request, engine, manifest).
-Fallback = Callable[[web.Request, RemoteEngine, Manifest], Awaitable[web.StreamResponse]]
 # Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials (a
 # browser's cookies for this server are not the upstream's either).
 HOP_BY_HOP = {
@@ -49,10 +47,6 @@ CLIENT = web.AppKey("upstream_client", UpstreamClient)
 SMALL_ANSWER = 1024 * 1024
 # Characters kept as they are when a decoded proxy path is encoded again for the upstream.
 PATH_SAFE = "/!$&'()*+,;=:@"
-
-
-class UpstreamMissing(Exception):
-    """The upstream has no such route (a 404 or 405 before any byte was sent on)."""
 
 
 def credentials(engine: RemoteEngine) -> list[tuple[str, str]]:
@@ -122,16 +116,14 @@ class FramedResponse(web.StreamResponse):
         self.headers["Transfer-Encoding"] = "chunked"
 
 
-async def forward(
-    request: web.Request, engine: RemoteEngine, path: str, missing_ok: bool = False
-) -> web.StreamResponse:
+async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.StreamResponse:
     """Send the request to the first upstream that answers and stream its answer back."""
     client = request.app[CLIENT]
     body, content_type = await _body(request, engine)
     headers = _headers(request, engine, content_type)
     target = upstream_target(path, request)
     # An HTTP/1.1 client takes a chunked answer as the upstream framed it (no copies here).
-    framing = not missing_ok and request.version == aiohttp.HttpVersion11 and request.method != "HEAD"
+    framing = request.version == aiohttp.HttpVersion11 and request.method != "HEAD"
     failure: Exception | None = None
     for upstream in engine.order():
         response: web.StreamResponse | None = None
@@ -139,15 +131,10 @@ async def forward(
             async with client.request(
                 request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
             ) as answer:
-                kept = None
-                if missing_ok and answer.status in (404, 405):
-                    kept = await answer.read()
-                    if _route_missing(answer.status, kept):
-                        raise UpstreamMissing()
                 back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
-                if kept is not None or (answer.content_length is not None and answer.content_length <= SMALL_ANSWER):
+                if answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
                     # A small answer of known length goes back in one write: less per-request overhead.
-                    whole = kept if kept is not None else await answer.read()
+                    whole = await answer.read()
                     return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
                 # Framed, or of a declared length: the body passes as it comes (`_relay`).
                 relayed = answer.framed or answer.content_length is not None
@@ -184,24 +171,11 @@ async def _relay(request: web.Request, answer: UpstreamResponse) -> None:
     request.writer.output_size += await answer.relay(request.transport, request.writer.drain)
 
 
-def _route_missing(status: int, body: bytes) -> bool:
-    """Whether the upstream lacks the route (not: lacks the model, or refused the request)."""
-    if status == 405:
-        return True
-    return b"model_not_found" not in body and b"not_found_error" not in body
-
-
-async def forward_model(request: web.Request, manifest: Manifest, fallback: Fallback | None) -> web.StreamResponse:
+async def forward_model(request: web.Request, manifest: Manifest) -> web.StreamResponse:
     """The application's forwarder (`gpustack_cli.server.routing`): the request goes to the
-    upstreams of `manifest`'s model, on the path it came on. With a `fallback`, an upstream that
-    lacks the route (a 404 or 405 of its own) has the request answered by `fallback` instead."""
+    upstreams of `manifest`'s model, on the path it came on."""
     async with request.app[CONTEXT].scheduler.use(manifest.name) as engine:
-        if fallback is None:
-            return await forward(request, engine, request.path)
-        try:
-            return await forward(request, engine, request.path, missing_ok=True)
-        except UpstreamMissing:
-            return await fallback(request, engine, manifest)
+        return await forward(request, engine, request.path)
 
 
 # -- a chat on an upstream's chat completions, as a stream of chunks ------------------------------

@@ -133,7 +133,9 @@ def test_embeddings_rerank_speech_and_transcription(client: openai.OpenAI, downs
 
 def test_anthropic_messages(downstream: ServerProcess) -> None:
     claude = anthropic.Anthropic(base_url=downstream.url, api_key=DOWN_KEY, max_retries=0)
-    for model in ("chat", "relayed"):  # the upstream's own route, and the translation onto chat completions
+    # Both through the same converters as a local model, onto the upstream's chat completions: a
+    # gpustack upstream (which has /v1/messages too) and one with chat completions only.
+    for model in ("chat", "relayed"):
         message = claude.messages.create(model=model, max_tokens=6, messages=[{"role": "user", "content": "Hi"}])
         assert message.content[0].text and message.stop_reason == "max_tokens", model
         with claude.messages.stream(model=model, max_tokens=6, messages=[{"role": "user", "content": "Hi"}]) as s:
@@ -156,7 +158,7 @@ def test_anthropic_messages(downstream: ServerProcess) -> None:
 
 
 def test_responses(client: openai.OpenAI) -> None:
-    # The upstream's own /v1/responses, and the translation onto its chat completions.
+    # Both made by the upstream's chat completions (one upstream has /v1/responses, one has not).
     for model in ("chat", "relayed"):
         response = client.responses.create(model=model, input="Hi", max_output_tokens=6, temperature=0)
         assert response.status == "incomplete" and response.output_text, model

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import RequestAborted
+from gpustack_cli.core.backend import prepare_fitting
 from gpustack_cli.core.textgen import (
     Finished,
     GenerationError,
@@ -24,7 +25,6 @@ from gpustack_cli.core.textgen import (
     render_chat,
 )
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
-from gpustack_cli.openai.response_routes import prepare_fitting
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
 from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
 from tests.support.openapi import validate
