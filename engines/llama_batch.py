@@ -160,10 +160,7 @@ class BatchDecoder:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         # The candidates a grammar is applied to: the whole vocabulary, and one token.
         self._candidates = (llama_cpp.llama_token_data * self.n_vocab)()
-        self._candidate_rows = np.ctypeslib.as_array(self._candidates).view(
-            np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        )
-        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._candidate_rows = _rows(self._candidates)
         self._one = llama_cpp.llama_token_data()
         self._draws = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llama-grammar")
         self.slots = [_Slot(seq) for seq in range(parallel)]
@@ -492,15 +489,13 @@ class BatchDecoder:
         else:
             job.last = token
 
+    def _row_logits(self, index: int) -> np.ndarray:
+        """The logits of batch row `index` (a view: the next decode overwrites them)."""
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+
     def _draw(self, sampler: Any, index: int) -> int:
         """Apply `sampler` to every token's logit at batch row `index`; the token it selects."""
-        rows = self._candidate_rows
-        rows["id"] = self._ids
-        rows["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
-        rows["p"] = 0.0
-        array = llama_cpp.llama_token_data_array(self._candidates, self.n_vocab, -1, False)
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-        return int(array.data[array.selected].id)
+        return _select(self._candidates, self._candidate_rows, self._row_logits(index), (sampler,))
 
     def _grammar_accepts(self, grammar: Any, token: int) -> bool:
         one = self._one
@@ -517,7 +512,7 @@ class BatchDecoder:
             llama_cpp.llama_sampler_accept(job.grammar_sampler, token)
             llama_cpp.llama_sampler_accept(job.chain, token)
             return token
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)).copy()
+        logits = self._row_logits(index).copy()
         job.drawing_since = time.monotonic()
         job.drawing = self._draws.submit(self._draw_constrained, job.chain, job.grammar_sampler, logits)
         job.drawing.add_done_callback(lambda _: self._notify())
@@ -526,12 +521,7 @@ class BatchDecoder:
     def _draw_constrained(self, chain: Any, grammar: Any, logits: np.ndarray) -> int:
         """In a worker: the grammar over every token, then the chain over what it allows."""
         candidates = (llama_cpp.llama_token_data * self.n_vocab)()
-        rows = np.ctypeslib.as_array(candidates).view(self._candidate_rows.dtype)
-        rows["id"], rows["logit"], rows["p"] = self._ids, logits, 0.0
-        array = llama_cpp.llama_token_data_array(candidates, self.n_vocab, -1, False)
-        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
-        token = int(array.data[array.selected].id)
+        token = _select(candidates, _rows(candidates), logits, (grammar, chain))
         llama_cpp.llama_sampler_accept(grammar, token)
         llama_cpp.llama_sampler_accept(chain, token)
         return token
@@ -595,6 +585,26 @@ class BatchDecoder:
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
         job.deliver(error or _aborted(job) or _END)
+
+
+_ROW = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+def _rows(candidates: Any) -> np.ndarray:
+    """A ctypes array of `llama_token_data` as numpy rows, to fill without a Python loop."""
+    return np.ctypeslib.as_array(candidates).view(
+        np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+    )
+
+
+def _select(candidates: Any, rows: np.ndarray, logits: np.ndarray, samplers: Sequence[Any]) -> int:
+    """Every token with its logit in `candidates` (`rows` is their view), the `samplers` applied
+    in turn; the token the last one selects."""
+    rows["id"], rows["logit"], rows["p"] = np.arange(len(rows), dtype=np.int32), logits, 0.0
+    array = llama_cpp.llama_token_data_array(candidates, len(rows), -1, False)
+    for sampler in samplers:
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    return int(array.data[array.selected].id)
 
 
 def kv_bytes_per_token(model: Any) -> int:

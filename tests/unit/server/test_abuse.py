@@ -4,6 +4,7 @@ each is a 4xx in the route's own shape, never a 500, and the server goes on serv
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -363,8 +364,6 @@ def test_verified_keys_are_kept_by_a_keyed_digest(home: Path) -> None:
     _, key = store.create(scope=Scope.all)
     auth = Authenticator(store)
     assert auth.verify(key) is not None and auth.cached(key) is not None
-    import hashlib
-
     assert hashlib.sha256(key.encode()).digest() not in auth._verified  # not a plain hash of the key
     assert auth.cached(key + "x") is None
 
