@@ -1,7 +1,7 @@
 """GGUF models through llama.cpp (llama-cpp-python): text generation, embeddings and tokenizing.
 
 The engine exposes tokens, not chat: prompts are rendered and stop strings, tool calls and
-formats are handled above it (`gpustack_cli.core.textgen`). A generation model decodes up to
+formats are handled above it (`gpustack_cli.core`). A generation model decodes up to
 `parallel` requests together in one llama.cpp context (`engines.llama_batch`); the `Llama`
 object it is loaded with tokenizes, and serves embedding and rerank models whole.
 """

@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
+from gpustack_cli.core.json_schemas import SchemaLimits
+from gpustack_cli.core.limits import Limits
+
 ENV_PREFIX = "GPUSTACK_"
 DEFAULT_PORT = 11500
 DEFAULT_MODELS = ("smollm2", "all-minilm-l6-v2", "whisper-tiny.en", "piper-joe")
@@ -204,6 +207,20 @@ class Settings(BaseModel):
                 values.setdefault("server_url", url)
         values.update(given)
         return cls(**values)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits a request is checked against, on the server and in the CLI alike."""
+        schema = SchemaLimits(self.max_schema_nodes, self.max_schema_repeat, self.max_pattern_loops)
+        return Limits(
+            max_messages=self.max_messages,
+            max_text_chars=self.max_text_chars,
+            max_stops=self.max_stops,
+            max_stop_chars=self.max_stop_chars,
+            max_completion_tokens=self.max_completion_tokens,
+            schema=schema,
+            split_reasoning=self.reasoning_format != "none",
+        )
 
     @property
     def url(self) -> str:

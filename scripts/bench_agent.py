@@ -40,7 +40,7 @@ from benchlib import free_port, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.anthropic.messages import MessagesBody, chat_request  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
-from gpustack_cli.core.textgen import prepare_chat  # noqa: E402
+from gpustack_cli.core.prompts import prepare_chat  # noqa: E402
 from gpustack_cli.models.loading import load_model  # noqa: E402
 from gpustack_cli.models.pull import Puller  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402

@@ -111,7 +111,9 @@ def main() -> None:
 
     from llama_cpp import Llama
 
-    from gpustack_cli.core.textgen import ChatMessage, ChatRequest, TextDelta, prepare_chat, render_chat, stream_chat
+    from gpustack_cli.core.prompts import prepare_chat, render_chat
+    from gpustack_cli.core.streams import stream_chat
+    from gpustack_cli.core.types import ChatMessage, ChatRequest, TextDelta
 
     # Our engine first: the direct side and the peer take its context size and threads.
     engine = load_model(store, args.model, settings)

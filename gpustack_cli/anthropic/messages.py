@@ -1,5 +1,5 @@
 """Anthropic's `POST /v1/messages` and `/v1/messages/count_tokens`: a second translator onto the
-same text core as OpenAI's chat (`gpustack_cli.core.textgen`), with Anthropic's blocks, stop reasons,
+same text core as OpenAI's chat (`gpustack_cli.core`), with Anthropic's blocks, stop reasons,
 event stream and error shape. Claude Code's `anthropic-version` header and `?beta=true` are accepted.
 """
 
@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Sampling, TextGenerator
 from gpustack_cli.core import json_values
-from gpustack_cli.core.textgen import (
+from gpustack_cli.core.limits import check_chat
+from gpustack_cli.core.prompts import count_chat_tokens
+from gpustack_cli.core.streams import collect
+from gpustack_cli.core.types import (
     Answer,
     ChatMessage,
     ChatRequest,
@@ -29,9 +32,6 @@ from gpustack_cli.core.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
-    check_chat,
-    collect,
-    count_chat_tokens,
 )
 from gpustack_cli.models.store import Category
 from gpustack_cli.server.context import (
@@ -88,7 +88,7 @@ Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock
 
 class Message(Wire):
     # Claude Code sends `system` messages among the others: they are rendered where they stand
-    # when the model's template allows, else joined to the system prompt (textgen.render_chat).
+    # when the model's template allows, else joined to the system prompt (prompts.render_chat).
     role: Literal["user", "assistant", "system"]
     content: str | list[Block]
 
@@ -259,7 +259,7 @@ def checked_chat(request: web.Request, body: CountTokensBody) -> ChatRequest:
     chat = chat_request(body)
     check_chat(
         chat,
-        context(request).settings,
+        context(request).settings.limits,
         schema_param="output_config.format",
         tool_field="input_schema",
         stop_param="stop_sequences",

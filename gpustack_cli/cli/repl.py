@@ -17,7 +17,9 @@ from rich.console import Console
 from engines.base import Sampling, TextGenerator
 from gpustack_cli.cli.server_client import checked, server_answers
 from gpustack_cli.config import Settings
-from gpustack_cli.core.textgen import ChatMessage, ChatRequest, Finished, TextDelta, prepare_chat, stream_chat
+from gpustack_cli.core.prompts import prepare_chat
+from gpustack_cli.core.streams import stream_chat
+from gpustack_cli.core.types import ChatMessage, ChatRequest, Finished, TextDelta
 from gpustack_cli.models.loading import load_model
 from gpustack_cli.models.store import ModelStore
 

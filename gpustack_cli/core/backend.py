@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from engines.base import RequestAborted, TextGenerator
-from gpustack_cli.core.textgen import ChatRequest, Event, GenerationError, Prepared, chat_events, prepare_chat
+from gpustack_cli.core.prompts import Prepared, prepare_chat
+from gpustack_cli.core.streams import chat_events
+from gpustack_cli.core.types import ChatRequest, Event, GenerationError
 
 
 @dataclass

@@ -16,7 +16,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
-from gpustack_cli.core.textgen import Answer, Event, Prepared, collect
+from gpustack_cli.core.prompts import Prepared
+from gpustack_cli.core.streams import collect
+from gpustack_cli.core.types import Answer, Event
 
 Choice = Callable[[], AsyncIterator[Event]]
 _END = object()

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Ranking, Reranker
-from gpustack_cli.core.textgen import check_text_size
+from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.models.store import Category
 from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import context, engine_for, keep_alive_of, read_json, resolve_model
@@ -42,7 +42,7 @@ async def rerank(request: web.Request) -> web.Response:
         raise bad_request("Invalid 'documents': empty documents cannot be ranked.", param="documents")
     settings = context(request).settings
     # A bi-encoder reads each document once, a cross-encoder reads the query with each of them.
-    check_text_size(sum(map(len, texts)) + len(body.query) * (len(texts) + 1), settings, "documents")
+    check_text_size(sum(map(len, texts)) + len(body.query) * (len(texts) + 1), settings.limits, "documents")
     wait = settings.batch_wait
     async with engine_for(request, manifest, Reranker, keep_alive_of(request, body.keep_alive)) as engine:
         ranking = await batching.call(engine, lambda: engine.rerank(body.query, texts), wait)

@@ -14,16 +14,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import Embedder, Ranking, Reranker, Sampling, Speaker, TextGenerator, Tokenizer
-from gpustack_cli.core.textgen import (
-    Finished,
-    Prepared,
-    TextDelta,
-    capped,
-    check_text_size,
-    collect,
-    fit_context,
-    text_events,
-)
+from gpustack_cli.core.limits import capped, check_text_size, fit_context
+from gpustack_cli.core.prompts import Prepared
+from gpustack_cli.core.streams import collect, text_events
+from gpustack_cli.core.types import Finished, TextDelta
 from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import REQUEST_ID, context
 from gpustack_cli.server.errors import APIError, bad_request, from_validation
@@ -37,7 +31,7 @@ def _list(request: web.Request, value: Any, name: str) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
         raise bad_request(f"'{name}' must be a non-empty string or list of non-empty strings.", param=name)
-    check_text_size(sum(map(len, items)), context(request).settings, name)
+    check_text_size(sum(map(len, items)), context(request).settings.limits, name)
     return items
 
 
@@ -90,7 +84,7 @@ async def llama_tokenize(request: web.Request, engine: Tokenizer, body: dict, mo
     content = body.get("content")
     if not isinstance(content, str):
         raise bad_request("'content' must be a string.", param="content")
-    check_text_size(len(content), context(request).settings, "content")
+    check_text_size(len(content), context(request).settings.limits, "content")
     tokens = await asyncio.to_thread(engine.tokenize, content, bool(body.get("add_special", False)))
     if body.get("with_pieces"):
         return json_response({"tokens": [{"id": t, "piece": engine.detokenize([t])} for t in tokens]})
@@ -110,11 +104,11 @@ async def llama_completion(request: web.Request, engine: TextGenerator, body: di
     except ValidationError as exc:
         raise from_validation(exc) from exc
     if isinstance(asked.prompt, str):
-        check_text_size(len(asked.prompt), context(request).settings, "prompt")
+        check_text_size(len(asked.prompt), context(request).settings.limits, "prompt")
         tokens = await asyncio.to_thread(engine.tokenize, asked.prompt)
     else:
         tokens = list(asked.prompt)
-    n_predict = capped(None if asked.n_predict in (None, -1) else asked.n_predict, context(request).settings)
+    n_predict = capped(None if asked.n_predict in (None, -1) else asked.n_predict, context(request).settings.limits)
     sampling = asked.sampling(fit_context(engine, len(tokens), n_predict, "prompt"))
     stop = asked.stop or []
     prepared = Prepared(tokens, sampling, [stop] if isinstance(stop, str) else list(stop))

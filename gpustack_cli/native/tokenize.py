@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Tokenizer
-from gpustack_cli.core.textgen import check_text_size
+from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.native.engine_apis import llama_detokenize, llama_tokenize
 from gpustack_cli.server.context import context, engine_for, read_json, resolve_model
 
@@ -30,7 +30,7 @@ class DetokenizeBody(BaseModel):
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, TokenizeBody)
-    check_text_size(len(body.content), context(request).settings, "content")
+    check_text_size(len(body.content), context(request).settings.limits, "content")
     manifest = resolve_model(request, body.model)
     async with engine_for(request, manifest, Tokenizer) as engine:
         return await llama_tokenize(request, engine, body.model_dump(), manifest.name)

@@ -17,27 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
 from gpustack_cli.core.choices import Choice, collected, merged, seeded
-from gpustack_cli.core.textgen import (
+from gpustack_cli.core.limits import capped, check_chat, check_stops, check_text_size, fit_context
+from gpustack_cli.core.prompts import Prepared, prepare_chat
+from gpustack_cli.core.streams import chat_events, text_events
+from gpustack_cli.core.types import (
     Answer,
     ChatMessage,
     ChatRequest,
     Event,
     Finished,
     GenerationError,
-    Prepared,
     ReasoningDelta,
     TextDelta,
     Tool,
     ToolCall,
     ToolCallEvent,
-    capped,
-    chat_events,
-    check_chat,
-    check_stops,
-    check_text_size,
-    fit_context,
-    prepare_chat,
-    text_events,
 )
 from gpustack_cli.models.store import Category
 from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
@@ -425,7 +419,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     rid = request[REQUEST_ID]
     body = await read_json(request, ChatCompletionBody)
     chat = chat_request(body)
-    check_chat(chat, context(request).settings)
+    check_chat(chat, context(request).settings.limits)
     manifest = resolve_model(request, body.model, Category.llm, "chat completions")
     async with engine_for(request, manifest, TextGenerator, keep_alive_of(request, body.keep_alive)) as engine:
         prepared = await asyncio.to_thread(prepare_chat, engine, chat)
@@ -551,8 +545,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if body.echo and body.logprobs is not None:
         raise GenerationError("'echo' together with 'logprobs' is not supported.", param="echo")
     settings = context(request).settings
-    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings, "prompt")
-    check_stops(_stops(body.stop), settings)
+    check_text_size(_prompt_chars(body.prompt) + len(body.suffix or ""), settings.limits, "prompt")
+    check_stops(_stops(body.stop), settings.limits)
     choices = _prompt_count(body.prompt) * body.n
     if choices > settings.max_choices:
         raise GenerationError(
@@ -567,7 +561,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             prompts = [_with_suffix(engine, p, body.suffix) for p in prompts]
         prepared = []
         for tokens in prompts:
-            budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings), what="prompt")
+            budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings.limits), what="prompt")
             prepared.append(Prepared(tokens, replace(sampling, max_tokens=budget), _stops(body.stop)))
         envelope = Envelope("cmpl", manifest.name)
         heads = [engine.detokenize(p.prompt_tokens) if body.echo else "" for p in prepared]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Embedder
 from gpustack_cli.config import Settings
-from gpustack_cli.core.textgen import check_text_size
+from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.models.store import Category
 from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import context, engine_for, keep_alive_of, read_json, resolve_model
@@ -91,7 +91,7 @@ def _check_size(body: EmbeddingsBody, settings: Settings) -> None:
     items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
     if len(items) > MAX_INPUTS:
         raise bad_request(f"Invalid 'input': at most {MAX_INPUTS} inputs per request.", param="input")
-    check_text_size(sum(len(item) for item in items if isinstance(item, str)), settings, "input")
+    check_text_size(sum(len(item) for item in items if isinstance(item, str)), settings.limits, "input")
 
 
 async def embeddings(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpustack_cli.core.textgen import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent
+from gpustack_cli.core.types import Event, Finished, ReasoningDelta, TextDelta, ToolCallEvent
 from gpustack_cli.openai.chat import logprob_entry
 from gpustack_cli.openai.responses import ResponseBody, echoed_tool_choice, echoed_tools, new_item_id
 

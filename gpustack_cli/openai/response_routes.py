@@ -14,12 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from engines.base import TextGenerator
-from gpustack_cli.core.textgen import (
-    ChatRequest,
-    Event,
-    check_chat,
-    count_chat_tokens,
-)
+from gpustack_cli.core.limits import check_chat
+from gpustack_cli.core.prompts import count_chat_tokens
+from gpustack_cli.core.types import ChatRequest, Event
 from gpustack_cli.models.store import Category
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse
@@ -82,7 +79,7 @@ async def _read(request: web.Request, kind: type[InputTokensBody]) -> tuple[Any,
     refuse_unsupported(body)
     items = input_items(body)
     chat = chat_request(body, await _history(request, body.previous_response_id), items)
-    check_chat(chat, context(request).settings, schema_param="text.format")
+    check_chat(chat, context(request).settings.limits, schema_param="text.format")
     return body, items, chat
 
 

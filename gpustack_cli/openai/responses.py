@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
-from gpustack_cli.core.textgen import ChatMessage, ChatRequest, GenerationError, Tool, ToolCall
+from gpustack_cli.core.types import ChatMessage, ChatRequest, GenerationError, Tool, ToolCall
 from gpustack_cli.openai.chat import Wire
 
 # The `include` value that asks for the answer's log probabilities.

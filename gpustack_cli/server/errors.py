@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from engines.base import AudioError, EngineUnavailable, InvalidSchema, InvalidTokens, OutOfMemory, RequestAborted
-from gpustack_cli.core.textgen import GenerationError
+from gpustack_cli.core.types import GenerationError
 from gpustack_cli.runtime.scheduler import QueueFull
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from engines.base import Engine
 from gpustack_cli.core.backend import ChatStart
-from gpustack_cli.core.textgen import ChatRequest
+from gpustack_cli.core.types import ChatRequest
 from gpustack_cli.models.store import Manifest
 from gpustack_cli.openai.chat import chat_body, events_of_chunks
 from gpustack_cli.upstream.forward import upstream_chunks

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import httpx
 
-from gpustack_cli.core.textgen import Event
+from gpustack_cli.core.types import Event
 
 
 async def stream_times(

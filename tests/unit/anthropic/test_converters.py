@@ -9,7 +9,7 @@ import pytest
 
 from engines.base import Sampling
 from gpustack_cli.anthropic import messages as anthropic
-from gpustack_cli.core.textgen import (
+from gpustack_cli.core.types import (
     Answer,
     ChatMessage,
     Finished,

@@ -9,7 +9,8 @@ import pytest
 
 from engines.base import Sampling
 from gpustack_cli.core.choices import collected, merged, seeded
-from gpustack_cli.core.textgen import Event, Finished, Prepared, TextDelta
+from gpustack_cli.core.prompts import Prepared
+from gpustack_cli.core.types import Event, Finished, TextDelta
 
 
 def choice(name: str, pieces: int, pause: float, started: list[str]):

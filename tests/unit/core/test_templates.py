@@ -179,7 +179,8 @@ class TemplatedGenerator:
 def test_a_late_system_message_is_never_dropped(chat_templates: dict[str, str], name: str, in_place: bool) -> None:
     """Coding agents send system messages among the others: rendered where they stand when the
     template allows, else joined in order to the first system message."""
-    from gpustack_cli.core.textgen import ChatMessage, ChatRequest, render_chat
+    from gpustack_cli.core.prompts import render_chat
+    from gpustack_cli.core.types import ChatMessage, ChatRequest
 
     engine = TemplatedGenerator(chat_templates[name])
     messages = [

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engines.base import Sampling
-from gpustack_cli.core.textgen import (
+from gpustack_cli.core.streams import collect
+from gpustack_cli.core.types import (
     Answer,
     ChatMessage,
     ChatRequest,
@@ -18,7 +19,6 @@ from gpustack_cli.core.textgen import (
     Tool,
     ToolCall,
     ToolCallEvent,
-    collect,
 )
 from gpustack_cli.openai import chat as openai
 from tests.support.streams import aiter, run

@@ -14,7 +14,8 @@ import pytest
 
 from engines.base import RequestAborted
 from gpustack_cli.core.backend import prepare_fitting
-from gpustack_cli.core.textgen import (
+from gpustack_cli.core.prompts import render_chat
+from gpustack_cli.core.types import (
     Finished,
     GenerationError,
     ReasoningDelta,
@@ -22,13 +23,12 @@ from gpustack_cli.core.textgen import (
     TokenLogprob,
     ToolCall,
     ToolCallEvent,
-    render_chat,
 )
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse, StoreVersionError
 from gpustack_cli.openai.responses import ResponseBody, chat_request, input_items, refuse_unsupported
 from tests.support.openapi import validate
-from tests.unit.core.test_textgen import FakeGenerator
+from tests.unit.core.test_streams import FakeGenerator
 
 WEATHER = {
     "type": "function",

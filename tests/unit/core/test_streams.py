@@ -10,23 +10,9 @@ import pytest
 
 from engines.base import AsyncTextGenerator, Sampling
 from gpustack_cli.core.parsing.tool_calls import GENERIC, ToolFormat
-from gpustack_cli.core.textgen import (
-    ChatMessage,
-    ChatRequest,
-    Finished,
-    Prepared,
-    TextDelta,
-    Tool,
-    ToolCall,
-    ToolCallEvent,
-    chat_events,
-    chat_tokens,
-    prepare_chat,
-    render_chat,
-    stream_chat,
-    stream_text,
-    text_events,
-)
+from gpustack_cli.core.prompts import Prepared, chat_tokens, prepare_chat, render_chat
+from gpustack_cli.core.streams import chat_events, stream_chat, stream_text, text_events
+from gpustack_cli.core.types import ChatMessage, ChatRequest, Finished, TextDelta, Tool, ToolCall, ToolCallEvent
 from tests.support.fake_engine import AsyncFakeGenerator, FakeGenerator
 
 
@@ -163,7 +149,7 @@ def test_the_async_driver_names_each_request_to_the_engine() -> None:
 
 def test_reasoning_is_split_off_in_both_drivers() -> None:
     from gpustack_cli.core.parsing.reasoning import ReasoningFormat
-    from gpustack_cli.core.textgen import ReasoningDelta
+    from gpustack_cli.core.types import ReasoningDelta
 
     pieces = [b"<think>", b"So", b" 4.", b"</thi", b"nk>\n\n", b"Four", b"."]
     engine = AsyncFakeGenerator(pieces)
@@ -196,7 +182,8 @@ def test_a_template_that_writes_the_bos_gets_one() -> None:
 def test_a_budget_past_the_context_is_cut_to_fit() -> None:
     """As llama-server: max_tokens beyond what the prompt leaves is cut to it; only a prompt that
     does not fit is refused."""
-    from gpustack_cli.core.textgen import GenerationError, fit_context
+    from gpustack_cli.core.limits import fit_context
+    from gpustack_cli.core.types import GenerationError
 
     engine = FakeGenerator([b"a"])  # a context of 512
     assert fit_context(engine, 500, 32000) == 12
