@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from gpustack_cli.cli import render
+from gpustack_cli.cli.connection import ClientError, ImageAsk, Terminal, connect
+from gpustack_cli.cli.repl import ChatOptions
 from gpustack_cli.cli.shared import (
     app,
     console,
@@ -54,34 +56,24 @@ def run(
     name = manifest.name  # a pulled source (a path, a URL) is stored under a name of its own
     prompt = _with_stdin(prompt)
     try:
-        if "image" in manifest.categories:
-            _run_image(config, name, " ".join(prompt or []), output or Path("out.png"), size, steps, seed, image, mask)
-            return
-        if "text_to_speech" in manifest.categories:
-            _run_speech(config, name, " ".join(prompt or []), output or Path("out.wav"), voice, play)
-            return
-        if "speech_to_text" in manifest.categories:
-            _run_transcription(config, name, prompt or [], fmt or "text")
-            return
-        if rerank is not None or "llm" not in manifest.categories:
-            _run_once(config, manifest.categories, name, rerank, prompt or [])
-            return
-        from gpustack_cli.cli.repl import ChatOptions, Session, answer, backend_for, repl
-
-        if fmt not in (None, "json"):
-            raise fail("--format for a chat model is json (an answer in JSON)")
-        options = ChatOptions(max_tokens=max_tokens, json=fmt == "json")
-        backend = backend_for(config, name)
-        if not prompt:
-            repl(Session(backend, name, system, options, verbose), console)
-            return
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": " ".join(prompt)}
-        ]
-        answer(backend, messages, console, options, verbose)
+        with connect(config) as terminal:
+            if "image" in manifest.categories:
+                ask = ImageAsk(" ".join(prompt or []), size, steps, seed, image, mask)
+                _run_image(terminal, name, ask, output or Path("out.png"))
+            elif "text_to_speech" in manifest.categories:
+                _run_speech(terminal, name, " ".join(prompt or []), output or Path("out.wav"), voice, play)
+            elif "speech_to_text" in manifest.categories:
+                _run_transcription(terminal, name, prompt or [], fmt or "text")
+            elif rerank is not None or "llm" not in manifest.categories:
+                _run_once(terminal, manifest.categories, name, rerank, prompt or [])
+            elif fmt not in (None, "json"):
+                raise fail("--format for a chat model is json (an answer in JSON)")
+            else:
+                options = ChatOptions(max_tokens=max_tokens, json=fmt == "json")
+                _run_chat(terminal, name, prompt, system, options, verbose)
     except typer.Exit:
         raise
-    except (EngineUnavailable, RuntimeError) as exc:
+    except (EngineUnavailable, ClientError) as exc:
         raise fail(str(exc)) from exc
 
 
@@ -118,48 +110,37 @@ def _with_stdin(prompt: list[str] | None) -> list[str] | None:
     return [*(prompt or []), ("\n\n" if prompt else "") + piped.strip()]
 
 
-def _run_image(
-    config: Settings,
-    name: str,
-    prompt: str,
-    output: Path,
-    size: str,
-    steps: int | None,
-    seed: int | None,
-    image: Path | None,
-    mask: Path | None,
+def _run_chat(
+    terminal: Terminal, name: str, prompt: list[str] | None, system: str | None, options: ChatOptions, verbose: bool
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from gpustack_cli.cli import oneshot
+    from gpustack_cli.cli.repl import Session, ask, repl
 
     if not prompt:
+        repl(Session(terminal, name, system, options, verbose), console)
+        return
+    messages = [{"role": "system", "content": system}] if system else []
+    ask(terminal, name, [*messages, {"role": "user", "content": " ".join(prompt)}], options, console, verbose)
+
+
+def _run_image(terminal: Terminal, name: str, ask: ImageAsk, output: Path) -> None:
+    if not ask.prompt:
         raise fail('give a prompt: gpustack run MODEL "a lighthouse at dawn" -o out.png')
-    with Progress(
-        TextColumn("[bold]steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
-    ) as progress:
-        task = progress.add_task("steps", total=steps)
-
-        def on_step(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        data = oneshot.image(config, name, prompt, size, steps, seed, image, mask, on_step)
+    with render.diffusion_steps(err, ask.steps) as on_step:
+        data = terminal.call(terminal.connection.image(name, ask, on_step))
     output.write_bytes(data)
     console.print(f"wrote {output} ({human_size(len(data))})")
 
 
-def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str | None, play: bool) -> None:
+def _run_speech(terminal: Terminal, name: str, text: str, output: Path, voice: str | None, play: bool) -> None:
     import shutil
     import subprocess
-
-    from gpustack_cli.cli import oneshot
 
     if not text:
         raise fail('give the text to speak: gpustack run MODEL "some text" -o out.wav')
     fmt = output.suffix.lstrip(".").lower() or "wav"
     if fmt not in ("wav", "mp3", "flac", "opus", "aac", "pcm"):
         raise fail(f"cannot write .{fmt}: use .wav, .mp3, .flac, .opus, .aac or .pcm")
-    output.write_bytes(oneshot.speak(config, name, text, fmt, voice))
+    output.write_bytes(terminal.call(terminal.connection.speak(name, text, fmt, voice)))
     console.print(f"wrote {output} ({human_size(output.stat().st_size)})")
     if play:
         player = next((p for p in ("ffplay", "afplay", "paplay", "aplay") if shutil.which(p)), None)
@@ -169,37 +150,29 @@ def _run_speech(config: Settings, name: str, text: str, output: Path, voice: str
         subprocess.run([player, *extra, str(output)], check=False)
 
 
-def _run_transcription(config: Settings, name: str, files: list[str], fmt: str) -> None:
-    from gpustack_cli.cli import oneshot
-
+def _run_transcription(terminal: Terminal, name: str, files: list[str], fmt: str) -> None:
     if len(files) != 1 or not Path(files[0]).is_file():
         raise fail("give one audio file to transcribe: gpustack run MODEL speech.wav [--format srt]")
     if fmt not in ("text", "json", "srt", "vtt"):
         raise fail("--format must be text, json, srt or vtt")
-    sys.stdout.write(oneshot.transcribe(config, name, Path(files[0]), fmt).rstrip("\n") + "\n")
+    transcript = terminal.call(terminal.connection.transcribe(name, Path(files[0]), fmt))
+    sys.stdout.write(transcript.rstrip("\n") + "\n")
 
 
-def _run_once(config: Settings, categories: list, name: str, query: str | None, texts: list[str]) -> None:
-    from gpustack_cli.cli import oneshot
-
+def _run_once(terminal: Terminal, categories: list, name: str, query: str | None, texts: list[str]) -> None:
     if query is not None:
         if "reranker" not in categories:
             raise fail(f"model '{name}' cannot rerank")
         if not texts:
             raise fail("give the documents to rank after the query: --rerank QUERY DOC1 DOC2 ...")
-        table = Table("RANK", "SCORE", "INDEX", "DOCUMENT", box=None)
-        for rank, (index, score) in enumerate(oneshot.rerank(config, name, query, texts), start=1):
-            table.add_row(str(rank), f"{score:.4f}", str(index), texts[index])
-        console.print(table)
+        render.ranking(terminal.call(terminal.connection.rerank(name, query, texts)), texts, console)
         return
     if "embedding" not in categories and "reranker" in categories:
         raise fail(f"'{name}' is a reranker: gpustack run {name} --rerank QUERY DOC1 DOC2 ...")
     if "embedding" in categories:
         if not texts:
             raise fail('give the text to embed: gpustack run MODEL "some text"')
-        vector = oneshot.embed_one(config, name, " ".join(texts))
-        head = ", ".join(f"{v:.4f}" for v in vector[:8])
-        console.print(f"{len(vector)} dimensions: [{head}, …]")
+        render.embedding(terminal.call(terminal.connection.embed(name, [" ".join(texts)]))[0], console)
         return
     # Each engine brings its terminal mode along with its API (steps 4 and 5 of the roadmap).
     raise fail(f"`gpustack run` does not drive {', '.join(categories)} models yet; use `gpustack serve` and the API")

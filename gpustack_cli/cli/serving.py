@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.table import Table
 
+from gpustack_cli.cli import render
 from gpustack_cli.cli.shared import (
     JsonFlag,
     app,
@@ -15,6 +16,11 @@ from gpustack_cli.cli.shared import (
     print_json,
     settings,
 )
+
+if TYPE_CHECKING:
+    from gpustack_cli.cli.connection import Connection
+
+T = TypeVar("T")
 
 
 @app.command()
@@ -99,41 +105,29 @@ def serve(
         raise fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
 
 
-def _server_call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    from gpustack_cli.cli.server_client import checked
-
-    config = settings()
-    try:
-        response = httpx.request(method, config.url + path, json=body, headers=config.client_headers, timeout=30)
-    except httpx.TransportError as exc:
-        raise fail(f"no gpustack server answers at {config.url} ({exc}); start one with `gpustack serve`") from exc
-    try:
-        return checked(response).json()
-    except RuntimeError as exc:
-        raise fail(str(exc)) from exc
-
-
 @app.command()
 def ps(as_json: JsonFlag = False) -> None:
     """List the models loaded in the running server."""
-    models = _server_call("GET", "/api/ps")["models"]
+    models = _on_server(lambda connection: connection.ps())
     if as_json:
         print_json(models)
         return
-    table = Table("NAME", "SLOTS BUSY", "WAITING", "CONTEXT", "LOADED FOR", "UNLOADS IN", box=None)
-    for m in models:
-        expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
-        until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
-        context = str(m["context"]) if m.get("context") else "-"
-        slots = f"{m['active']}/{m['concurrency']}"
-        table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until)
-    console.print(table if models else "No models loaded.")
+    render.loaded_models(models, console)
 
 
 @app.command()
 def stop(name: str) -> None:
     """Unload a model from the running server."""
-    _server_call("POST", "/api/stop", {"model": name})
+    _on_server(lambda connection: connection.stop(name))
     console.print(f"unloaded {name}")
+
+
+def _on_server(call: Callable[[Connection], Awaitable[T]]) -> T:
+    """What `call` gets from the running server (its state is what these commands are about)."""
+    from gpustack_cli.cli.connection import ClientError, connect
+
+    try:
+        with connect(settings(), server_only=True) as terminal:
+            return terminal.call(call(terminal.connection))
+    except ClientError as exc:
+        raise fail(str(exc)) from exc

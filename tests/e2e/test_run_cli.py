@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -180,3 +181,23 @@ def test_gpustack_host_points_every_command_at_the_server(models_home: Path) -> 
         assert answered.returncode == 0, answered.stderr
         assert "POST /v1/chat/completions" in server.output()
         assert gpustack("stop", "smollm2", env=env).returncode == 0
+
+
+def test_an_over_long_prompt_is_refused_alike_in_process_and_over_http(models_home: Path) -> None:
+    """The terminal's in-process path checks a request as the server does: the same refusal."""
+    limits = {"GPUSTACK_CTX_SIZE": "256", "GPUSTACK_PARALLEL": "1"}
+    long = "word " * 300
+
+    def refusal(result: subprocess.CompletedProcess) -> str:
+        assert result.returncode == 1, result.stdout
+        said = " ".join(result.stderr.split())
+        return said[said.index("error: ") :].removesuffix(" (HTTP 400)")
+
+    env = clean_env(GPUSTACK_HOME=str(models_home), GPUSTACK_SERVER_URL=f"http://127.0.0.1:{free_port()}", **limits)
+    here = refusal(gpustack("run", "smollm2", "Summarise:", env=env, input=long, timeout=120))
+    assert "maximum context length is 256 tokens" in here
+    with ServerProcess(models_home, "--no-pull", env=limits) as server:
+        env = clean_env(GPUSTACK_HOME=str(models_home), GPUSTACK_SERVER_URL=server.url)
+        there = refusal(gpustack("run", "smollm2", "Summarise:", env=env, input=long, timeout=120))
+        assert "POST /v1/chat/completions" in server.output()
+    assert here == there
