@@ -107,6 +107,9 @@ class Settings(BaseModel):
 
     # Seconds a remote model's upstream may stay silent (between bytes) before a 504.
     upstream_timeout: float = Field(600.0, gt=0)
+    # The client that relays forwarded requests byte for byte: the hand-written one ("raw", the
+    # fastest), or aiohttp's session (to compare, or where an upstream trips the raw one).
+    relay_client: Literal["raw", "aiohttp"] = "raw"
     # Seconds between health checks of loaded remote models' upstreams (0: none; an upstream that
     # fails a request is still left out of the rotation for a while).
     health_interval: float = Field(10.0, ge=0)

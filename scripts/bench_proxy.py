@@ -5,7 +5,9 @@ in one run.
 
 The upstream is a small aiohttp server on loopback in a process of its own (an instant JSON answer,
 a chunked stream, a download of known length, and a stream of small server-sent events, one per
-packet, as a chat's tokens come), so the figures are the proxy's own cost, not a model's.
+packet, as a chat's tokens come), so the figures are the proxy's own cost, not a model's. The
+"aiohttp client" row is the same proxy with aiohttp's `ClientSession` as its relay
+(`GPUSTACK_RELAY_CLIENT=aiohttp`): what the hand-written client saves, measured in every run.
 Transfers are read by httpx (a Python client, as the openai package uses) and, when `curl` is on
 the PATH, by curl: a client in C shows what the proxy itself can carry, where a Python client is
 the slowest part. For the events the table gives each proxy's CPU time per event (read from
@@ -206,12 +208,20 @@ def main() -> None:
     )
     wait_ready(upstream + "/ping")
     server, url = start_server(home)
+    # The same proxy with aiohttp's client in the relay: what the hand-written one saves.
+    session_server, session_url = start_server(home, GPUSTACK_RELAY_CLIENT="aiohttp")
     nginx = None
     try:
         nginx = start_nginx(up_port)
         # name: (base URL, headers)
-        sides = {"direct": (upstream, {}), "gpustack proxy": (url + "/model/proxy", {"X-GPUStack-Model": "up"})}
-        pids = {"gpustack proxy": server.pid}  # the processes whose CPU time per event is shown
+        proxied = {"X-GPUStack-Model": "up"}
+        sides = {
+            "direct": (upstream, {}),
+            "gpustack proxy": (url + "/model/proxy", proxied),
+            "aiohttp client": (session_url + "/model/proxy", proxied),
+        }
+        # The processes whose CPU time per event is shown.
+        pids = {"gpustack proxy": server.pid, "aiohttp client": session_server.pid}
         if nginx is not None:
             sides["nginx"] = (nginx.url, {})
             pids["nginx"] = nginx.worker
@@ -250,7 +260,7 @@ def main() -> None:
             for name, pid in pids.items():
                 per_event[name].append(event_cpu(http, sides[name][0], sides[name][1], pid, args.events))
     finally:
-        for process in [server, upstream_proc] + ([nginx.process] if nginx else []):
+        for process in [server, session_server, upstream_proc] + ([nginx.process] if nginx else []):
             process.terminate()
             process.wait(20)
     print(f"{args.rounds} rounds of {args.requests} small requests and {args.mb} MiB transfers per side; medians")

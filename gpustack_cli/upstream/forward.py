@@ -20,8 +20,10 @@ from multidict import CIMultiDict
 from gpustack_cli.models.store import Manifest
 from gpustack_cli.server.context import CONTEXT, REQUEST_ID, read_form, read_json_object
 from gpustack_cli.server.errors import APIError
-from gpustack_cli.upstream.client import Response as UpstreamResponse
-from gpustack_cli.upstream.client import UpstreamClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.clients.base import HttpClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.clients.raw import RawClient
+from gpustack_cli.upstream.clients.raw import Response as UpstreamResponse
+from gpustack_cli.upstream.clients.session import SessionClient
 from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 
 # Hop-by-hop headers (RFC 9110) and those that describe this hop's body or credentials (a
@@ -43,7 +45,9 @@ HOP_BY_HOP = {
     "cookie",
     "proxy-connection",
 }
-CLIENT = web.AppKey("upstream_client", UpstreamClient)
+# The byte relay's client (forwarding as it came), and the one for answers parsed here.
+RELAY = web.AppKey("upstream_relay", RawClient | SessionClient)
+CLIENT = web.AppKey("upstream_client", HttpClient)
 SMALL_ANSWER = 1024 * 1024
 # Characters kept as they are when a decoded proxy path is encoded again for the upstream.
 PATH_SAFE = "/!$&'()*+,;=:@"
@@ -118,7 +122,7 @@ class FramedResponse(web.StreamResponse):
 
 async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.StreamResponse:
     """Send the request to the first upstream that answers and stream its answer back."""
-    client = request.app[CLIENT]
+    client = request.app[RELAY]
     body, content_type = await _body(request, engine)
     headers = _headers(request, engine, content_type)
     target = upstream_target(path, request)
@@ -128,17 +132,22 @@ async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.
     for upstream in engine.order():
         response: web.StreamResponse | None = None
         try:
-            async with client.request(
-                request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
-            ) as answer:
+            if isinstance(client, RawClient):
+                opened = client.request(
+                    request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
+                )
+            else:
+                opened = client.request(request.method, upstream.url, target, headers, body, timeout=engine.timeout)
+            async with opened as answer:
                 back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
                 if answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
                     # A small answer of known length goes back in one write: less per-request overhead.
                     whole = await answer.read()
                     return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
-                # Framed, or of a declared length: the body passes as it comes (`_relay`).
-                relayed = answer.framed or answer.content_length is not None
-                if answer.framed:
+                # The raw client's answer, framed or of a declared length, passes as it comes (`_relay`).
+                raw = isinstance(answer, UpstreamResponse)
+                relayed = raw and (answer.framed or answer.content_length is not None)
+                if raw and answer.framed:
                     response = FramedResponse(answer.status, answer.reason, back)
                 else:
                     if answer.content_length is not None:
@@ -208,8 +217,13 @@ async def upstream_chunks(request: web.Request, engine: RemoteEngine, body: dict
 
 async def open_client(app: web.Application) -> None:
     # No cookie jar, by design: cookies one user's answer sets must never ride along on another's request.
-    app[CLIENT] = UpstreamClient(read_timeout=app[CONTEXT].settings.upstream_timeout)
+    timeout = app[CONTEXT].settings.upstream_timeout
+    relay = app[CONTEXT].settings.relay_client
+    # A relay passes bodies on as they came: compressed ones stay compressed.
+    app[RELAY] = RawClient(read_timeout=timeout) if relay == "raw" else SessionClient(timeout, decompress=False)
+    app[CLIENT] = SessionClient(read_timeout=timeout)
 
 
 async def close_client(app: web.Application) -> None:
-    app[CLIENT].close()
+    await app[RELAY].close()
+    await app[CLIENT].close()

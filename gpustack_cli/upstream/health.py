@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gpustack_cli.server.context import CONTEXT
-from gpustack_cli.upstream.client import UpstreamClient, UpstreamError
+from gpustack_cli.upstream.clients.base import HttpClient, UpstreamError
 from gpustack_cli.upstream.forward import CLIENT, credentials
 from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 
 log = logging.getLogger("gpustack.health")
 
 
-async def probe(client: UpstreamClient, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
+async def probe(client: HttpClient, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
     """Check one upstream now and record the outcome; whether it is up."""
     try:
         async with (

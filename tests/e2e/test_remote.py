@@ -43,10 +43,14 @@ def test_upstream(upstream: ServerProcess) -> Iterator[TestUpstream]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["raw", "aiohttp"])
 def downstream(
-    tmp_path_factory: pytest.TempPathFactory, upstream: ServerProcess, test_upstream: TestUpstream
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: ServerProcess,
+    test_upstream: TestUpstream,
 ) -> Iterator[ServerProcess]:
+    """The server under test, once with each client of the byte relay (`GPUSTACK_RELAY_CLIENT`)."""
     home = tmp_path_factory.mktemp("downstream")
     env = clean_env(GPUSTACK_HOME=str(home))
 
@@ -81,7 +85,7 @@ def downstream(
     result = gpustack("keys", "create", "--name", "only-chat", "--models", "chat", env=env)
     assert result.returncode == 0
     (home / "only-chat.key").write_text(result.stdout.strip())
-    env = {"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_HEALTH_INTERVAL": "0.5"}
+    env = {"GPUSTACK_API_KEY": DOWN_KEY, "GPUSTACK_HEALTH_INTERVAL": "0.5", "GPUSTACK_RELAY_CLIENT": request.param}
     with ServerProcess(home, "--no-pull", env=env) as srv:
         yield srv
 

@@ -7,7 +7,7 @@ import random
 import httptools
 import pytest
 
-from gpustack_cli.upstream.chunked import MAX_LINE, BadChunking, ChunkedEnd
+from gpustack_cli.upstream.clients.chunked import MAX_LINE, BadChunking, ChunkedEnd
 
 BODY = b"5\r\nhello\r\n1a;name=value\r\n" + b"x" * 26 + b"\r\n0\r\nX-Trailer: 1\r\n\r\n"
 

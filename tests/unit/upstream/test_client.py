@@ -1,4 +1,5 @@
-"""The upstream HTTP client against real loopback servers: a TCP server that sends exactly the bytes
+"""The upstream HTTP clients against real loopback servers (the tests of the interface against both
+clients, the relay's own against the raw one): a TCP server that sends exactly the bytes
 a test scripts (for what a well-behaved server will not do on demand), and aiohttp over TLS."""
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gpustack_cli.upstream import client as upstream_http
-from gpustack_cli.upstream.client import HIGH_WATER, UpstreamClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.clients import base
+from gpustack_cli.upstream.clients.base import HttpClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.clients.raw import HIGH_WATER, RawClient
+from gpustack_cli.upstream.clients.session import SessionClient
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -43,6 +46,13 @@ class ScriptedServer:
         return head
 
 
+@pytest.fixture(params=["raw", "session"])
+def make_client(request: pytest.FixtureRequest) -> Callable[[float], HttpClient]:
+    """Each client of the interface in turn: the tests that take this run against both."""
+    kind = {"raw": RawClient, "session": SessionClient}[request.param]
+    return lambda read_timeout: kind(read_timeout=read_timeout)
+
+
 @pytest.fixture
 async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[ScriptedServer, str]]]]:
     servers: list[asyncio.Server] = []
@@ -58,7 +68,7 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[Scripte
         server.close()
 
 
-async def test_keep_alive_and_request_head(scripted) -> None:
+async def test_keep_alive_and_request_head(scripted, make_client) -> None:
     async def answer_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for _ in range(2):
             head = await server.head(reader)
@@ -67,7 +77,7 @@ async def test_keep_alive_and_request_head(scripted) -> None:
             writer.write(OK)
 
     server, url = await scripted(answer_twice)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     async with client.request("GET", url + "/base", "/a%20b?q=1", [("X-Custom", "kept")]) as answer:
         assert (answer.status, answer.reason, await answer.read()) == (200, "OK", b"ok")
     async with client.request("POST", url + "/base", "/c", [], b"body") as answer:
@@ -77,24 +87,24 @@ async def test_keep_alive_and_request_head(scripted) -> None:
     assert first.startswith(b"GET /base/a%20b?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"X-Custom: kept\r\n" in first and b"Content-Length" not in first  # a bodyless GET has none
     assert second.startswith(b"POST /base/c HTTP/1.1\r\n") and b"Content-Length: 4\r\n" in second
-    client.close()
+    await client.close()
 
 
-async def test_a_long_idle_connection_is_not_used_again(scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_long_idle_connection_is_not_used_again(scripted, make_client, monkeypatch: pytest.MonkeyPatch) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await server.head(reader)
             writer.write(OK)
 
-    monkeypatch.setattr(upstream_http, "IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(base, "IDLE_SECONDS", 0.2)
     server, url = await scripted(answer)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     for pause in (0, 0.5):
         await asyncio.sleep(pause)
         async with client.request("GET", url, "/") as answer:
             assert await answer.read() == b"ok"
     assert server.connections == 2  # a load balancer may have dropped the idle one silently
-    client.close()
+    await client.close()
 
 
 async def answer_once(server: ScriptedServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -106,31 +116,33 @@ async def answer_once(server: ScriptedServer, reader: asyncio.StreamReader, writ
 @pytest.mark.parametrize(
     ("method", "headers"), [("GET", []), ("PUT", []), ("DELETE", []), ("POST", [("Idempotency-Key", "k1")])]
 )
-async def test_a_request_that_may_be_repeated_is_sent_again_on_a_new_connection(scripted, method, headers) -> None:
+async def test_a_request_that_may_be_repeated_is_sent_again_on_a_new_connection(
+    scripted, make_client, method, headers
+) -> None:
     server, url = await scripted(lambda reader, writer: answer_once(server, reader, writer))
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     for _ in range(3):
         async with client.request(method, url, "/", headers, b"{}") as answer:
             assert await answer.read() == b"ok"
     assert server.connections == 3 and len(server.heads) == 5  # twice sent again on a new connection
-    client.close()
+    await client.close()
 
 
-async def test_a_post_that_reached_a_closing_connection_is_not_sent_twice(scripted) -> None:
+async def test_a_post_that_reached_a_closing_connection_is_not_sent_twice(scripted, make_client) -> None:
     """The upstream read the request before it closed the connection: it may have acted on it, so
     a POST is not sent again (a chat would be made twice); the caller gets the error."""
     server, url = await scripted(lambda reader, writer: answer_once(server, reader, writer))
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     async with client.request("POST", url, "/", [], b"{}") as answer:
         assert await answer.read() == b"ok"
     with pytest.raises(UpstreamError):
         async with client.request("POST", url, "/", [], b"{}"):
             pass
     assert server.connections == 1 and len(server.heads) == 2  # sent once, never again
-    client.close()
+    await client.close()
 
 
-async def test_bodies_without_length_informational_answers_and_head(scripted) -> None:
+async def test_bodies_without_length_informational_answers_and_head(scripted, make_client) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             head = await server.head(reader)
@@ -144,7 +156,7 @@ async def test_bodies_without_length_informational_answers_and_head(scripted) ->
                 return
 
     server, url = await scripted(answer)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     async with client.request("GET", url, "/") as answer:
         assert answer.content_length is None and await answer.read() == b"until the end"
         assert [v for k, v in answer.headers if k == "X-Repeated"] == ["1", "2"]
@@ -152,10 +164,10 @@ async def test_bodies_without_length_informational_answers_and_head(scripted) ->
         assert (answer.status, await answer.read()) == (200, b"ok")
     async with asyncio.timeout(5), client.request("HEAD", url, "/") as answer:
         assert answer.content_length == 1000 and await answer.read() == b""
-    client.close()
+    await client.close()
 
 
-async def test_lines_across_chunks(scripted) -> None:
+async def test_lines_across_chunks(scripted, make_client) -> None:
     async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -166,14 +178,14 @@ async def test_lines_across_chunks(scripted) -> None:
         writer.write(b"0\r\n\r\n")
 
     server, url = await scripted(sse)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     async with client.request("GET", url, "/") as answer:
         lines = [line async for line in answer.lines()]
     assert lines == [b"data: one", b"", b"data: two", b"", b"data: " + b"x" * 100_000, b"last"]
-    client.close()
+    await client.close()
 
 
-async def test_failures(scripted) -> None:
+async def test_failures(scripted, make_client) -> None:
     async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await server.head(reader)
         if b"/garbage" in head:
@@ -185,7 +197,7 @@ async def test_failures(scripted) -> None:
         await writer.drain()
 
     server, url = await scripted(misbehave)
-    client = UpstreamClient(read_timeout=0.5)
+    client = make_client(0.5)
     with pytest.raises(UpstreamError, match="not valid HTTP"):
         async with client.request("GET", url, "/garbage"):
             pass
@@ -204,10 +216,10 @@ async def test_failures(scripted) -> None:
     with pytest.raises(UpstreamError, match="cannot connect"):
         async with client.request("GET", "http://127.0.0.1:1", "/"):
             pass
-    client.close()
+    await client.close()
 
 
-async def test_a_body_longer_than_declared_is_cut_and_its_connection_dropped(scripted) -> None:
+async def test_a_body_longer_than_declared_is_cut_and_its_connection_dropped(scripted, make_client) -> None:
     async def overflow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await server.head(reader)
@@ -217,12 +229,12 @@ async def test_a_body_longer_than_declared_is_cut_and_its_connection_dropped(scr
             writer.write(b"helloEXTRA")
 
     server, url = await scripted(overflow)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     for _ in range(2):
         async with client.request("GET", url, "/") as answer:
             assert await answer.read() == b"hello"
     assert server.connections == 2
-    client.close()
+    await client.close()
 
 
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -246,12 +258,12 @@ async def test_a_chunked_body_passed_on_framed(scripted) -> None:
                 await asyncio.sleep(0.02)  # in packets of their own
 
     server, url = await scripted(answer)
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     for _ in cases:
         async with client.request("GET", url, "/", keep_framing=True) as answer:
             assert answer.framed and await answer.read() == FRAMED
     assert server.connections == 1
-    client.close()
+    await client.close()
 
 
 async def test_a_chunked_body_with_another_coding_is_decoded(scripted) -> None:
@@ -261,10 +273,10 @@ async def test_a_chunked_body_with_another_coding_is_decoded(scripted) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\n\r\n" + FRAMED)
 
     server, url = await scripted(answer)
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     async with client.request("GET", url, "/", keep_framing=True) as answer:
         assert not answer.framed and await answer.read() == b"hello world"
-    client.close()
+    await client.close()
 
 
 async def test_a_framed_body_that_breaks_its_framing(scripted) -> None:
@@ -283,7 +295,7 @@ async def test_a_framed_body_that_breaks_its_framing(scripted) -> None:
                 writer.write(FRAMED + b"EXTRA")
 
     server, url = await scripted(answer)
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     received = []
     with pytest.raises(UpstreamError, match="chunked answer is not valid"):
         async with client.request("GET", url, "/bad", keep_framing=True) as answer:
@@ -294,7 +306,7 @@ async def test_a_framed_body_that_breaks_its_framing(scripted) -> None:
         async with client.request("GET", url, "/extra", keep_framing=True) as answer:
             assert await answer.read() == FRAMED
     assert server.connections == 3
-    client.close()
+    await client.close()
 
 
 def flooding(size: int) -> Script:
@@ -313,7 +325,7 @@ def flooding(size: int) -> Script:
 async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
     size = 16 * HIGH_WATER
     _, url = await scripted(flooding(size))
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     received = 0
     async with client.request("GET", url, "/") as answer:
         await asyncio.sleep(0.5)  # the upstream sends as fast as it can meanwhile
@@ -321,7 +333,7 @@ async def test_a_slow_reader_pauses_the_upstream(scripted) -> None:
         async for chunk in answer.iter_chunks():
             received += len(chunk)
     assert received == size
-    client.close()
+    await client.close()
 
 
 @pytest.fixture
@@ -340,7 +352,7 @@ async def test_a_relay_to_a_slow_client_pauses_the_upstream(scripted, sink) -> N
     size = 16 * HIGH_WATER
     server, url = await scripted(flooding(size))
     writer, far_end = sink
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     for _ in range(2):
         async with client.request("GET", url, "/") as answer:
             relay = asyncio.create_task(answer.relay(writer.transport, writer.drain))
@@ -350,7 +362,7 @@ async def test_a_relay_to_a_slow_client_pauses_the_upstream(scripted, sink) -> N
             assert await far_end.readexactly(size) == b"x" * size
             assert await relay == size
     assert server.connections == 1  # a body relayed to its end leaves the connection reusable
-    client.close()
+    await client.close()
 
 
 class FullSink:
@@ -376,14 +388,14 @@ async def drained() -> None:
 
 async def test_a_connection_paused_when_its_body_ended_is_reused(scripted) -> None:
     server, url = await scripted(flooding(4 * 65536))
-    client = UpstreamClient(read_timeout=2)
+    client = RawClient(read_timeout=2)
     for _ in range(3):
         sink = FullSink()
         async with client.request("GET", url, "/") as answer:
             assert await answer.relay(sink, drained) == len(sink.data) == 4 * 65536  # type: ignore[arg-type]
             assert answer._connection.paused  # the last piece filled the sink too
     assert server.connections == 1  # and each next answer was read on the same connection
-    client.close()
+    await client.close()
 
 
 async def test_a_relay_times_out_only_when_the_upstream_stalls(scripted, sink) -> None:
@@ -397,7 +409,7 @@ async def test_a_relay_times_out_only_when_the_upstream_stalls(scripted, sink) -
 
     server, url = await scripted(trickle)
     writer, far_end = sink
-    client = UpstreamClient(read_timeout=0.6)
+    client = RawClient(read_timeout=0.6)
     async with client.request("GET", url, "/") as answer:  # 1.6 s in all, longer than the timeout
         assert await answer.relay(writer.transport, writer.drain) == 8
     assert await far_end.readexactly(8) == b"x" * 8
@@ -407,13 +419,13 @@ async def test_a_relay_times_out_only_when_the_upstream_stalls(scripted, sink) -
         async with client.request("GET", url, "/stall") as answer:
             await answer.relay(writer.transport, writer.drain)
     assert 0.6 + 0.6 <= loop.time() - started < 3  # four pieces 0.2 s apart, then the timeout
-    client.close()
+    await client.close()
 
 
 async def test_a_relay_stops_when_its_client_leaves(scripted, sink) -> None:
     _, url = await scripted(flooding(16 * HIGH_WATER))
     writer, far_end = sink
-    client = UpstreamClient(read_timeout=5)
+    client = RawClient(read_timeout=5)
     with pytest.raises(ConnectionResetError):
         async with client.request("GET", url, "/") as answer:
             relay = asyncio.create_task(answer.relay(writer.transport, writer.drain))
@@ -421,7 +433,7 @@ async def test_a_relay_stops_when_its_client_leaves(scripted, sink) -> None:
             writer.transport.abort()  # as aiohttp's transport is when its client goes away
             await relay
     assert answer._connection.closed  # the upstream sees us go
-    client.close()
+    await client.close()
 
 
 async def tls_hello_server(monkeypatch: pytest.MonkeyPatch, tmp_path) -> TestServer:
@@ -443,19 +455,19 @@ async def tls_hello_server(monkeypatch: pytest.MonkeyPatch, tmp_path) -> TestSer
     return server
 
 
-async def test_tls_upstream(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+async def test_tls_upstream(make_client, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     server = await tls_hello_server(monkeypatch, tmp_path)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     try:
         async with client.request("GET", f"https://127.0.0.1:{server.port}", "/x?y=1") as answer:
             assert await answer.read() == b'{"scheme": "https", "path": "/x?y=1"}'
-        untrusted = UpstreamClient(read_timeout=5)
+        untrusted = make_client(5)
         monkeypatch.delenv("SSL_CERT_FILE")
         with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
             async with untrusted.request("GET", f"https://127.0.0.1:{server.port}", "/"):
                 pass
     finally:
-        client.close()
+        await client.close()
         await server.close()
 
 
@@ -509,7 +521,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def test_http_through_the_environments_proxy(scripted, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_http_through_the_environments_proxy(scripted, make_client, monkeypatch: pytest.MonkeyPatch) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await upstream.head(reader)
         writer.write(OK)
@@ -520,7 +532,7 @@ async def test_http_through_the_environments_proxy(scripted, monkeypatch: pytest
     monkeypatch.setenv("HTTP_PROXY", await proxy.start())
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     try:
         async with client.request("GET", url, "/v1/models?x=1") as got:
             assert await got.read() == b"ok"
@@ -528,23 +540,23 @@ async def test_http_through_the_environments_proxy(scripted, monkeypatch: pytest
         assert proxy.heads[0].startswith(f"GET {url}/v1/models?x=1 HTTP/1.1\r\n".encode())
         assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in proxy.heads[0]  # user:p@ss
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        direct = UpstreamClient(read_timeout=5)
+        direct = make_client(5)
         async with direct.request("GET", url, "/direct") as got:
             assert await got.read() == b"ok"
         assert len(proxy.heads) == 1 and upstream.heads[-1].startswith(b"GET /direct HTTP/1.1\r\n")
-        direct.close()
+        await direct.close()
     finally:
-        client.close()
+        await client.close()
         proxy.close()
 
 
-async def test_https_through_a_connect_tunnel(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+async def test_https_through_a_connect_tunnel(make_client, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     server = await tls_hello_server(monkeypatch, tmp_path)
     proxy, refusing = ForwardProxy(), ForwardProxy(refuse=True)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.setenv("HTTPS_PROXY", await proxy.start())
-    client = UpstreamClient(read_timeout=5)
+    client = make_client(5)
     try:
         for _ in range(2):  # the second request reuses the tunnelled connection
             async with client.request("GET", f"https://127.0.0.1:{server.port}", "/x?y=1") as answer:
@@ -552,13 +564,13 @@ async def test_https_through_a_connect_tunnel(monkeypatch: pytest.MonkeyPatch, t
         assert len(proxy.heads) == 1 and proxy.heads[0].startswith(f"CONNECT 127.0.0.1:{server.port} ".encode())
         assert b"Proxy-Authorization: Basic " in proxy.heads[0]
         monkeypatch.setenv("HTTPS_PROXY", await refusing.start())
-        refused = UpstreamClient(read_timeout=5)
+        refused = make_client(5)
         with pytest.raises(UpstreamError, match=r"refused the tunnel.*407"):
             async with refused.request("GET", f"https://127.0.0.1:{server.port}", "/"):
                 pass
-        refused.close()
+        await refused.close()
     finally:
-        client.close()
+        await client.close()
         proxy.close()
         refusing.close()
         await server.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gpustack_cli.upstream.client import UpstreamClient
+from gpustack_cli.upstream.clients.session import SessionClient
 from gpustack_cli.upstream.health import probe
 from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 from tests.support.upstream import closed_port_url
@@ -33,7 +33,7 @@ class Upstreams:
 async def test_probe_takes_out_and_puts_back() -> None:
     live = Upstreams()
     await live.server.start_server()
-    client = UpstreamClient(read_timeout=5)
+    client = SessionClient(read_timeout=5)
     try:
         up, dead = Upstream(live.url), Upstream(closed_port_url())
         engine = RemoteEngine([dead, up], api_key="up-key")
@@ -55,5 +55,5 @@ async def test_probe_takes_out_and_puts_back() -> None:
         assert await probe(client, engine, back, 2) and back.up  # back without waiting out the cool-down
         assert live.seen[-1][0] == "/health"
     finally:
-        client.close()
+        await client.close()
         await live.server.close()

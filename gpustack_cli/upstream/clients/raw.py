@@ -1,9 +1,11 @@
-"""The HTTP/1.1 client that talks to remote models' upstream servers: keep-alive connections per
-upstream, answers streamed back with back-pressure, connect and read timeouts, TLS.
+"""The hand-written HTTP/1.1 client of the byte relay (the Generic Proxy and plain OpenAI
+forwarding): keep-alive connections per upstream, answers streamed back with back-pressure,
+connect and read timeouts, TLS.
 
-Why not aiohttp's client: on loopback one small request through `aiohttp.ClientSession` costs
-several times the CPU of one through this client, and that cost is most of what the Generic
-Proxy adds to a request. Parsing is httptools (llhttp, the parser of Node.js and of uvicorn);
+Why not aiohttp's client here: on loopback one small request through `aiohttp.ClientSession` costs
+several times the CPU of one through this client, and that cost is most of what the proxy adds to
+a request (`scripts/bench_proxy.py` measures both in every run); where an answer is parsed anyway,
+`session.SessionClient` is used instead. Parsing is httptools (llhttp, the parser of Node.js and of uvicorn);
 what is written here is the connection pool, the request head and flow control. Bodies the proxy
 passes on are not parsed past their head: one of known length is counted, a chunked one keeps its
 framing (`chunked.py` finds its end); and `relay` writes them into the client's connection from
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import ssl
 import time
 from collections import deque
@@ -35,50 +36,21 @@ from urllib.request import getproxies, proxy_bypass
 
 import httptools
 
-from gpustack_cli.upstream.chunked import BadChunking, ChunkedEnd
+from gpustack_cli.upstream.clients import base
+from gpustack_cli.upstream.clients.base import (
+    CONNECT_TIMEOUT,
+    Origin,
+    UpstreamError,
+    UpstreamTimeout,
+    check_headers,
+    replayable,
+)
+from gpustack_cli.upstream.clients.chunked import BadChunking, ChunkedEnd
 
-CONNECT_TIMEOUT = 10.0
 HIGH_WATER = 1 << 20  # stop reading from the upstream while this much waits for a slow client
 COALESCE = 256 * 1024  # buffered pieces up to this size in all are passed on joined
 MAX_IDLE = 32  # idle keep-alive connections kept per upstream
-# Idle connections older than this are not used again: a load balancer between us and the
-# upstream may have dropped them without a word, and a request sent on one would wait for the
-# whole read timeout (aiohttp's client keeps them 15 s too).
-IDLE_SECONDS = 15.0
 _BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
-# Methods that do nothing more when sent twice (RFC 9110 9.2.2), and the headers by which a
-# request says the same of itself: either may be sent again on a new connection.
-_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-_IDEMPOTENCY_KEYS = frozenset({"idempotency-key", "x-idempotency-key"})
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, or broke the connection or the protocol."""
-
-
-class UpstreamTimeout(UpstreamError, TimeoutError):
-    """No connection, or no data, within the timeout."""
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where an upstream URL points: what to connect to, the Host header, and its base path."""
-
-    scheme: str
-    host: str
-    port: int
-    authority: str
-    base_path: str
-
-    @staticmethod
-    @functools.lru_cache(maxsize=256)
-    def parse(url: str) -> Origin:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UpstreamError(f"not an http(s) URL: {url}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        authority = parts.netloc.rpartition("@")[2]  # never send user:password@ as the Host
-        return Origin(parts.scheme, parts.hostname, port, authority, parts.path.rstrip("/"))
 
 
 class Response:
@@ -481,7 +453,7 @@ class _Tunnel(asyncio.Protocol):
             self.answered.set_exception(UpstreamError("the proxy closed the connection"))
 
 
-class UpstreamClient:
+class RawClient:
     """Keep-alive connections to upstream servers, one request at a time on each."""
 
     def __init__(self, read_timeout: float) -> None:
@@ -549,7 +521,7 @@ class UpstreamClient:
             connection = idle.pop()
             if connection.closed:
                 continue
-            if now - connection.idle_since > IDLE_SECONDS:
+            if now - connection.idle_since > base.IDLE_SECONDS:
                 connection.close()
                 continue
             connection.reused = True
@@ -591,15 +563,14 @@ class UpstreamClient:
             lines[0] = f"{method} http://{origin.authority}{path} HTTP/1.1\r\nHost: {origin.authority}\r\n"
             if proxy.authorization:
                 lines.append(f"Proxy-Authorization: {proxy.authorization}\r\n")
-        for name, value in headers:
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-                raise UpstreamError(f"header {name!r} has a line break")
-            lines.append(f"{name}: {value}\r\n")
+        headers = list(headers)
+        check_headers(headers)
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
         if body or method not in _BODYLESS:
             lines.append(f"Content-Length: {len(body)}\r\n")
         head = "".join(lines).encode("utf-8", "surrogateescape") + b"\r\n"
         wait = self.read_timeout if timeout is None else timeout
-        replayable = method in _IDEMPOTENT or any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in headers)
+        again = replayable(method, headers)
         while True:
             connection = self._reuse(origin) or await self._connect(origin, proxy)
             response = connection.send(head, body, method == "HEAD", wait, keep_framing)
@@ -615,7 +586,7 @@ class UpstreamClient:
                 # timeout ran out as we sent): it answered nothing. Sent again on a new one when
                 # that cannot do a thing twice: the request never left, or asks for nothing twice
                 # (an idempotent method, or an idempotency key), as Go's net/http and urllib3 do.
-                if not (connection.reused and not response.started and (response.unsent or replayable)):
+                if not (connection.reused and not response.started and (response.unsent or again)):
                     raise
             except BaseException:
                 connection.close()
@@ -628,7 +599,7 @@ class UpstreamClient:
         finally:
             self._release(origin, connection)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()
