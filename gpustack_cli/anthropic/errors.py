@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from gpustack_cli.server.errors import APIError
+from gpustack_cli.server.operations import Doc
 
 _TYPES = {
     400: "invalid_request_error",
@@ -17,6 +18,17 @@ _TYPES = {
     503: "overloaded_error",
     504: "timeout_error",
 }
+
+
+class AnthropicErrorDetail(Doc):
+    type: str
+    message: str
+
+
+class AnthropicError(Doc):
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+    request_id: str | None = None
 
 
 def error_body(error: APIError, request_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,10 +13,33 @@ from gpustack_cli.models.store import Category
 from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.operations import Doc, Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.wire import json_response
 
 MAX_DOCUMENTS = 1024
+
+
+class RerankUsage(Doc):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RerankDocument(Doc):
+    text: str
+
+
+class RerankResult(Doc):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankList(Doc):
+    model: str
+    object: Literal["list"]
+    results: list[RerankResult]
+    usage: RerankUsage
 
 
 class Document(BaseModel):
@@ -65,4 +88,5 @@ def rerank_answer(
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/rerank", model_route(Category.reranker, "rerank")(rerank))
+    handler = model_route(Category.reranker, "rerank")(rerank)
+    operation(app, handler, Operation("POST", "/v1/rerank", "Jina rerank", "jina", RerankBody, response=RerankList))

@@ -3,7 +3,7 @@ models share one server); the same handlers answer per model on the Generic Prox
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +12,15 @@ from engines.base import Tokenizer
 from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.native.engine_apis import llama_detokenize, llama_tokenize
 from gpustack_cli.server.context import context, engine_for, read_json, resolve_model
+from gpustack_cli.server.operations import Doc, Operation, operation
+
+
+class Tokens(Doc):
+    tokens: list[int] | list[dict[str, Any]]
+
+
+class Detokenized(Doc):
+    content: str
 
 
 class TokenizeBody(BaseModel):
@@ -44,5 +53,12 @@ async def detokenize(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/tokenize", tokenize)
-    app.router.add_post("/detokenize", detokenize)
+    operation(
+        app,
+        tokenize,
+        Operation("POST", "/tokenize", "llama-server's tokenize", "native", TokenizeBody, response=Tokens),
+    )
+    summary = "llama-server's detokenize"
+    operation(
+        app, detokenize, Operation("POST", "/detokenize", summary, "native", DetokenizeBody, response=Detokenized)
+    )

@@ -19,6 +19,7 @@ from engines import piper_voice
 from engines.base import AudioError, Segment, Speaker, Transcriber, Transcription
 from gpustack_cli.audio_formats import CONTENT_TYPES, encode, srt, vtt
 from gpustack_cli.models.store import Category
+from gpustack_cli.openai import answers
 from gpustack_cli.runtime.threads import iterate_in_thread
 from gpustack_cli.server.context import (
     context,
@@ -30,6 +31,7 @@ from gpustack_cli.server.context import (
     resolve_model,
 )
 from gpustack_cli.server.errors import bad_request, from_validation
+from gpustack_cli.server.operations import STREAM, Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
@@ -290,9 +292,26 @@ async def voices(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/audio/speech", model_route(Category.text_to_speech, "speech")(speech))
-    app.router.add_post(
-        "/v1/audio/transcriptions", model_route(Category.speech_to_text, "transcriptions")(transcriptions)
+    sounds = ("audio/mpeg", "audio/wav", "audio/flac", "audio/aac", "audio/ogg", "audio/pcm", STREAM)
+    spoken = Operation("POST", "/v1/audio/speech", "Text to speech", "openai", SpeechBody, also=sounds)
+    operation(app, model_route(Category.text_to_speech, "speech")(speech), spoken)
+    texts = ("text/plain", "text/vtt", STREAM)
+    for path, summary, handler in [
+        ("/v1/audio/transcriptions", "Speech to text", transcriptions),
+        ("/v1/audio/translations", "Speech to English text", translations),
+    ]:
+        heard = Operation(
+            "POST",
+            path,
+            summary,
+            "openai",
+            TranscriptionForm,
+            files=("file",),
+            response=answers.Transcription,
+            also=texts,
+        )
+        operation(app, model_route(Category.speech_to_text, path.rsplit("/", 1)[1])(handler), heard)
+    listed = Operation(
+        "GET", "/v1/audio/voices", "The voices of each speech model", "openai", response=answers.VoiceList
     )
-    app.router.add_post("/v1/audio/translations", model_route(Category.speech_to_text, "translations")(translations))
-    app.router.add_get("/v1/audio/voices", voices)
+    operation(app, voices, listed)

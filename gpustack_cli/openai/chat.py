@@ -34,7 +34,9 @@ from gpustack_cli.core.types import (
     ToolCallEvent,
 )
 from gpustack_cli.models.store import Category
+from gpustack_cli.openai.answers import ChatCompletion, Completion
 from gpustack_cli.server.context import REQUEST_ID, context, engine_for, keep_alive_of, read_json, resolve_model
+from gpustack_cli.server.operations import STREAM, Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
@@ -627,5 +629,17 @@ async def _stream_completion(
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", model_route(Category.llm, "chat completions")(chat_completions))
-    app.router.add_post("/v1/completions", model_route(Category.llm, "completions")(completions))
+    chats = Operation(
+        "POST",
+        "/v1/chat/completions",
+        "Chat completions",
+        "openai",
+        ChatCompletionBody,
+        response=ChatCompletion,
+        also=(STREAM,),
+    )
+    operation(app, model_route(Category.llm, "chat completions")(chat_completions), chats)
+    texts = Operation(
+        "POST", "/v1/completions", "Text completions", "openai", CompletionBody, response=Completion, also=(STREAM,)
+    )
+    operation(app, model_route(Category.llm, "completions")(completions), texts)

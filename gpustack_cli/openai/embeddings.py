@@ -19,9 +19,11 @@ from engines.base import Embedder
 from gpustack_cli.config import Settings
 from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.models.store import Category
+from gpustack_cli.openai.answers import EmbeddingList
 from gpustack_cli.runtime import batching
 from gpustack_cli.server.context import context, engine_for, keep_alive_of, read_json, resolve_model
 from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.operations import Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.wire import json_response
 
@@ -129,4 +131,5 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/embeddings", model_route(Category.embedding, "embeddings")(embeddings))
+    embedded = Operation("POST", "/v1/embeddings", "Embeddings", "openai", EmbeddingsBody, response=EmbeddingList)
+    operation(app, model_route(Category.embedding, "embeddings")(embeddings), embedded)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.config import Settings
 from gpustack_cli.models.store import Category
+from gpustack_cli.openai.answers import Images
 from gpustack_cli.runtime.threads import emit_in_thread
 from gpustack_cli.server.context import (
     context,
@@ -35,6 +36,7 @@ from gpustack_cli.server.context import (
     resolve_model,
 )
 from gpustack_cli.server.errors import APIError, bad_request, from_validation
+from gpustack_cli.server.operations import STREAM, Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
@@ -385,6 +387,29 @@ async def image_file(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app[FILES] = ImageFiles()
-    app.router.add_post("/v1/images/generations", model_route(Category.image, "image generation")(generations))
-    app.router.add_post("/v1/images/edits", model_route(Category.image, "image edits")(edits))
-    app.router.add_get("/v1/images/files/{name}", image_file)
+    made = Operation(
+        "POST",
+        "/v1/images/generations",
+        "Images from a prompt",
+        "openai",
+        GenerationBody,
+        response=Images,
+        also=(STREAM,),
+    )
+    operation(app, model_route(Category.image, "image generation")(generations), made)
+    edited = Operation(
+        "POST",
+        "/v1/images/edits",
+        "An image edited (with a mask: inpainted)",
+        "openai",
+        EditFields,
+        files=("image",),
+        optional_files=("mask",),
+        response=Images,
+        also=(STREAM,),
+    )
+    operation(app, model_route(Category.image, "image edits")(edits), edited)
+    behind = Operation(
+        "GET", "/v1/images/files/{name}", "An image behind a `url` answer", "openai", also=("image/png", "image/jpeg")
+    )
+    operation(app, image_file, behind)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -10,7 +10,22 @@ from gpustack_cli.models.store import Category, Manifest
 from gpustack_cli.runtime.scheduler import Scheduler
 from gpustack_cli.server.context import context, principal, resolve_model
 from gpustack_cli.server.errors import bad_request
+from gpustack_cli.server.operations import Doc, Operation, operation
 from gpustack_cli.server.wire import json_response
+
+
+class ModelObject(Doc):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    categories: list[str]
+    loaded: bool
+
+
+class ModelList(Doc):
+    object: Literal["list"]
+    data: list[ModelObject]
 
 
 def model_object(manifest: Manifest, scheduler: Scheduler) -> dict[str, Any]:
@@ -53,6 +68,11 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/models", list_models)
+    operation(
+        app,
+        list_models,
+        Operation("GET", "/v1/models", "List the models this key may use", "openai", response=ModelList),
+    )
     # Model ids may hold '/', as in OpenAI's fine-tuned names and Hugging Face repos.
-    app.router.add_get("/v1/models/{model:.+}", get_model)
+    one = Operation("GET", "/v1/models/{model}", "One model", "openai", response=ModelObject)
+    operation(app, get_model, one, pattern="/v1/models/{model:.+}")

@@ -18,6 +18,7 @@ from gpustack_cli.core.limits import check_chat
 from gpustack_cli.core.prompts import count_chat_tokens
 from gpustack_cli.core.types import ChatRequest, Event
 from gpustack_cli.models.store import Category
+from gpustack_cli.openai.answers import InputItemList, InputTokens, ResponseDeleted, ResponseObject
 from gpustack_cli.openai.response_output import OutputWriter, ResponseHead
 from gpustack_cli.openai.response_store import ResponseStore, StoredResponse
 from gpustack_cli.openai.responses import (
@@ -40,6 +41,7 @@ from gpustack_cli.server.context import (
     resolve_model,
 )
 from gpustack_cli.server.errors import APIError, bad_request
+from gpustack_cli.server.operations import STREAM, Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.sse import EventStream
 from gpustack_cli.server.wire import json_response
@@ -231,8 +233,21 @@ async def _open_store(app: web.Application) -> AsyncGenerator[None]:
 
 def add_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(_open_store)
-    app.router.add_post("/v1/responses", create_response)
-    app.router.add_post("/v1/responses/input_tokens", model_route(Category.llm, "responses")(input_tokens))
-    app.router.add_get("/v1/responses/{response_id}", retrieve)
-    app.router.add_delete("/v1/responses/{response_id}", delete)
-    app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)
+    summary = "A model response (OpenAI's Responses API), kept when `store` is true"
+    made = Operation("POST", "/v1/responses", summary, "openai", ResponseBody, response=ResponseObject, also=(STREAM,))
+    operation(app, create_response, made)
+    counted = Operation(
+        "POST",
+        "/v1/responses/input_tokens",
+        "The input tokens a response would read",
+        "openai",
+        InputTokensBody,
+        response=InputTokens,
+    )
+    operation(app, model_route(Category.llm, "responses")(input_tokens), counted)
+    one = "/v1/responses/{response_id}"
+    operation(app, retrieve, Operation("GET", one, "A stored response", "openai", response=ResponseObject))
+    operation(app, delete, Operation("DELETE", one, "Delete a stored response", "openai", response=ResponseDeleted))
+    summary = "A stored response's input items (`limit`, `order`, `after`)"
+    items = Operation("GET", one + "/input_items", summary, "openai", response=InputItemList)
+    operation(app, list_input_items, items)

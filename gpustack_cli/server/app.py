@@ -14,12 +14,14 @@ from gpustack_cli.models.loading import load_model
 from gpustack_cli.models.store import ModelStore
 from gpustack_cli.native import tokenize
 from gpustack_cli.openai import audio, chat, embeddings, images, models, response_routes
+from gpustack_cli.openai.errors import OpenAIError
 from gpustack_cli.openai.errors import error_body as openai_errors
 from gpustack_cli.runtime.scheduler import Scheduler
 from gpustack_cli.server import management, openapi, playground
 from gpustack_cli.server.context import REMOTE_CHAT, ServerContext
 from gpustack_cli.server.keys import Authenticator, KeyStore
 from gpustack_cli.server.metrics import Metrics
+from gpustack_cli.server.operations import DEFAULT_ERROR_DOC
 from gpustack_cli.server.plumbing import application
 from gpustack_cli.server.routing import FORWARDER, remote_manifest
 from gpustack_cli.upstream import forward, health, proxy
@@ -62,6 +64,7 @@ def build_context(settings: Settings) -> ServerContext:
 def create_app(ctx: ServerContext) -> web.Application:
     # Errors of routes no protocol claims (an unknown path) take OpenAI's shape, as most clients expect.
     app = application(ctx, default_errors=openai_errors)
+    app[DEFAULT_ERROR_DOC] = OpenAIError
     app[FORWARDER] = forward.forward_model
     app[REMOTE_CHAT] = remote_chat
     for add_routes in PROTOCOLS:

@@ -7,9 +7,20 @@ from dataclasses import asdict
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from gpustack_cli.runtime.scheduler import LoadedModel
 from gpustack_cli.server.context import context, principal, read_json, resolve_model
 from gpustack_cli.server.errors import APIError
+from gpustack_cli.server.operations import Doc, Operation, operation
 from gpustack_cli.server.wire import json_response
+
+
+class Loaded(Doc):
+    models: list[LoadedModel]
+
+
+class Unloaded(Doc):
+    model: str
+    unloaded: bool
 
 
 class StopRequest(BaseModel):
@@ -33,5 +44,6 @@ async def stop(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/ps", ps)
-    app.router.add_post("/api/stop", stop)
+    operation(app, ps, Operation("GET", "/api/ps", "Loaded models (management scope)", "management", response=Loaded))
+    summary = "Unload a model (management scope)"
+    operation(app, stop, Operation("POST", "/api/stop", summary, "management", StopRequest, response=Unloaded))

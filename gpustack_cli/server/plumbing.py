@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from gpustack_cli.server import access_log, origins
 from gpustack_cli.server.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.server.errors import DEFAULT_ERROR_SHAPE, APIError, ErrorShape, client_left, engine_error, error_body
 from gpustack_cli.server.keys import Scope, split_key
+from gpustack_cli.server.operations import Doc, Operation, operation
 from gpustack_cli.server.wire import json_response
 
 log = logging.getLogger("gpustack.server")
@@ -33,6 +35,11 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(1)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+class Health(Doc):
+    status: Literal["ok"]
+    version: str
 
 
 def _route_name(request: web.Request) -> str:
@@ -212,8 +219,9 @@ def application(ctx: ServerContext, default_errors: ErrorShape) -> web.Applicati
     app[DEFAULT_ERROR_SHAPE] = default_errors
     app[PUBLIC_PATHS], app[PUBLIC_PREFIXES] = set(), set()
     public(app, "/healthz")
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_route)
+    operation(app, healthz, Operation("GET", "/healthz", "Liveness", "server", response=Health, public=True))
+    summary = "Prometheus metrics (management scope)"
+    operation(app, metrics_route, Operation("GET", "/metrics", summary, "server", also=("text/plain",)))
 
     async def preload(app: web.Application) -> None:
         for name in ctx.settings.preload:

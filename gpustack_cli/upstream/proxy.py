@@ -26,6 +26,7 @@ from gpustack_cli.server.context import (
     resolve_model,
 )
 from gpustack_cli.server.errors import APIError, bad_request
+from gpustack_cli.server.operations import STREAM, Operation, describe
 from gpustack_cli.server.routing import REMOTE_ENGINE
 from gpustack_cli.upstream.forward import forward
 
@@ -107,3 +108,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_route("*", PREFIX + "/{tail:.*}", proxy)
+    summary = "Generic proxy: a model's own API (the model from the X-GPUStack-Model header or the body's `model`)"
+    forwarded = Operation(
+        "POST", PREFIX + "/{path}", summary, "proxy", also=("application/octet-stream", STREAM), free_body=True
+    )
+    describe(app, forwarded)
