@@ -100,7 +100,8 @@ def _checked(response: httpx.Response) -> httpx.Response:
 
 def _refused(response: httpx.Response) -> None:
     try:
-        message = response.json()["error"]["message"]
+        error = response.json()["error"]
+        message = error if isinstance(error, str) else error["message"]  # Ollama's shape, or OpenAI's
     except (ValueError, KeyError, TypeError):
         message = response.text
     raise ClientError(f"{message} (HTTP {response.status_code})")

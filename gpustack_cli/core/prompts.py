@@ -229,3 +229,15 @@ def chat_tokens(engine: TextGenerator, text: str) -> list[int]:
     if bos and text.startswith(bos) and engine.tokenize("", special=True):
         text = text[len(bos) :]
     return engine.tokenize(text)
+
+
+def fill_in_the_middle(engine: TextGenerator, prefix: list[int], suffix: str) -> list[int]:
+    """A prompt for the text between `prefix` (tokens) and `suffix`, in the model's own
+    fill-in-the-middle tokens; a GenerationError for a model that has none."""
+    fim = engine.fim_tokens()
+    if fim is None:
+        raise GenerationError(
+            "This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix"
+        )
+    pre, suf, mid = fim
+    return [pre, *prefix, suf, *engine.tokenize(suffix, special=False), mid]

@@ -18,7 +18,7 @@ from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
 from gpustack_cli.core.choices import Choice, collected, merged, seeded
 from gpustack_cli.core.limits import capped, check_chat, check_stops, check_text_size, fit_context
-from gpustack_cli.core.prompts import Prepared, prepare_chat
+from gpustack_cli.core.prompts import Prepared, fill_in_the_middle, prepare_chat
 from gpustack_cli.core.streams import chat_events, text_events
 from gpustack_cli.core.types import (
     Answer,
@@ -506,16 +506,6 @@ def _prompt_chars(prompt: Prompt) -> int:
     return sum(len(p) for p in prompt if isinstance(p, str | list))
 
 
-def _with_suffix(engine: TextGenerator, tokens: list[int], suffix: str) -> list[int]:
-    fim = engine.fim_tokens()
-    if fim is None:
-        raise GenerationError(
-            "This model does not support 'suffix' (it has no fill-in-the-middle tokens).", param="suffix"
-        )
-    pre, suf, mid = fim
-    return [pre, *tokens, suf, *engine.tokenize(suffix, special=False), mid]
-
-
 def completion_logprobs(deltas: list[TextDelta], offset: int) -> dict[str, Any]:
     """A legacy completion's `logprobs` for the text `deltas` hold, which begins at character
     `offset` of the choice's text (after an echoed prompt)."""
@@ -560,7 +550,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         sampling = body.sampling(body.logprobs)
         prompts = await asyncio.to_thread(_prompts, body, engine)
         if body.suffix:
-            prompts = [_with_suffix(engine, p, body.suffix) for p in prompts]
+            prompts = [fill_in_the_middle(engine, p, body.suffix) for p in prompts]
         prepared = []
         for tokens in prompts:
             budget = fit_context(engine, len(tokens), capped(body.max_tokens, settings.limits), what="prompt")

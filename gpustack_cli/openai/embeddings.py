@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import struct
 from typing import Annotated, Literal
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.base import Embedder
 from gpustack_cli.config import Settings
+from gpustack_cli.core.embeddings import MAX_INPUTS, check_lengths, shortened
 from gpustack_cli.core.limits import check_text_size
 from gpustack_cli.models.store import Category
 from gpustack_cli.openai.answers import EmbeddingList
@@ -27,7 +27,6 @@ from gpustack_cli.server.operations import Operation, operation
 from gpustack_cli.server.routing import model_route
 from gpustack_cli.server.wire import json_response
 
-MAX_INPUTS = 2048
 # Below this many characters, tokens are counted on the event loop (about a tenth of a millisecond).
 INLINE_CHARS = 4096
 Tokens = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
@@ -58,26 +57,6 @@ def _texts(body: EmbeddingsBody, engine: Embedder) -> list[str]:
             raise bad_request(f"Invalid 'input[{index}]': empty strings cannot be embedded.", param="input")
         texts.append(text)
     return texts
-
-
-def _check_lengths(texts: list[str], engine: Embedder) -> int:
-    total = 0
-    for index, count in enumerate(engine.token_counts(texts)):
-        if count > engine.max_input_tokens:
-            raise bad_request(
-                f"This model's maximum input length is {engine.max_input_tokens} tokens, however input[{index}] "
-                f"has {count} tokens. Please shorten it.",
-                param="input",
-                code="context_length_exceeded",
-            )
-        total += count
-    return total
-
-
-def _shorten(vector: list[float], dimensions: int) -> list[float]:
-    cut = vector[:dimensions]
-    norm = math.sqrt(sum(v * v for v in cut)) or 1.0
-    return [v / norm for v in cut]
 
 
 def encode(vector: list[float], encoding: str) -> list[float] | str:
@@ -111,12 +90,12 @@ async def embeddings(request: web.Request) -> web.Response:
                 raise bad_request(f"Invalid 'dimensions': at most {engine.dimensions}.", param="dimensions")
         texts = _texts(body, engine)
         if sum(map(len, texts)) < INLINE_CHARS:
-            tokens = _check_lengths(texts, engine)  # a thread hop would cost more than the work
+            tokens = check_lengths(texts, engine)  # a thread hop would cost more than the work
         else:
-            tokens = await asyncio.to_thread(_check_lengths, texts, engine)
+            tokens = await asyncio.to_thread(check_lengths, texts, engine)
         vectors = await batching.embed(engine, texts, context(request).settings.batch_wait)
     if body.dimensions is not None and body.dimensions != engine.dimensions:
-        vectors = [_shorten(v, body.dimensions) for v in vectors]
+        vectors = [shortened(v, body.dimensions) for v in vectors]
     data = [
         {"object": "embedding", "index": i, "embedding": encode(v, body.encoding_format)} for i, v in enumerate(vectors)
     ]

@@ -13,6 +13,7 @@ from gpustack_cli.jina import rerank
 from gpustack_cli.models.loading import load_model
 from gpustack_cli.models.store import ModelStore
 from gpustack_cli.native import tokenize
+from gpustack_cli.ollama import routes as ollama
 from gpustack_cli.openai import audio, chat, embeddings, images, models, response_routes
 from gpustack_cli.openai.errors import OpenAIError
 from gpustack_cli.openai.errors import error_body as openai_errors
@@ -38,6 +39,7 @@ PROTOCOLS = (
     audio.add_routes,
     images.add_routes,
     tokenize.add_routes,
+    ollama.add_routes,
     proxy.add_routes,
     openapi.add_routes,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +43,8 @@ class Operation:
     # The shape of its errors; None: the application's default (`DEFAULT_ERROR_DOC`).
     error: type[BaseModel] | None = None
     public: bool = False
+    # The key scope the route needs: "inference", "management", or "any" (a key of either).
+    scope: Literal["inference", "management", "any"] = "inference"
     # A body the route takes without a model of it (the Generic Proxy's): any JSON object.
     free_body: bool = False
 
@@ -54,6 +57,8 @@ class Described:
 
 
 DESCRIBED = web.AppKey("described", Described)
+# The routes whose key scope is not "inference", by path.
+SCOPES = web.AppKey("scopes", dict)
 DEFAULT_ERROR_DOC = web.AppKey("default_error_doc", type[BaseModel])
 
 
@@ -68,4 +73,8 @@ def operation(app: web.Application, handler: Handler, op: Operation, pattern: st
     """Add the route and describe it; `pattern` is the router's path where it differs from the
     document's (a `{name:regex}` part)."""
     describe(app, op)
+    if op.scope != "inference":
+        app.setdefault(SCOPES, {})[op.path] = op.scope
+    if op.method == "GET":  # and HEAD beside it, as aiohttp's add_get gives
+        return app.router.add_get(pattern or op.path, handler)
     return app.router.add_route(op.method, pattern or op.path, handler)

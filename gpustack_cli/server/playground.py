@@ -1,5 +1,5 @@
 """The browser playground: static files (HTML, CSS, JavaScript modules, no build step) under
-`/ui/`, with `/` redirecting there. The page holds no data and no key: it is public, and talks only
+`/ui/`, where `/` sends browsers. The page holds no data and no key: it is public, and talks only
 to the public API of the same origin with the key the user gives it (kept in the browser's session
 storage). A strict Content-Security-Policy allows nothing but this origin's own scripts, styles and
 API, and the blob and data URLs of the audio and images it makes."""
@@ -37,11 +37,9 @@ HEADERS = {
     # The files change with the server: the browser asks again, and gets a 304 when unchanged.
     "Cache-Control": "no-cache",
 }
+# Where the playground is, when it is served: `/` sends browsers there (`gpustack_cli/ollama/`).
+UI_HOME = web.AppKey("ui_home", str)
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
-
-
-async def to_ui(request: web.Request) -> web.Response:
-    raise web.HTTPFound(PREFIX)
 
 
 async def ui_file(request: web.Request) -> web.StreamResponse:
@@ -56,6 +54,6 @@ async def ui_file(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    public(app, "/", prefixes=(PREFIX,))
-    app.router.add_get("/", to_ui)
+    public(app, prefixes=(PREFIX,))
+    app[UI_HOME] = PREFIX
     app.router.add_get(PREFIX + "{path:.*}", ui_file)

@@ -20,7 +20,7 @@ from gpustack_cli.server import access_log, origins
 from gpustack_cli.server.context import CONTEXT, PRINCIPAL, REQUEST_ID, ServerContext
 from gpustack_cli.server.errors import DEFAULT_ERROR_SHAPE, APIError, ErrorShape, client_left, engine_error, error_body
 from gpustack_cli.server.keys import Scope, split_key
-from gpustack_cli.server.operations import Doc, Operation, operation
+from gpustack_cli.server.operations import SCOPES, Doc, Operation, operation
 from gpustack_cli.server.wire import json_response
 
 log = logging.getLogger("gpustack.server")
@@ -136,11 +136,10 @@ def _subjects(request: web.Request, token: str) -> list[str]:
     return subjects
 
 
-def _required_scope(path: str) -> Scope:
-    # The metrics name every model and upstream: they are the operator's, as the management routes.
-    if path.startswith("/api/") or path == "/metrics":
-        return Scope.management
-    return Scope.inference
+def _required_scope(request: web.Request) -> Scope | None:
+    """The scope a route needs, as its operation says (None: a key of any scope)."""
+    scope = request.app.get(SCOPES, {}).get(request.path, "inference")
+    return None if scope == "any" else Scope(scope)
 
 
 def public(app: web.Application, *paths: str, prefixes: tuple[str, ...] = ()) -> None:
@@ -189,8 +188,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 ctx.throttle.failed(subjects)
     if found is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    scope = _required_scope(request.path)
-    if not found.may(scope):
+    scope = _required_scope(request)
+    if scope is not None and not found.may(scope):
         raise APIError(403, f"This API key lacks the '{scope.value}' scope needed for {request.path}.")
     if request.path == "/metrics" and found.models:
         raise APIError(403, "This API key is limited to some models; the metrics cover every model.")
@@ -220,8 +219,10 @@ def application(ctx: ServerContext, default_errors: ErrorShape) -> web.Applicati
     app[PUBLIC_PATHS], app[PUBLIC_PREFIXES] = set(), set()
     public(app, "/healthz")
     operation(app, healthz, Operation("GET", "/healthz", "Liveness", "server", response=Health, public=True))
+    # The metrics name every model and upstream: they are the operator's, as the management routes.
     summary = "Prometheus metrics (management scope)"
-    operation(app, metrics_route, Operation("GET", "/metrics", summary, "server", also=("text/plain",)))
+    metered = Operation("GET", "/metrics", summary, "server", also=("text/plain",), scope="management")
+    operation(app, metrics_route, metered)
 
     async def preload(app: web.Application) -> None:
         for name in ctx.settings.preload:

@@ -1,4 +1,5 @@
-"""Server-sent events (`text/event-stream`), the framing every streaming protocol here uses.
+"""Server-sent events (`text/event-stream`), the framing of OpenAI's and Anthropic's streams, and
+newline-delimited JSON (`application/x-ndjson`), Ollama's.
 
 A stream that stays silent (a long prompt being read before the first token, a slot being waited
 for) sends a keep-alive every `sse_keepalive` seconds: Node's fetch, which every JavaScript SDK
@@ -28,6 +29,8 @@ COMMENT_PING = b": keep-alive\n\n"
 
 
 class EventStream:
+    content_type = "text/event-stream; charset=utf-8"
+
     def __init__(self, request: web.Request, ping: bytes = COMMENT_PING):
         self.request = request
         self.ping = ping
@@ -36,7 +39,7 @@ class EventStream:
         self._pinger: asyncio.Task[None] | None = None
         self.response = web.StreamResponse(
             headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+                "Content-Type": self.content_type,
                 "Cache-Control": "no-cache",
                 "Connection": "keep-alive",
                 "X-Accel-Buffering": "no",
@@ -99,3 +102,16 @@ class EventStream:
         async with self._lock:
             await self.response.write_eof()
         return self.response
+
+
+class NdjsonStream(EventStream):
+    """One JSON object a line. No keep-alive: an NDJSON reader takes every line for an object, so
+    there is nothing a silent stream could send that every client would skip."""
+
+    content_type = "application/x-ndjson"
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, data: dict[str, Any] | str, event: str | None = None) -> None:
+        await self._write((data.encode() if isinstance(data, str) else dumps(data)) + b"\n")

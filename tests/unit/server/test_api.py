@@ -209,12 +209,16 @@ async def test_keys_required_once_one_exists(client: TestClient, ctx: ServerCont
 
 async def test_scopes(client: TestClient, ctx: ServerContext) -> None:
     inference, management = keyed(ctx), keyed(ctx, scope=Scope.management)
-    error = await error_of(await client.get("/api/ps", headers=bearer(inference)), 403)
+    error = await error_of(await client.get("/metrics", headers=bearer(inference)), 403)
     assert "management" in error["message"]
-    assert (await client.get("/api/ps", headers=bearer(management))).status == 200
+    refused = await client.post("/api/pull", json={"model": "x"}, headers=bearer(inference))
+    assert refused.status == 403 and "management" in (await refused.json())["error"]  # Ollama's shape
+    assert (await client.get("/metrics", headers=bearer(management))).status == 200
     await error_of(await client.get("/v1/models", headers=bearer(management)), 403)
+    for key in (inference, management):  # what is loaded: for a key of either scope
+        assert (await client.get("/api/ps", headers=bearer(key))).status == 200
     both = keyed(ctx, scope=Scope.all)
-    for path in ("/api/ps", "/v1/models", "/metrics"):
+    for path in ("/api/ps", "/v1/models", "/metrics", "/api/tags"):
         assert (await client.get(path, headers=bearer(both))).status == 200
 
 
@@ -246,7 +250,8 @@ async def test_every_route_but_health_needs_a_key(client: TestClient, ctx: Serve
     the API's description and the playground's static files (which hold no data)."""
     keyed(ctx)
     app = client.server.app
-    assert app[PUBLIC_PATHS] == {"/healthz", "/openapi.json", "/"} and app[PUBLIC_PREFIXES] == {"/ui/"}
+    public = {"/healthz", "/openapi.json", "/", "/api/version"}
+    assert app[PUBLIC_PATHS] == public and app[PUBLIC_PREFIXES] == {"/ui/"}
     checked = 0
     for route in client.server.app.router.routes():
         info = route.resource.get_info() if route.resource else {}
@@ -298,8 +303,10 @@ async def test_metrics(client: TestClient, ctx: ServerContext) -> None:
 async def test_the_playground_is_public_and_can_be_turned_off(aiohttp_client, client: TestClient, home: Path) -> None:
     keyed_ctx = client.server.app[CONTEXT]
     keyed(keyed_ctx)
-    root = await client.get("/", allow_redirects=False)
-    assert root.status == 302 and root.headers["Location"] == "/ui/"
+    root = await client.get("/", allow_redirects=False, headers={"Accept": "text/html,*/*;q=0.8"})
+    assert root.status == 302 and root.headers["Location"] == "/ui/"  # a browser goes to the playground
+    other = await client.get("/", headers={"Accept": "*/*"})  # other clients learn that the API answers
+    assert other.status == 200 and await other.text() == "Ollama is running"
     page = await client.get("/ui/")
     assert page.status == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
     assert (await client.get("/ui/js/api.js")).headers["Content-Type"].startswith("text/javascript")
@@ -309,5 +316,7 @@ async def test_the_playground_is_public_and_can_be_turned_off(aiohttp_client, cl
         assert (await client.get(path)).status in (401, 404), path
     assert (await client.get("/v1/models")).status == 401  # the page is public, the API is not
     off = await aiohttp_client(create_app(make_context(home / "off", ui=False)))
-    assert (await off.get("/", allow_redirects=False)).status == 404
+    assert (
+        await (await off.get("/", allow_redirects=False, headers={"Accept": "text/html"})).text() == "Ollama is running"
+    )
     assert (await off.get("/ui/")).status == 404

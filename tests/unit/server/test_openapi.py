@@ -28,5 +28,7 @@ def test_every_route_served_is_described_with_its_protocols_shapes(tmp_path: Pat
     assert chat["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
     messages = doc["paths"]["/v1/messages"]["post"]["responses"]
     assert messages["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/AnthropicError")
-    assert {"ChatCompletion", "AnthropicMessage", "RerankList", "Loaded"} <= set(doc["components"]["schemas"])
+    assert {"ChatCompletion", "AnthropicMessage", "RerankList", "RunningList", "OllamaError"} <= set(
+        doc["components"]["schemas"]
+    )
     assert document(app) is doc  # built once
