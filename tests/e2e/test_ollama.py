@@ -324,3 +324,55 @@ def test_ollama_js(server: ServerProcess) -> None:
     assert ran.returncode == 0, ran.stderr
     said = json.loads(ran.stdout)
     assert said["models"] >= 2 and said["chat"] and said["streamed"] and said["dims"] == 384
+
+
+def test_copilot_and_continue_first_calls(server: ServerProcess, fim_model: str) -> None:
+    """The calls VS Code Copilot's Ollama provider and Continue make before and for a chat, in
+    the shapes they send and read (recorded from their sources), with httpx."""
+    http = httpx.Client(base_url=server.url, headers=AUTH, timeout=300)
+    # Copilot: the version (each part read as an integer, at least 0.6.4), the models, each
+    # model's capabilities and context from /api/show, then OpenAI's chat completions.
+    parts = [int(p) for p in http.get("/api/version").json()["version"].split(".")]
+    assert parts >= [0, 6, 4]
+    names = [m["model"] for m in http.get("/api/tags").json()["models"]]
+    shown = http.post("/api/show", json={"model": "smollm2"}).json()
+    architecture = shown["model_info"]["general.architecture"]
+    assert "tools" in shown["capabilities"] and shown["model_info"][f"{architecture}.context_length"] > 0
+    assert "smollm2" in names
+    chat = http.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": False},
+    )
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+    # Continue: /api/show by `name`, its `parameters` and `template` as text, then a streamed
+    # chat with its options and keep_alive, and autocomplete as a raw generate with a suffix.
+    described = http.post("/api/show", json={"name": fim_model}).json()
+    assert isinstance(described["parameters"], str) and isinstance(described["template"], str)
+    lines = []
+    with http.stream(
+        "POST",
+        "/api/chat",
+        json={
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"num_ctx": 8192, "num_predict": 5, "temperature": 0.01, "stop": ["```"]},
+            "keep_alive": 1800,
+            "stream": True,
+        },
+    ) as streamed:
+        assert streamed.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in streamed.iter_lines() if line]
+    assert lines[-1]["done"] and all(not line["done"] for line in lines[:-1])
+    completed = http.post(
+        "/api/generate",
+        json={
+            "model": fim_model,
+            "prompt": "def add(a, b):\n    ",
+            "suffix": "\n",
+            "raw": True,
+            "options": {"num_predict": 8, "stop": ["\n\n"]},
+            "keep_alive": 1800,
+            "stream": False,
+        },
+    ).json()
+    assert completed["done"] and "response" in completed
