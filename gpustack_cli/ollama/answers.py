@@ -76,20 +76,20 @@ class Durations(Doc):
     eval_duration: int | None = None
 
 
-class CalledFunction(Doc):
+class AnswerCall(Doc):
     name: str
     arguments: dict[str, Any]
 
 
-class ToolCall(Doc):
-    function: CalledFunction
+class AnswerToolCall(Doc):
+    function: AnswerCall
 
 
 class AnswerMessage(Doc):
     role: Literal["assistant"]
     content: str
     thinking: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnswerToolCall] | None = None
 
 
 class ChatAnswer(Durations):

@@ -84,7 +84,7 @@ def _arguments(arguments: dict[str, Any] | str) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
-def chat_messages(messages: list[wire.Message]) -> list[ChatMessage]:
+def chat_messages(messages: list[wire.OllamaMessage]) -> list[ChatMessage]:
     """The conversation in the core's terms. Ollama names the tool a result answers (`tool_name`),
     not the call: a result goes to the earliest call of that tool still unanswered (the last
     unanswered call where no name matches), as the calls were made in order."""

@@ -238,7 +238,7 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     """The older single-text route: an empty prompt has an empty embedding, as Ollama gives it."""
-    body = await read_json(request, wire.EmbeddingsBody)
+    body = await read_json(request, wire.LegacyEmbeddingsBody)
     if not body.prompt:
         _model(request, body.model, Category.embedding, "embeddings")
         return json_response({"embedding": []})
@@ -475,7 +475,7 @@ def add_routes(app: web.Application) -> None:
                 "/api/embeddings",
                 "One embedding (Ollama's older route)",
                 "ollama",
-                wire.EmbeddingsBody,
+                wire.LegacyEmbeddingsBody,
                 response=answers.LegacyEmbedding,
             ),
             embeddings,

@@ -37,38 +37,38 @@ class Options(Wire):
     num_ctx: Annotated[int, Field(ge=1)] | None = None
 
 
-class CalledFunction(Wire):
+class OllamaCall(Wire):
     name: Annotated[str, Field(min_length=1)]
     # An object, as Ollama sends it (a JSON text is taken too).
     arguments: dict[str, Any] | str = Field(default_factory=dict)
 
 
-class ToolCall(Wire):
+class OllamaToolCall(Wire):
     id: str | None = None
-    function: CalledFunction
+    function: OllamaCall
 
 
-class Message(Wire):
+class OllamaMessage(Wire):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     thinking: str | None = None
     # Bare base64, one entry per image.
     images: list[str] | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
     # The tool a `tool` message answers (Ollama's); `tool_call_id` where a client sends that.
     tool_name: str | None = None
     tool_call_id: str | None = None
 
 
-class FunctionDef(Wire):
+class OllamaFunction(Wire):
     name: Annotated[str, Field(min_length=1)]
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
-class Tool(Wire):
+class OllamaTool(Wire):
     type: Literal["function"] = "function"
-    function: FunctionDef
+    function: OllamaFunction
 
 
 class GenerationFields(Wire):
@@ -81,8 +81,8 @@ class GenerationFields(Wire):
 
 
 class ChatBody(GenerationFields):
-    messages: list[Message] = Field(default_factory=list)
-    tools: list[Tool] | None = None
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[OllamaTool] | None = None
 
 
 class GenerateBody(GenerationFields):
@@ -105,7 +105,7 @@ class EmbedBody(Wire):
     keep_alive: KeepAlive = None
 
 
-class EmbeddingsBody(Wire):
+class LegacyEmbeddingsBody(Wire):
     model: Annotated[str, Field(min_length=1)]
     prompt: str
     options: Options | None = None

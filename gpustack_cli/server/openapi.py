@@ -32,17 +32,18 @@ ERRORS = {
 }
 
 
-def _schema(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
+# Each model's reference in the document, as pydantic names it (two models of one name, in two
+# protocols, get names that tell them apart).
+Refs = dict[type[BaseModel], dict[str, str]]
 
 
-def _request_body(op: Operation) -> dict[str, Any] | None:
+def _request_body(op: Operation, refs: Refs) -> dict[str, Any] | None:
     if op.body is None:
         if op.free_body:
             return {"required": False, "content": {"application/json": {"schema": {"type": "object"}}}}
         return None
     if not op.files and not op.optional_files:
-        return {"required": True, "content": {"application/json": {"schema": _schema(op.body)}}}
+        return {"required": True, "content": {"application/json": {"schema": refs[op.body]}}}
     form = op.body.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
     form.pop("$defs", None)
     for name in (*op.files, *op.optional_files):
@@ -51,15 +52,15 @@ def _request_body(op: Operation) -> dict[str, Any] | None:
     return {"required": True, "content": {"multipart/form-data": {"schema": form}}}
 
 
-def _responses(op: Operation, default_error: type[BaseModel]) -> dict[str, Any]:
+def _responses(op: Operation, default_error: type[BaseModel], refs: Refs) -> dict[str, Any]:
     content: dict[str, Any] = {}
     if op.response is not None:
-        content["application/json"] = {"schema": _schema(op.response)}
+        content["application/json"] = {"schema": refs[op.response]}
     for kind in op.also:
         content[kind] = {"schema": {"type": "string"}}
     if not content:
         content["application/json"] = {"schema": {"type": "object"}}
-    error = _schema(op.error or default_error)
+    error = refs[op.error or default_error]
     responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
     if not op.public:
         for status, description in ERRORS.items():
@@ -84,11 +85,12 @@ def _build(operations: list[Operation], default_error: type[BaseModel]) -> dict[
     models = {op.body for op in operations if op.body is not None and not op.files}
     models |= {op.response for op in operations if op.response is not None}
     models |= {op.error or default_error for op in operations if not op.public}
-    _, schemas = models_json_schema(
-        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+    named, schemas = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: (m.__name__, m.__module__))],
         by_alias=True,
         ref_template="#/components/schemas/{model}",
     )
+    refs: Refs = {model: ref for (model, _), ref in named.items()}
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         entry: dict[str, Any] = {
@@ -96,9 +98,9 @@ def _build(operations: list[Operation], default_error: type[BaseModel]) -> dict[
             "tags": [op.tag],
             "operationId": op.method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", op.path).rstrip("_"),
             "parameters": _parameters(op),
-            "responses": _responses(op, default_error),
+            "responses": _responses(op, default_error, refs),
         }
-        body = _request_body(op)
+        body = _request_body(op, refs)
         if body is not None:
             entry["requestBody"] = body
         if op.public:
