@@ -86,8 +86,11 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def from_validation(exc: ValidationError) -> APIError:
-    """The first validation failure, worded as OpenAI words them, with the field as `param`."""
-    first = exc.errors(include_url=False)[0]
+    """The failure that reached deepest into the body (of a field that takes several shapes, the
+    shape that matched furthest: `input[3].content` rather than "input is not a string"), worded as
+    OpenAI words them, with the field as `param`."""
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda e: len(_loc(e["loc"])))
     param = _loc(first["loc"]) or None
     kind, message = first["type"], first["msg"].removeprefix("Value error, ")
     if kind == "missing":

@@ -41,25 +41,25 @@ THINKING_TEMPLATE = (
 def fim_model(models_home: Path) -> str:
     """SmolLM2's weights with fill-in-the-middle tokens named in its metadata (no small model on
     the package index has them): three of its own control tokens."""
-    target = CACHE / "smollm2-fim.gguf"
+    target = CACHE / "tiny-fim.gguf"
     if not target.is_file():
         source = next((models_home / "models" / "smollm2").rglob("*.gguf"))
         fim = {"tokenizer.ggml.fim_pre_token_id": 3, "tokenizer.ggml.fim_suf_token_id": 4}
         with_metadata(source, target, {**fim, "tokenizer.ggml.fim_mid_token_id": 5})
-    return pull_as(models_home, target, "smollm2-fim")
+    return pull_as(models_home, target, "tiny-fim")
 
 
 @pytest.fixture(scope="module")
 def thinking_model(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """SmolLM2 under a chat template with a thinking section (a copy sharing its files)."""
     env = clean_env(GPUSTACK_HOME=str(models_home))
-    if not (models_home / "models" / "smollm2-think").is_dir():
-        assert gpustack("cp", "smollm2", "smollm2-think", env=env).returncode == 0
+    if not (models_home / "models" / "tiny-think").is_dir():
+        assert gpustack("cp", "smollm2", "tiny-think", env=env).returncode == 0
     template = tmp_path_factory.mktemp("template") / "think.jinja"
     template.write_text(THINKING_TEMPLATE)
-    result = gpustack("model", "set", "smollm2-think", "--chat-template", str(template), env=env)
+    result = gpustack("model", "set", "tiny-think", "--chat-template", str(template), env=env)
     assert result.returncode == 0, result.stderr
-    return "smollm2-think"
+    return "tiny-think"
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def test_version_root_list_and_show(server: ServerProcess, client: ollama.Client
     assert shown.details.family == "llama" and shown.details.parameter_size == "135M"
     assert "im_start" in shown.template and shown.parameters is not None and shown.license == "apache-2.0"
     assert client.show("all-minilm-l6-v2").capabilities == ["embedding"]
-    assert "thinking" in client.show("smollm2-think").capabilities
-    assert "insert" in client.show("smollm2-fim").capabilities
+    assert "thinking" in client.show("tiny-think").capabilities
+    assert "insert" in client.show("tiny-fim").capabilities
 
 
 def test_chat_plain_streamed_and_in_a_schema(client: ollama.Client) -> None:

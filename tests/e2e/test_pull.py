@@ -289,7 +289,7 @@ def test_ollama_blob_digest_is_checked(home: Path, tmp_path: Path, loopback: Loo
     gguf = gguf_bytes(tmp_path)
     loopback.add_ollama("library/bad:latest", [("application/vnd.ollama.image.model", gguf)])
     digest = loopback.ollama["library/bad:latest"]["layers"][0]["digest"]
-    loopback.files[digest].data = gguf[:-1] + b"!"
+    loopback.files[digest].data = gguf[:-1] + bytes([gguf[-1] ^ 1])  # its last byte changed
     with pytest.raises(PullError, match="sha256 mismatch"):
         Puller(Settings.load(home=home, ollama_registry=loopback.url)).pull("ollama:bad")
     assert ModelStore(home).list() == []
