@@ -5,12 +5,13 @@ run` (chat, the REPL and the one-shot kinds), `ps` and `stop` all go through the
 interface, so a request is checked and answered the same way in both places.
 
 The interface is async, as the core and the scheduler are; `Terminal` gives it to the synchronous
-commands, running it on one event loop kept for the command's life so that a model loaded for a
-REPL's first message is still loaded for the next."""
+commands."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,12 +95,25 @@ def connect(settings: Settings, *, server_only: bool = False) -> Terminal:
 
 
 class Terminal:
-    """A `Connection` for synchronous callers: each call runs on the same event loop."""
+    """A `Connection` for synchronous callers. Its coroutines run on one event loop in a thread of
+    its own, kept for the command's life (a model loaded for a REPL's first message is still
+    loaded for the next); the main thread only waits for their results. That thread, and every
+    thread started from it (the engines' among them), blocks SIGINT, so Ctrl-C always lands in the
+    main thread as Python's plain KeyboardInterrupt: the work it interrupts is cancelled, and has
+    run its cleanup (its request slot freed) before the interrupt goes on."""
 
     def __init__(self, connection: Connection):
         self.connection = connection
         self.where = connection.where
-        self._runner = asyncio.Runner()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="gpustack-terminal", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
 
     def __enter__(self) -> Terminal:
         return self
@@ -109,26 +123,44 @@ class Terminal:
 
     def call(self, work: Awaitable[T]) -> T:
         """What `work` (one of the connection's coroutines) returns. Ctrl-C cancels it and raises
-        KeyboardInterrupt here."""
-        return self._runner.run(_awaited(work))
+        KeyboardInterrupt here once it has stopped."""
+        done = threading.Event()
+        tasks: list[asyncio.Task[T]] = []
+
+        def start() -> None:
+            task = self._loop.create_task(_awaited(work))
+            task.add_done_callback(lambda _: done.set())
+            tasks.append(task)
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            self._loop.call_soon_threadsafe(lambda: tasks[0].cancel())  # `start` ran first: calls keep their order
+            done.wait()
+            raise
+        return tasks[0].result()
 
     def stream(self, events: AsyncIterator[T]) -> Iterator[T]:
         """`events` one by one; leaving early (Ctrl-C, a break) closes them, which ends the answer
         and frees its slot."""
         try:
             while True:
-                more, item = self._runner.run(_next(events))
+                more, item = self.call(_next(events))
                 if not more:
                     return
                 yield item
         finally:
-            self._runner.run(events.aclose())  # type: ignore[attr-defined]
+            self.call(events.aclose())  # type: ignore[attr-defined]
 
     def close(self) -> None:
         try:
-            self._runner.run(self.connection.close())
+            self.call(self.connection.close())
         finally:
-            self._runner.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._loop.is_running():
+                self._loop.close()
 
 
 async def _awaited(work: Awaitable[T]) -> T:
