@@ -88,8 +88,8 @@ def ask(page: Page, text: str) -> None:
 
 
 def test_served_with_a_strict_policy(server: ServerProcess) -> None:
-    root = httpx.get(server.url + "/", follow_redirects=False, timeout=30)
-    assert root.status_code == 302 and root.headers["location"] == "/ui/"
+    root = httpx.get(server.url + "/", follow_redirects=False, timeout=30, headers={"Accept": "text/html"})
+    assert root.status_code == 302 and root.headers["location"] == "/ui/"  # a browser goes to the page
     page = httpx.get(server.url + "/ui/", timeout=30)
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy and "connect-src 'self'" in policy
