@@ -66,6 +66,22 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
             raise UpstreamError(f"header {name!r} has a line break")
 
 
+async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """A body's chunks split at line ends (for server-sent events), without the line ends. Each
+    byte is looked at once, however long a line runs across chunks."""
+    parts: list[bytes] = []
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            parts.append(chunk[start:end])
+            yield b"".join(parts).rstrip(b"\r")
+            parts.clear()
+            start = end + 1
+        parts.append(chunk[start:])
+    if any(parts):
+        yield b"".join(parts)
+
+
 class HttpResponse(Protocol):
     status: int
     reason: str

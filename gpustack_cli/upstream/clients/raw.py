@@ -44,6 +44,7 @@ from gpustack_cli.upstream.clients.base import (
     UpstreamTimeout,
     check_headers,
     replayable,
+    split_lines,
 )
 from gpustack_cli.upstream.clients.chunked import BadChunking, ChunkedEnd
 
@@ -288,20 +289,9 @@ class Response:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """The body split at line ends (for server-sent events), without the line ends. Each byte
-        is looked at once, however long a line runs across chunks."""
-        parts: list[bytes] = []
-        async for chunk in self.iter_chunks():
-            start = 0
-            while (end := chunk.find(b"\n", start)) != -1:
-                parts.append(chunk[start:end])
-                yield b"".join(parts).rstrip(b"\r")
-                parts.clear()
-                start = end + 1
-            parts.append(chunk[start:])
-        if any(parts):
-            yield b"".join(parts)
+    def lines(self) -> AsyncIterator[bytes]:
+        """The body split at line ends (for server-sent events), without the line ends."""
+        return split_lines(self.iter_chunks())
 
 
 class _Connection(asyncio.Protocol):

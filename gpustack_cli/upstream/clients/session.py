@@ -24,6 +24,7 @@ from gpustack_cli.upstream.clients.base import (
     UpstreamTimeout,
     check_headers,
     replayable,
+    split_lines,
 )
 
 
@@ -46,18 +47,9 @@ class SessionResponse:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        parts: list[bytes] = []
-        async for chunk in self.iter_chunks():
-            start = 0
-            while (end := chunk.find(b"\n", start)) != -1:
-                parts.append(chunk[start:end])
-                yield b"".join(parts).rstrip(b"\r")
-                parts.clear()
-                start = end + 1
-            parts.append(chunk[start:])
-        if any(parts):
-            yield b"".join(parts)
+    def lines(self) -> AsyncIterator[bytes]:
+        """The body split at line ends (for server-sent events), without the line ends."""
+        return split_lines(self.iter_chunks())
 
 
 class SessionClient:
