@@ -125,7 +125,7 @@ def test_embedding_errors(client: openai.OpenAI, server: ServerProcess, cross_en
 
     assert error({"model": MINILM, "input": ""})["param"] == "input"
     assert error({"model": MINILM, "input": []})["param"] == "input"
-    assert error({"model": MINILM, "input": [1.5]})["param"] == "input"
+    assert error({"model": MINILM, "input": [1.5]})["param"] == "input[0]"
     assert error({"model": MINILM, "input": "x", "dimensions": 128})["param"] == "dimensions"
     assert error({"model": MINILM, "input": "word " * 300})["code"] == "context_length_exceeded"
     assert error({"model": "smollm2", "input": "x"})["code"] == "model_not_supported"
@@ -133,7 +133,7 @@ def test_embedding_errors(client: openai.OpenAI, server: ServerProcess, cross_en
     assert error({"input": "x"})["param"] == "model"
     # Token ids: out of this model's vocabulary (it answered 200 with some vector), and past 64 bits.
     assert error({"model": MINILM, "input": [10**9]})["code"] == "invalid_tokens"
-    assert error({"model": MINILM, "input": [2**70]})["param"] == "input"
+    assert error({"model": MINILM, "input": [2**70]})["param"] == "input[0]"
 
 
 def test_token_counting_while_batches_run(server: ServerProcess) -> None:
