@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port, start_server, wait_ready  # noqa: E402
+from benchlib import HEADERS, free_port, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.anthropic.messages import MessagesBody, chat_request  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -190,7 +190,7 @@ def main() -> None:
 
     server, url = start_server(settings.home, "--preload", args.model, "--ctx-size", str(args.ctx), "--parallel", "1")
     peer = start_llama_server(args.llama_server, model_path, args.ctx, threads) if args.llama_server else None
-    http = httpx.Client()
+    http = httpx.Client(headers=HEADERS)
     sides: dict[str, Callable[[int, int], tuple[float, int]]] = {
         "llama.cpp direct": direct,
         "gpustack /v1/messages": lambda r, t: first_token(http, url + "/v1/messages", agent_body(args.model, r, t)),

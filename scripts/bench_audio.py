@@ -22,7 +22,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import start_server  # noqa: E402
+from benchlib import HEADERS, start_server  # noqa: E402
 
 from gpustack_cli.audio_formats import wav_header  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
         return time.perf_counter() - started
 
     server, url = start_server(settings.home, "--preload", args.voice, "--preload", args.whisper)
-    http = httpx.Client(base_url=url, timeout=300)
+    http = httpx.Client(base_url=url, timeout=300, headers=HEADERS)
 
     def api_transcribe() -> float:
         started = time.perf_counter()

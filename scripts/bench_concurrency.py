@@ -41,7 +41,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port, start_llama_cpp_python, start_server, wait_ready  # noqa: E402
+from benchlib import HEADERS, free_port, start_llama_cpp_python, start_server, wait_ready  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.models.pull import Puller  # noqa: E402
@@ -75,7 +75,9 @@ async def one_stream(client: httpx.AsyncClient, body: dict, tokens: int) -> tupl
 
 
 async def run_side(url: str, model: str, eos: int, clients: int, tokens: int, round_: int) -> Run:
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=600, limits=httpx.Limits(max_connections=64), headers=HEADERS
+    ) as client:
         bodies = [
             {
                 "model": model,
@@ -153,7 +155,7 @@ def main() -> None:
     processes.append(ours[0])
     sides["gpustack"] = ours[1]
     # The peers get the context per slot ours loaded the model with (its own setting, or the default).
-    [loaded] = httpx.get(ours[1] + "/api/ps").json()["models"]
+    [loaded] = httpx.get(ours[1] + "/api/ps", headers=HEADERS).json()["models"]
     ctx = loaded["context"]
     missing = {}
     if args.llama_server and args.llama_server.exists():

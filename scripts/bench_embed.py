@@ -19,7 +19,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import start_server  # noqa: E402
+from benchlib import HEADERS, start_server  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.models.pull import Puller  # noqa: E402
@@ -34,7 +34,7 @@ def sentences(count: int) -> list[str]:
 
 def api_batch(url: str, model: str, texts: list[str]) -> float:
     started = time.perf_counter()
-    response = httpx.post(url + "/v1/embeddings", json={"model": model, "input": texts}, timeout=600)
+    response = httpx.post(url + "/v1/embeddings", json={"model": model, "input": texts}, timeout=600, headers=HEADERS)
     response.raise_for_status()
     return len(texts) / (time.perf_counter() - started)
 
@@ -42,7 +42,7 @@ def api_batch(url: str, model: str, texts: list[str]) -> float:
 def api_concurrent(url: str, model: str, texts: list[str]) -> float:
     async def run() -> float:
         async with httpx.AsyncClient(
-            base_url=url, timeout=600, limits=httpx.Limits(max_connections=len(texts))
+            base_url=url, timeout=600, limits=httpx.Limits(max_connections=len(texts)), headers=HEADERS
         ) as http:
             started = time.perf_counter()
             responses = await asyncio.gather(

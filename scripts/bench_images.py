@@ -21,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import start_server  # noqa: E402
+from benchlib import HEADERS, start_server  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.models.pull import Puller  # noqa: E402
@@ -68,7 +68,7 @@ def main() -> None:
         return time.perf_counter() - started
 
     server, url = start_server(settings.home, "--preload", model)
-    http = httpx.Client(base_url=url, timeout=None)
+    http = httpx.Client(base_url=url, timeout=None, headers=HEADERS)
 
     def api(seed: int) -> float:
         body = {

@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import start_llama_cpp_python, start_server  # noqa: E402
+from benchlib import HEADERS, start_llama_cpp_python, start_server  # noqa: E402
 
 from engines.base import Sampling  # noqa: E402
 from gpustack_cli.config import Settings  # noqa: E402
@@ -158,7 +158,7 @@ def main() -> None:
     peer = start_llama_cpp_python(model_path, n_ctx, threads)
     # One client for every run, as an application keeps one: creating a client costs tens of
     # milliseconds (it loads the CA bundle), which is no part of a server's time.
-    http = httpx.Client()
+    http = httpx.Client(headers=HEADERS)
     sides = {
         "llama.cpp direct": direct,
         "gpustack in-process": in_process,

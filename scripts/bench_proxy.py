@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import httpx
 from aiohttp import web
-from benchlib import free_port, start_server, wait_ready
+from benchlib import HEADERS, free_port, start_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,7 +214,7 @@ def main() -> None:
     try:
         nginx = start_nginx(up_port)
         # name: (base URL, headers)
-        proxied = {"X-GPUStack-Model": "up"}
+        proxied = {"X-GPUStack-Model": "up", **HEADERS}
         sides = {
             "direct": (upstream, {}),
             "gpustack proxy": (url + "/model/proxy", proxied),

@@ -1,9 +1,10 @@
-"""What the benchmark scripts share: a free port, a `gpustack serve` started and ready, and the
-peer llama-cpp-python's server started likewise."""
+"""What the benchmark scripts share: a free port, a `gpustack serve` started and ready (with the key
+every request of theirs sends, `HEADERS`), and the peer llama-cpp-python's server started likewise."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,6 +15,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# The key the servers started here take (the caller's GPUSTACK_API_KEY, or one for this run only:
+# a key from the environment is never stored), so that a store with API keys answers the
+# benchmarks as any other; the clients send it.
+KEY = os.environ.get("GPUSTACK_API_KEY") or "bench-" + secrets.token_urlsafe(16)
+HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
 def free_port() -> int:
@@ -39,7 +45,7 @@ def start_server(home: Path | str, *args: str, **env: str) -> tuple[subprocess.P
     log = (Path(tempfile.mkdtemp()) / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gpustack_cli", "serve", "--port", str(port), "--no-pull", *args],
-        env={**os.environ, "GPUSTACK_HOME": str(home), "GPUSTACK_LOG_LEVEL": "warning", **env},
+        env={**os.environ, "GPUSTACK_HOME": str(home), "GPUSTACK_LOG_LEVEL": "warning", "GPUSTACK_API_KEY": KEY, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import sys
 import time
 from collections import defaultdict
@@ -27,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import start_server
+from benchlib import KEY, start_server
 
 KINDS = ("chat", "chat_stream", "stream_left", "embeddings", "speech", "transcription")
 MODELS = {"llm": "smollm2", "embedding": "all-minilm-l6-v2", "stt": "whisper-tiny.en", "tts": "piper-joe"}
@@ -183,7 +182,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "gpustack-tests" / "home")
     parser.add_argument("--url", help="a server already running (its RSS is not sampled)")
-    parser.add_argument("--api-key", default=os.environ.get("GPUSTACK_API_KEY"))
+    # The server started here takes benchlib's key (the caller's GPUSTACK_API_KEY, or one of its own).
+    parser.add_argument("--api-key", default=KEY)
     parser.add_argument("--clients", type=int, default=48)
     parser.add_argument("--seconds", type=float, default=180)
     args = parser.parse_args()
