@@ -58,14 +58,21 @@ def check_chat(
     schemas: list[tuple[str, Any]] = [(f"tools[{i}].{tool_field}", t.parameters) for i, t in enumerate(request.tools)]
     if request.json_schema is not None:
         schemas.append((schema_param, request.json_schema))
+    bounded = bounded_schemas(schemas, limits)
+    request.tools = [replace(t, parameters=bounded[i]) for i, t in enumerate(request.tools)]
+    if request.json_schema is not None:
+        request.json_schema = bounded[-1]
+
+
+def bounded_schemas(schemas: list[tuple[str, Any]], limits: Limits) -> list[Any]:
+    """A request's schemas (each with the parameter that holds it) checked for their cost, as a
+    GenerationError naming the place; returned loosened where a count is past what a grammar
+    holds."""
     try:
         check_schemas(schemas, limits.schema)
     except SchemaError as exc:
         raise GenerationError(f"Invalid schema at {exc}.", param=exc.param, code="invalid_schema") from exc
-    limit = limits.schema.max_repeat
-    request.tools = [replace(t, parameters=loosened(t.parameters, limit)) for t in request.tools]
-    if request.json_schema is not None:
-        request.json_schema = loosened(request.json_schema, limit)
+    return [loosened(schema, limits.schema.max_repeat) for _, schema in schemas]
 
 
 def check_stops(stops: list[str], limits: Limits, param: str = "stop") -> None:

@@ -17,11 +17,10 @@ from aiohttp import web
 from engines.base import Embedder, InvalidSchema, TextGenerator
 from gpustack_cli import __version__
 from gpustack_cli.core.embeddings import MAX_INPUTS, check_lengths, shortened
-from gpustack_cli.core.limits import capped, check_chat, check_stops, check_text_size, fit_context
+from gpustack_cli.core.limits import bounded_schemas, capped, check_chat, check_stops, check_text_size, fit_context
 from gpustack_cli.core.prompts import Prepared, fill_in_the_middle
 from gpustack_cli.core.streams import collect, text_events
 from gpustack_cli.core.types import ChatRequest, Event, Finished, GenerationError
-from gpustack_cli.models.pull import Puller, PullError
 from gpustack_cli.models.store import Category, Manifest, ModelNotFound, StoreError
 from gpustack_cli.ollama import answers, convert, models, wire
 from gpustack_cli.ollama.errors import OllamaError, error_body
@@ -156,7 +155,7 @@ async def _generate_raw(
     check_stops(stops, limits, "options.stop")
     schema = convert.schema_of(body.format)
     if schema is not None:  # its bounds, as a chat's
-        schema = _checked(ChatRequest([], convert.sampling(None), json_schema=schema), request).json_schema
+        [schema] = bounded_schemas([("format", schema)], limits)
     async with engine_for(request, manifest, TextGenerator, keep) as engine:
         clock.ready()
         tokens = await asyncio.to_thread(engine.tokenize, prompt)
@@ -351,6 +350,8 @@ class _QueuedProgress:
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
+    from gpustack_cli.models.pull import Puller, PullError  # only a pull needs the sources' clients
+
     body = await read_json(request, wire.PullBody)
     spec = pull_spec(body.named)
     name = (
