@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,19 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Media:
+    """An image or audio clip of a prompt, decoded: RGB pixels row by row (`width` x `height`),
+    or mono float32 samples at the model's audio rate. `key` names its content (a hash), so the
+    same picture sent again is known for the same."""
+
+    kind: Literal["image", "audio"]
+    key: str
+    data: bytes
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
 class Token:
     id: int
     # The token's bytes: a UTF-8 character may span several tokens.
@@ -145,6 +158,8 @@ class DecodeStats:
     generated_tokens: int = 0
     # Prompt tokens a request did not evaluate because its slot held them already.
     reused_tokens: int = 0
+    # Images and audio clips encoded by the model's projector (one found in a slot's cache is not).
+    media_encoded: int = 0
     steps: int = 0
     time_to_first_token: Observed = field(
         default_factory=lambda: Observed((0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
@@ -185,6 +200,21 @@ class TextGenerator(Tokenizer, Protocol):
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         """Sampled tokens until an end-of-generation token, `max_tokens`, or `cancel` is set."""
+
+
+@runtime_checkable
+class MediaTokenizer(Protocol):
+    """A TextGenerator whose prompts may hold images or audio: a projector is loaded beside the
+    model. `modalities` holds "vision" and/or "audio" (empty: text only); the prompt text holds
+    `media_marker` where each medium goes, and `tokenize_media` gives the prompt the engine's
+    `generate` takes (its length counts the positions the media take)."""
+
+    modalities: tuple[str, ...]
+    media_marker: str
+    # Samples per second the projector's audio is to be given at (0: it takes no audio).
+    audio_rate: int
+
+    def tokenize_media(self, text: str, media: Sequence[Media]) -> list[Any]: ...
 
 
 @runtime_checkable
@@ -264,6 +294,11 @@ class Transcription:
     duration: float
     # Produced lazily, as the audio is decoded: iterate to transcribe.
     segments: Iterator[Segment]
+
+
+class MediaError(ValueError):
+    """A prompt's images or audio cannot go into it as given (a marker without its medium, a
+    medium the model's projector does not take)."""
 
 
 class InvalidSchema(ValueError):

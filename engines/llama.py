@@ -3,7 +3,8 @@
 The engine exposes tokens, not chat: prompts are rendered and stop strings, tool calls and
 formats are handled above it (`gpustack_cli.core`). A generation model decodes up to
 `parallel` requests together in one llama.cpp context (`engines.llama_batch`); the `Llama`
-object it is loaded with tokenizes, and serves embedding and rerank models whole.
+object it is loaded with tokenizes, and serves embedding and rerank models whole. A model with a
+projector (`options.mmproj_file`) takes images and audio in its prompts (`engines.llama_media`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from engines.base import (
     InvalidSchema,
     InvalidTokens,
     LoadSpec,
+    Media,
+    MediaError,
     Ranking,
     Sampling,
     Structure,
     Token,
 )
 from engines.llama_batch import BatchDecoder, Grammar
+from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
 log = logging.getLogger("gpustack.engines.llama")
 # Grammars kept per loaded model, by schema: a client sends the same tools with every turn.
@@ -148,8 +152,10 @@ class LlamaEngine:
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
         self.decoder: BatchDecoder | None = None
+        self.projector: Projector | None = None
         if not self.embedding_mode:
             try:
+                self.projector = self._projector(spec, threads)
                 self.decoder = BatchDecoder(
                     self.llm.model,
                     n_ctx=n_ctx,
@@ -162,10 +168,16 @@ class LlamaEngine:
                     # With layers on a GPU the cache is there too: llama.cpp says when it does not fit.
                     check_memory=not self.gpu_offload,
                     grammar_budget=spec.grammar_budget,
+                    projector=self.projector,
                 )
             except Exception:
+                if self.projector is not None:
+                    self.projector.close()
                 self.llm.close()
                 raise
+        self.modalities = () if self.projector is None else self.projector.modalities
+        self.media_marker = "" if self.projector is None else self.projector.marker
+        self.audio_rate = 0 if self.projector is None else self.projector.sample_rate
         log.info(
             "loaded %s: %s, context %d x %d slots, %s, %d threads",
             spec.name,
@@ -175,6 +187,14 @@ class LlamaEngine:
             "GPU offload" if self.gpu_offload else "CPU",
             threads,
         )
+
+    def _projector(self, spec: LoadSpec, threads: int) -> Projector | None:
+        """The model's projector, when it has one: its file in the model's folder, or a path."""
+        name = spec.options.get("mmproj_file")
+        if not name:
+            return None
+        path = spec.path / name
+        return Projector(str(path), self.llm.model, threads, use_gpu=spec.gpu_layers != 0)
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -187,9 +207,22 @@ class LlamaEngine:
         """Tokens of `text`; with `special`, the model's BOS is added and special tokens parsed."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
 
-    def _check(self, tokens: Sequence[int], what: str) -> None:
+    def tokenize_media(self, text: str, media: Sequence[Media]) -> list[PromptItem]:
+        """A prompt whose `media_marker`s stand for `media`, in order: token ids, each medium
+        standing for the positions it takes (MediaError where they do not go together)."""
+        if self.projector is None:
+            raise MediaError(f"model '{self.name}' has no projector: it takes text only")
+        bos = self.bos_text
+        if bos and text.startswith(bos) and self.tokenize("", special=True):
+            text = text[len(bos) :]  # libmtmd adds the BOS as the tokenizer does
+        prompt = self.projector.tokenize(text, media)
+        if prompt and isinstance(prompt[-1], MediaChunk):
+            raise MediaError("a prompt must go on after its last image or audio clip")
+        return prompt
+
+    def _check(self, tokens: Sequence[PromptItem], what: str) -> None:
         vocab = self.llm.n_vocab()
-        bad = [t for t in tokens if not 0 <= t < vocab]
+        bad = [t for t in text_tokens(tokens) if not 0 <= t < vocab]
         if bad:
             raise InvalidTokens(f"{what} has token ids outside this model's vocabulary of {vocab}: {bad[:5]}")
 
@@ -224,7 +257,7 @@ class LlamaEngine:
 
     # -- generation -----------------------------------------------------------------------
 
-    def _request(self, prompt: Sequence[int], sampling: Sampling) -> tuple[BatchDecoder, str | None]:
+    def _request(self, prompt: Sequence[PromptItem], sampling: Sampling) -> tuple[BatchDecoder, str | None]:
         """The decoder, and the grammar of the request's schema, once its token ids are checked."""
         self._check(prompt, "the prompt")
         self._check(list(sampling.logit_bias), "logit_bias")
@@ -234,11 +267,13 @@ class LlamaEngine:
             return self.decoder, self._structure(sampling.structure)
         return self.decoder, None if sampling.json_schema is None else self._structure(_json(sampling.json_schema))
 
-    def generate(self, prompt: Sequence[int], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
+    def generate(self, prompt: Sequence[PromptItem], sampling: Sampling, cancel: threading.Event) -> Iterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
         yield from decoder.generate(prompt, sampling, cancel, grammar, self._shown(sampling.preserve))
 
-    async def agenerate(self, prompt: Sequence[int], sampling: Sampling, request_id: str) -> AsyncIterator[Token]:
+    async def agenerate(
+        self, prompt: Sequence[PromptItem], sampling: Sampling, request_id: str
+    ) -> AsyncIterator[Token]:
         decoder, grammar = self._request(prompt, sampling)
         shown = self._shown(sampling.preserve)
         async with contextlib.aclosing(decoder.agenerate(prompt, sampling, request_id, grammar, shown)) as tokens:
@@ -341,6 +376,8 @@ class LlamaEngine:
     def close(self) -> None:
         if self.decoder is not None:
             self.decoder.close()
+        if self.projector is not None:
+            self.projector.close()
         self.llm.close()
 
 

@@ -21,6 +21,10 @@ prompt slows the others by one chunk per step instead of stopping them for its w
 new request takes the free slot whose cached tokens share the longest prefix with its prompt, and
 only the rest is evaluated (the next turn of a chat does not read its history again); a request
 with a seed is evaluated from scratch, so that it is reproducible whatever ran before it.
+
+A prompt may hold images or audio (`engines.llama_media`): a request whose next prompt item is a
+media chunk waits while a worker encodes it, the other slots decoding meanwhile, and the step
+after the encode ends decodes the chunk's embeddings into its sequence.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import llama_cpp
 import numpy as np
 
 from engines.base import DecodeStats, InvalidSchema, OutOfMemory, RequestAborted, Sampling, Token
+from engines.llama_media import MediaChunk, Projector, PromptItem, run_start
 
 log = logging.getLogger("gpustack.engines.llama")
 RANDOM_SEED = 0xFFFFFFFF
@@ -63,7 +68,7 @@ class Grammar:
 
 @dataclass
 class _Job:
-    prompt: list[int]
+    prompt: list[PromptItem]
     sampling: Sampling
     grammar: Grammar | None
     cancel: threading.Event
@@ -75,7 +80,9 @@ class _Job:
     aborted: bool = False
     request_id: str | None = None
     slot: _Slot | None = None
-    pending: list[int] = field(default_factory=list)
+    pending: list[PromptItem] = field(default_factory=list)
+    # The media chunk at the head of `pending` being encoded by the projector's worker.
+    encoding: Future[np.ndarray] | None = None
     n_past: int = 0
     produced: int = 0
     last: int | None = None
@@ -100,17 +107,19 @@ class _Job:
 @dataclass
 class _Slot:
     seq: int
-    # Tokens whose KV cells this sequence holds, from position 0.
-    cached: list[int] = field(default_factory=list)
+    # Prompt items whose KV cells this sequence holds, from position 0.
+    cached: list[PromptItem] = field(default_factory=list)
     job: _Job | None = None
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix(a: Sequence[PromptItem], b: Sequence[PromptItem]) -> int:
+    """How many items `a` and `b` share from their start, ending before any media chunk they
+    share only in part."""
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
-            return i
-    return n
+            return run_start(b, i)
+    return run_start(b, n)
 
 
 class BatchDecoder:
@@ -130,6 +139,7 @@ class BatchDecoder:
         special_piece: Callable[[int], bytes],
         check_memory: bool = True,
         grammar_budget: float = 1.0,
+        projector: Projector | None = None,
     ):
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -163,6 +173,8 @@ class BatchDecoder:
         self._candidate_rows = _rows(self._candidates)
         self._one = llama_cpp.llama_token_data()
         self._draws = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llama-grammar")
+        self.projector = projector
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-media")
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
@@ -178,7 +190,7 @@ class BatchDecoder:
 
     def generate(
         self,
-        prompt: Sequence[int],
+        prompt: Sequence[PromptItem],
         sampling: Sampling,
         cancel: threading.Event,
         grammar: Grammar | None = None,
@@ -197,7 +209,7 @@ class BatchDecoder:
 
     async def agenerate(
         self,
-        prompt: Sequence[int],
+        prompt: Sequence[PromptItem],
         sampling: Sampling,
         request_id: str,
         grammar: Grammar | None = None,
@@ -285,6 +297,7 @@ class BatchDecoder:
             self._wake.notify()
         self._thread.join()
         self._draws.shutdown(wait=True)  # a draw still running uses the model's vocabulary
+        self._encoder.shutdown(wait=True)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -357,7 +370,7 @@ class BatchDecoder:
             self.stats.reused_tokens += common
         self._inbox.extendleft(reversed(waiting))
 
-    def _being_read(self, prompt: list[int]) -> bool:
+    def _being_read(self, prompt: list[PromptItem]) -> bool:
         """Whether a busy slot is still reading a prompt that shares more with `prompt` than any
         cache holds yet (worth waiting a few steps for, rather than reading it twice)."""
         for slot in self.slots:
@@ -382,7 +395,8 @@ class BatchDecoder:
                 self.n_vocab, PENALTY_WINDOW, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
             )
             for token in job.prompt[-PENALTY_WINDOW:]:  # the prompt counts as history, as in llama-server
-                llama_cpp.llama_sampler_accept(penalties, token)
+                if isinstance(token, int):
+                    llama_cpp.llama_sampler_accept(penalties, token)
             add(chain, penalties)
         if s.temperature <= 0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -422,10 +436,11 @@ class BatchDecoder:
             elif job.drawing is not None:
                 self._collect_draw(job)
         running = [j for j in running if j.slot is not None and j.slot.job is j]
-        drawing = any(j.drawing is not None for j in running)
-        running = [j for j in running if j.drawing is None]
+        running = [j for j in running if not self._media_first(j)]
+        drawing = any(j.drawing is not None or j.encoding is not None for j in running)
+        running = [j for j in running if j.drawing is None and j.encoding is None]
         if not running:
-            if drawing:  # only draws to wait for: until one ends, or a while
+            if drawing:  # only draws and encodes to wait for: until one ends, or a while
                 with self._wake:
                     self._wake.wait(0.01)
             return
@@ -440,7 +455,9 @@ class BatchDecoder:
         for job in running:
             if job.last is not None or not job.pending or budget <= 0:
                 continue
-            chunk = job.pending[:budget]
+            chunk = _text_run(job.pending, budget)
+            if not chunk:
+                continue
             done = len(chunk) == len(job.pending)
             for k, token in enumerate(chunk):
                 index = self._add(token, job.n_past + k, job.slot.seq, done and k == len(chunk) - 1)
@@ -460,6 +477,33 @@ class BatchDecoder:
                 self.stats.prompt_tokens += len(tokens)
         for job, index in outputs:
             self._sample(job, index)
+
+    def _media_first(self, job: _Job) -> bool:
+        """For a job whose prompt goes on with a media chunk: start its encode, or decode it
+        into the job's sequence once encoded. True while the job waits on its encode."""
+        if job.last is not None or not job.pending or not isinstance(job.pending[0], MediaChunk):
+            return False
+        chunk = job.pending[0]
+        assert self.projector is not None, "a prompt with media reached a model without a projector"
+        if job.encoding is None:
+            job.encoding = self._encoder.submit(self.projector.encode, chunk)
+            job.encoding.add_done_callback(lambda _: self._notify())
+            self.stats.media_encoded += 1
+            return False
+        if not job.encoding.done():
+            return False
+        encoding, job.encoding = job.encoding, None
+        try:
+            embeddings = encoding.result()
+            after = self.projector.decode(self.ctx, chunk, embeddings, job.n_past, job.slot.seq, self.n_batch)
+        except Exception as exc:
+            self._finish(job, exc)
+            return True
+        job.slot.cached.extend(job.pending[: chunk.n_pos])
+        job.pending = job.pending[chunk.n_pos :]
+        job.n_past = after
+        self.stats.prompt_tokens += chunk.n_pos
+        return True
 
     def _sample(self, job: _Job, index: int) -> None:
         logprobs, top = self._logprobs(job, index) if job.sampling.logprobs is not None else (None, ())
@@ -585,6 +629,16 @@ class BatchDecoder:
         if job.slot is not None and job.slot.job is job:
             job.slot.job = None
         job.deliver(error or _aborted(job) or _END)
+
+
+def _text_run(pending: list[PromptItem], budget: int) -> list[int]:
+    """The prompt's next tokens up to `budget`, stopping before a media chunk."""
+    run: list[int] = []
+    for item in pending[:budget]:
+        if not isinstance(item, int):
+            break
+        run.append(item)
+    return run
 
 
 _ROW = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from gpustack_cli.core.json_schemas import SchemaLimits
 from gpustack_cli.core.limits import Limits
+from gpustack_cli.core.types import MediaLimits
 
 ENV_PREFIX = "GPUSTACK_"
 DEFAULT_PORT = 11500
@@ -153,6 +154,13 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
+    # Images and audio clips in one chat (models that see and hear), and bytes of each one.
+    max_media: int = Field(16, ge=1)
+    max_media_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    # Whether a chat's `http(s)` image URLs are fetched by the server (from public addresses
+    # only, without redirects), and seconds a fetch may take; off: only data URLs and base64.
+    allow_image_urls: bool = False
+    image_url_timeout: float = Field(10.0, gt=0)
 
     # Host names a server without keys answers besides loopback and its own addresses (DNS
     # rebinding: see server/origins.py); `*` for any.
@@ -223,6 +231,14 @@ class Settings(BaseModel):
             max_completion_tokens=self.max_completion_tokens,
             schema=schema,
             split_reasoning=self.reasoning_format != "none",
+            media=MediaLimits(
+                max_media=self.max_media,
+                max_media_bytes=self.max_media_bytes,
+                max_image_pixels=self.max_image_pixels,
+                max_audio_seconds=self.max_audio_seconds,
+                allow_urls=self.allow_image_urls,
+                url_timeout=self.image_url_timeout,
+            ),
         )
 
     @property

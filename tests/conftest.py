@@ -129,6 +129,31 @@ def cross_encoder(models_home: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_vision(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A model that sees: the real SmolLM2 with a tiny LLaVA projector of random weights beside
+    it (tests/support/tiny_projector.py: no vision model small enough is on the package index),
+    pulled into the store from their folder as `tiny-vision`."""
+    import shutil
+
+    from gpustack_cli.models.gguf_meta import read_metadata
+    from tests.support.tiny_projector import write_projector
+
+    name = "tiny-vision"
+    if not (models_home / "models" / name / "manifest.json").is_file():
+        folder = CACHE / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        text_model = next((models_home / "models" / "smollm2").glob("*.gguf"))
+        shutil.copy(text_model, folder / text_model.name)
+        width = read_metadata(text_model)["llama.embedding_length"]
+        gguf_py = extract_llama_cpp(tmp_path_factory.mktemp("gguf-py"), lambda path: path.startswith("gguf-py/"))
+        write_projector(folder / "mmproj-tiny-llava-f32.gguf", width, gguf_py / "gguf-py")
+        result = gpustack("pull", str(folder), "--name", name, env=clean_env(GPUSTACK_HOME=str(models_home)))
+        assert result.returncode == 0, result.stderr
+    return name
+
+
+@pytest.fixture(scope="session")
 def tiny_sd(models_home: Path) -> str:
     """A tiny Stable Diffusion pipeline (random weights, 64x64) pulled into the store from its folder."""
     from tests.support.tiny_diffusion import build_tiny_pipeline

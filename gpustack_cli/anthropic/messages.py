@@ -18,15 +18,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines.base import Sampling, TextGenerator
 from gpustack_cli.core import json_values
 from gpustack_cli.core.limits import check_chat
+from gpustack_cli.core.media import b64, data_part
 from gpustack_cli.core.prompts import count_chat_tokens
 from gpustack_cli.core.streams import collect
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     ChatMessage,
     ChatRequest,
     Event,
     Finished,
     GenerationError,
+    MediaPart,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -79,11 +82,23 @@ class ThinkingBlock(Wire):
     type: Literal["thinking", "redacted_thinking"]
 
 
+class ImageSource(Wire):
+    type: Literal["base64", "url"]
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
+class ImageBlock(Wire):
+    type: Literal["image"]
+    source: ImageSource
+
+
 class OtherBlock(Wire):
-    type: Literal["image", "document", "search_result"]
+    type: Literal["document", "search_result"]
 
 
-Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | OtherBlock
+Block = TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | ImageBlock | OtherBlock
 
 
 class Message(Wire):
@@ -197,14 +212,18 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
             continue
         texts: list[str] = []
         calls: list[ToolCall] = []
-        for block in message.content:
+        media: list[MediaPart] = []
+        for number, block in enumerate(message.content):
             if isinstance(block, OtherBlock):
                 raise GenerationError(
-                    f"messages.{index}.content: this model reads text only, not '{block.type}' blocks"
+                    f"messages.{index}.content: this server reads text and images, not '{block.type}' blocks"
                 )
             if isinstance(block, ThinkingBlock):
                 continue
-            if isinstance(block, TextBlock):
+            if isinstance(block, ImageBlock):
+                media.append(_image(block.source, f"messages.{index}.content.{number}.source"))
+                texts.append(MEDIA_MARKER)
+            elif isinstance(block, TextBlock):
                 texts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
@@ -216,8 +235,18 @@ def _messages(body: CountTokensBody) -> list[ChatMessage]:
                     )
                 )
         if texts or calls:
-            messages.append(ChatMessage(message.role, "\n".join(texts), calls))
+            messages.append(ChatMessage(message.role, "\n".join(texts), calls, media=media))
     return messages
+
+
+def _image(source: ImageSource, param: str) -> MediaPart:
+    if source.type == "url":
+        if not source.url:
+            raise GenerationError(f"{param}.url: an image source of type 'url' needs a url", param=param)
+        return data_part("image", source.url, param)
+    if not source.data:
+        raise GenerationError(f"{param}.data: an image source of type 'base64' needs data", param=param)
+    return MediaPart("image", param, data=b64(source.data, f"{param}.data"))
 
 
 def refuse_unknown(body: CountTokensBody) -> None:

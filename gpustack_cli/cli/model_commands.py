@@ -22,7 +22,13 @@ from gpustack_cli.cli.shared import (
     print_json,
     settings,
 )
-from gpustack_cli.models.model_settings import chat_template_status, set_chat_template, set_slots, set_stops
+from gpustack_cli.models.model_settings import (
+    chat_template_status,
+    set_chat_template,
+    set_projector,
+    set_slots,
+    set_stops,
+)
 from gpustack_cli.models.store import ModelStore, StoreError
 
 
@@ -205,12 +211,17 @@ def model_set(
         list[str] | None,
         typer.Option(help="llama.cpp: text that ends the model's text like an end of turn (repeatable, '' clears)."),
     ] = None,
+    mmproj: Annotated[
+        str | None,
+        typer.Option(help="llama.cpp: a vision/audio projector GGUF kept elsewhere ('' goes back to the pulled one)."),
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
-    if all(v is None for v in (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop)):
+    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj)
+    if all(v is None for v in given):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
-            "--chat-template FILE, --chat-template-kwargs JSON or --stop TEXT"
+            "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT or --mmproj FILE"
         )
     store = ModelStore(settings().home)
     try:
@@ -228,5 +239,9 @@ def model_set(
         if stop is not None:
             options = set_stops(store, name, stop).options
             console.print(f"{name}: stop strings {options.get('stop', [])}")
+        if mmproj is not None:
+            options = set_projector(store, name, mmproj).options
+            takes = " and ".join(options.get("modalities", [])) or "text only"
+            console.print(f"{name}: projector {options.get('mmproj_file', 'none')} ({takes})")
     except StoreError as exc:
         raise fail(str(exc)) from exc

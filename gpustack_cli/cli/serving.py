@@ -68,6 +68,10 @@ def serve(
         float | None,
         typer.Option(help="Seconds a stream may stay silent before a keep-alive is sent (0: never) [default 15]."),
     ] = None,
+    allow_image_urls: Annotated[
+        bool,
+        typer.Option("--allow-image-urls", help="Fetch chats' http(s) image URLs (public addresses only)."),
+    ] = False,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
@@ -94,6 +98,7 @@ def serve(
         sse_keepalive=sse_keepalive,
         allowed_hosts=allowed_hosts or None,
         origins=cors_origins or None,
+        allow_image_urls=True if allow_image_urls else None,
         pull_defaults=False if no_pull else None,
         ui=False if no_ui else None,
     )

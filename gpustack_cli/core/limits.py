@@ -5,13 +5,14 @@ and the model's context. The checks take a small `Limits` value (the server's se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engines.base import TextGenerator
 from gpustack_cli.core import json_values
 from gpustack_cli.core.json_schemas import SchemaError, SchemaLimits, check_schemas, loosened
-from gpustack_cli.core.types import ChatRequest, GenerationError
+from gpustack_cli.core.media import check_parts
+from gpustack_cli.core.types import ChatRequest, GenerationError, MediaLimits
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Limits:
     schema: SchemaLimits
     # Keep a reasoning model's thinking apart from its answer (the server's `reasoning_format`).
     split_reasoning: bool = True
+    media: MediaLimits = field(default_factory=MediaLimits)
 
 
 def check_chat(
@@ -40,6 +42,8 @@ def check_chat(
     and reasoning is split off unless the server keeps it in the text (`reasoning_format`)."""
     request.max_tokens = capped(request.max_tokens, limits)
     request.split_reasoning = limits.split_reasoning
+    request.media_limits = limits.media
+    check_parts(request.media, limits.media)
     if len(request.messages) > limits.max_messages:
         raise GenerationError(
             f"Too many messages: {len(request.messages)}; the limit is {limits.max_messages}.", param="messages"

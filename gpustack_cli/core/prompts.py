@@ -1,6 +1,7 @@
 """Prompt rendering and preparation: a `ChatRequest` written by the model's chat template (the
 Jinja environment is `templates.py`), its tools given natively or in the generic format, and the
-result made `Prepared` for the engine: prompt tokens, the completion budget the context leaves, the
+result made `Prepared` for the engine: prompt tokens (with the images and audio the messages hold,
+for a model whose projector takes them), the completion budget the context leaves, the
 grammar that holds tool calls or a JSON answer, and how to read reasoning and calls back out.
 
 Tool calls: a model whose template takes `tools` and shows a format `parsing/tool_calls.py` reads
@@ -17,19 +18,22 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engines.base import InvalidSchema, Sampling, TextGenerator
+from engines.base import InvalidSchema, MediaError, Sampling, TextGenerator
 from gpustack_cli.core import json_values, templates
 from gpustack_cli.core.limits import fit_context
+from gpustack_cli.core.media import decoded
 from gpustack_cli.core.parsing.reasoning import ReasoningFormat, reasoning_format
 from gpustack_cli.core.parsing.tool_calls import GENERIC, HARMONY, ToolFormat, ToolSpec, is_harmony, tool_format
-from gpustack_cli.core.types import ChatMessage, ChatRequest, GenerationError, Tool
+from gpustack_cli.core.types import MEDIA_MARKER, ChatMessage, ChatRequest, GenerationError, Tool
 
 
 @dataclass
 class Prepared:
     """A request made ready for the engine: its prompt tokens and the sampling for its reply."""
 
-    prompt_tokens: list[int]
+    # Token ids, and the engine's media chunks where the messages hold images or audio (each
+    # standing for the positions it takes: the length is the prompt's size in the context).
+    prompt_tokens: list[Any]
     sampling: Sampling
     stop: list[str]
     # How to read tool calls in the output, when tools are offered.
@@ -184,7 +188,7 @@ def _native_messages(request: ChatRequest) -> list[dict[str, Any]]:
 
 def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
     text = render_chat(engine, request)
-    prompt = chat_tokens(engine, text)
+    prompt = prompt_of(engine, text, request)
     budget = fit_context(engine, len(prompt), request.max_tokens)
     template = _template(engine)
     calls = _call_format(request, template)
@@ -219,7 +223,29 @@ def prepare_chat(engine: TextGenerator, request: ChatRequest) -> Prepared:
 
 
 def count_chat_tokens(engine: TextGenerator, request: ChatRequest) -> int:
-    return len(chat_tokens(engine, render_chat(engine, request)))
+    return len(prompt_of(engine, render_chat(engine, request), request))
+
+
+def prompt_of(engine: TextGenerator, text: str, request: ChatRequest) -> list[Any]:
+    """The rendered chat's prompt: its tokens, with its media where the messages hold some."""
+    parts = request.media
+    if not parts:
+        return chat_tokens(engine, text)
+    modalities = getattr(engine, "modalities", ())
+    for part in parts:
+        if ("vision" if part.kind == "image" else "audio") not in modalities:
+            what = "images" if part.kind == "image" else "audio"
+            raise GenerationError(
+                f"Invalid '{part.param}': model '{getattr(engine, 'name', '')}' does not take {what} "
+                "(it has no projector for them).",
+                param=part.param,
+                code="unsupported_content",
+            )
+    media = [decoded(part, request.media_limits, getattr(engine, "audio_rate", 0)) for part in parts]
+    try:
+        return engine.tokenize_media(text.replace(MEDIA_MARKER, engine.media_marker), media)  # type: ignore[attr-defined]
+    except MediaError as exc:
+        raise GenerationError(f"Invalid 'messages': {exc}.", param="messages") from exc
 
 
 def chat_tokens(engine: TextGenerator, text: str) -> list[int]:

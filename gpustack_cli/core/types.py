@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engines.base import Sampling
+from engines.base import Media, Sampling
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -37,12 +37,46 @@ class Tool:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+# Where a message's image or audio clip stands in its text (llama.cpp's libmtmd marker).
+MEDIA_MARKER = "<__media__>"
+
+
+@dataclass
+class MediaPart:
+    """An image or audio clip of a message, as its request gave it: the bytes (from base64 or a
+    data URL), or a URL for the server to fetch; `param` names its place, for errors."""
+
+    kind: Literal["image", "audio"]
+    param: str
+    data: bytes | None = None
+    url: str | None = None
+    # The audio's container as the client named it ("wav", "mp3").
+    format: str | None = None
+    # The part decoded for the engine, once it has been (`core.media.decoded`).
+    decoded: Media | None = None
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    # Images and audio clips in one request.
+    max_media: int = 16
+    # Bytes of one image or clip, as sent (after base64) or fetched.
+    max_media_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_audio_seconds: float = 600.0
+    # Whether `http(s)` URLs are fetched by the server; and how long a fetch may take.
+    allow_urls: bool = False
+    url_timeout: float = 10.0
+
+
 @dataclass
 class ChatMessage:
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
+    # Its images and audio, in order: `content` holds MEDIA_MARKER where each one stands.
+    media: list[MediaPart] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +98,12 @@ class ChatRequest:
     split_reasoning: bool = True
     # Whether the model may call several tools in one answer.
     parallel_tool_calls: bool = True
+    # The bounds its media are held to (the server's, set by `limits.check_chat`).
+    media_limits: MediaLimits = field(default_factory=MediaLimits)
+
+    @property
+    def media(self) -> list[MediaPart]:
+        return [part for message in self.messages for part in message.media]
 
 
 @dataclass

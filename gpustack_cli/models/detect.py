@@ -32,6 +32,18 @@ def main_gguf(folder: Path) -> Path | None:
     return max(files, key=lambda p: p.stat().st_size) if files else None
 
 
+def projector_modalities(path: Path) -> list[str]:
+    """What a vision/audio projector (`mmproj` GGUF) lets its model take: "vision", "audio"."""
+    try:
+        meta = read_metadata(path)
+    except GGUFError as exc:
+        raise UnknownFormat(f"{path.name}: {exc}") from exc
+    found = [kind for kind in ("vision", "audio") if meta.get(f"clip.has_{kind}_encoder")]
+    if not found:
+        raise UnknownFormat(f"{path.name} is not a projector llama.cpp loads (no vision or audio encoder in it)")
+    return found
+
+
 def _gguf(folder: Path, path: Path) -> Detected:
     try:
         meta = read_metadata(path)
@@ -45,6 +57,7 @@ def _gguf(folder: Path, path: Path) -> Detected:
     projector = [p for p in folder.rglob("*.gguf") if "mmproj" in p.name.lower()]
     if projector:
         options["mmproj_file"] = projector[0].relative_to(folder).as_posix()
+        options["modalities"] = projector_modalities(projector[0])
     pooling = meta.get(f"{arch}.pooling_type")
     # A classification head (`classifier.output_labels`) on an encoder is a reranker: llama.cpp
     # scores pairs with it under rank pooling, which the engine asks for when the file names none.

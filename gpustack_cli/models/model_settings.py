@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gpustack_cli.core import templates
-from gpustack_cli.models.detect import main_gguf
+from gpustack_cli.models.detect import UnknownFormat, main_gguf, projector_modalities
 from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
 from gpustack_cli.models.store import Manifest, ModelStore, StoreError
 
@@ -33,6 +33,29 @@ def set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int 
             options.pop(key, None)
         elif value is not None:
             options[key] = value
+    return store.update(name, options=options)
+
+
+def set_projector(store: ModelStore, name: str, source: str) -> Manifest:
+    """A llama.cpp model's vision/audio projector: a GGUF kept anywhere ('' goes back to the one
+    pulled with the model, if any). One that names no vision or audio encoder is refused."""
+    options = _llama_options(store, name, "projectors")
+    if source == "":
+        options.pop("mmproj_file", None)
+        options.pop("modalities", None)
+        pulled = [p for p in store.model_dir(name).rglob("*.gguf") if "mmproj" in p.name.lower()]
+        if pulled:
+            options["mmproj_file"] = pulled[0].relative_to(store.model_dir(name)).as_posix()
+            options["modalities"] = projector_modalities(pulled[0])
+        return store.update(name, options=options)
+    path = Path(source).expanduser().resolve()
+    if not path.is_file():
+        raise StoreError(f"no projector file at {source}")
+    try:
+        options["modalities"] = projector_modalities(path)
+    except UnknownFormat as exc:
+        raise StoreError(str(exc)) from exc
+    options["mmproj_file"] = str(path)
     return store.update(name, options=options)
 
 

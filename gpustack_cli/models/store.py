@@ -63,6 +63,13 @@ class Manifest(BaseModel):
     def size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def modalities(self) -> list[str]:
+        """What the model takes besides text, through its projector: "vision", "audio"."""
+        if not self.options.get("mmproj_file"):
+            return []
+        return list(self.options.get("modalities") or ["vision"])
+
 
 class StoreError(Exception):
     pass

@@ -14,13 +14,16 @@ from typing import Any
 
 from engines.base import Sampling
 from gpustack_cli.core import json_values
+from gpustack_cli.core.media import b64
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     ChatMessage,
     ChatRequest,
     Event,
     Finished,
     GenerationError,
+    MediaPart,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -75,9 +78,13 @@ def thinking_variables(think: wire.Think) -> dict[str, Any]:
     return {"enable_thinking": True, "reasoning_effort": think}
 
 
-def _refuse_images(images: list[str] | None, param: str) -> None:
-    if images:
-        raise GenerationError("Images are not supported: this server does not load vision projectors yet.", param=param)
+def _with_images(role: str, content: str, images: list[str] | None, param: str) -> ChatMessage:
+    """A message with its images (base64, as Ollama sends them) before its text, as Ollama puts them."""
+    media = [
+        MediaPart("image", f"{param}[{i}]", data=b64(image, f"{param}[{i}]")) for i, image in enumerate(images or [])
+    ]
+    text = "\n".join([MEDIA_MARKER] * len(media) + ([content] if content or not media else []))
+    return ChatMessage(role, text, media=media)  # type: ignore[arg-type]
 
 
 def _arguments(arguments: dict[str, Any] | str) -> str:
@@ -92,7 +99,6 @@ def chat_messages(messages: list[wire.OllamaMessage]) -> list[ChatMessage]:
     unanswered: list[ToolCall] = []
     count = 0
     for index, m in enumerate(messages):
-        _refuse_images(m.images, f"messages[{index}].images")
         if m.role == "assistant" and m.tool_calls:
             calls = []
             for call in m.tool_calls:
@@ -110,7 +116,7 @@ def chat_messages(messages: list[wire.OllamaMessage]) -> list[ChatMessage]:
                 unanswered.remove(answered)
             out.append(ChatMessage("tool", m.content, tool_call_id=answered.id if answered else m.tool_call_id))
         else:
-            out.append(ChatMessage(m.role, m.content))
+            out.append(_with_images(m.role, m.content, m.images, f"messages[{index}].images"))
     return out
 
 
@@ -128,11 +134,11 @@ def chat_request(body: wire.ChatBody) -> ChatRequest:
 
 
 def generate_request(body: wire.GenerateBody) -> ChatRequest:
-    """A templated generate: the prompt as a user's turn after the system prompt, if any."""
-    _refuse_images(body.images, "images")
+    """A templated generate: the prompt (and its images) as a user's turn after the system
+    prompt, if any."""
     messages = [ChatMessage("system", body.system)] if body.system else []
     return ChatRequest(
-        [*messages, ChatMessage("user", body.prompt or "")],
+        [*messages, _with_images("user", body.prompt or "", body.images, "images")],
         sampling(body.options),
         max_tokens=max_tokens(body.options),
         stop=stops(body.options),
@@ -152,7 +158,11 @@ def refuse_unsupported(body: wire.GenerateBody) -> None:
             "model's format, or leave the model's own template to format it.",
             param="template",
         )
-    _refuse_images(body.images, "images")
+    if (body.raw or body.suffix) and body.images:
+        raise GenerationError(
+            "'images' need the model's template to place them: leave 'raw' and 'suffix' off to send images.",
+            param="images",
+        )
 
 
 def wire_call(call: ToolCall, index: int) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def capabilities(manifest: Manifest, meta: dict[str, Any]) -> list[str]:
             found.append("thinking")
         if _has_fim(meta):
             found.append("insert")
+        found += manifest.modalities
     if Category.embedding in manifest.categories:
         found.append("embedding")
     return found

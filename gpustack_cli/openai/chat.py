@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import secrets
@@ -18,15 +19,18 @@ from engines.base import Sampling, TextGenerator
 from gpustack_cli import __version__
 from gpustack_cli.core.choices import Choice, collected, merged, seeded
 from gpustack_cli.core.limits import capped, check_chat, check_stops, check_text_size, fit_context
+from gpustack_cli.core.media import b64, data_part, data_url
 from gpustack_cli.core.prompts import Prepared, fill_in_the_middle, prepare_chat
 from gpustack_cli.core.streams import chat_events, text_events
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     ChatMessage,
     ChatRequest,
     Event,
     Finished,
     GenerationError,
+    MediaPart,
     ReasoningDelta,
     TextDelta,
     Tool,
@@ -57,8 +61,29 @@ class TextPart(Wire):
     text: str
 
 
+class ImageUrl(Wire):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(Wire):
+    type: Literal["image_url"]
+    # Some clients send the URL itself rather than the object.
+    image_url: ImageUrl | str
+
+
+class InputAudio(Wire):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(Wire):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
 class OtherPart(Wire):
-    type: Literal["image_url", "input_audio", "file", "refusal"]
+    type: Literal["file", "refusal"]
 
 
 class FunctionCall(Wire):
@@ -74,7 +99,7 @@ class WireToolCall(Wire):
 
 class Message(Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | OtherPart] | None = None
+    content: str | list[TextPart | ImagePart | AudioPart | OtherPart] | None = None
     name: str | None = None
     tool_calls: list[WireToolCall] | None = None
     tool_call_id: str | None = None
@@ -196,18 +221,32 @@ def _stops(stop: Stop) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
 
 
-def _text_of(message: Message, index: int) -> str:
+def _content_of(message: Message, index: int) -> tuple[str, list[MediaPart]]:
+    """A message's text and media: the parts go to the template as one text, a line apart (as
+    llama.cpp and vLLM join them), with the media marker where each image or clip stood."""
     if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    for part in message.content:
-        if isinstance(part, OtherPart):
+        return message.content or "", []
+    texts: list[str] = []
+    media: list[MediaPart] = []
+    for number, part in enumerate(message.content):
+        param = f"messages[{index}].content[{number}]"
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+            continue
+        if isinstance(part, ImagePart):
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            media.append(data_part("image", url, f"{param}.image_url"))
+        elif isinstance(part, AudioPart):
+            data = b64(part.input_audio.data, f"{param}.input_audio.data")
+            media.append(MediaPart("audio", f"{param}.input_audio", data=data, format=part.input_audio.format))
+        else:
             raise GenerationError(
-                f"Invalid content part in messages[{index}]: this model reads text only, not '{part.type}'.",
-                param=f"messages[{index}].content",
+                f"Invalid content part in messages[{index}]: '{part.type}' parts are not read by this server.",
+                param=param,
                 code="unsupported_content",
             )
-    # Text parts go to the template as one text, a line apart (as llama.cpp and vLLM join them).
-    return "\n".join(part.text for part in message.content if isinstance(part, TextPart))
+        texts.append(MEDIA_MARKER)
+    return "\n".join(texts), media
 
 
 def chat_request(body: ChatCompletionBody) -> ChatRequest:
@@ -215,7 +254,8 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
     for index, m in enumerate(body.messages):
         calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or []]
         role = "system" if m.role == "developer" else m.role
-        messages.append(ChatMessage(role, _text_of(m, index), calls, m.tool_call_id))
+        text, media = _content_of(m, index)
+        messages.append(ChatMessage(role, text, calls, m.tool_call_id, media))
     tools = [Tool(t.function.name, t.function.description, t.function.parameters) for t in body.tools or []]
     choice = body.tool_choice or "auto"
     if isinstance(choice, NamedToolChoice):
@@ -251,13 +291,32 @@ def chat_request(body: ChatCompletionBody) -> ChatRequest:
 # -- core to wire ------------------------------------------------------------------------------
 
 
+def _wire_content(message: ChatMessage) -> str | list[TextPart | ImagePart | AudioPart | OtherPart]:
+    """A message's content for another server: its text, or parts where it holds media."""
+    if not message.media:
+        return message.content
+    parts: list[TextPart | ImagePart | AudioPart | OtherPart] = []
+    texts = message.content.split(MEDIA_MARKER)
+    for text, part in zip(texts, [*message.media, None], strict=True):
+        if text.strip("\n"):
+            parts.append(TextPart(type="text", text=text.strip("\n")))
+        if part is None:
+            continue
+        if part.kind == "audio":
+            data = base64.b64encode(part.data or b"").decode()
+            parts.append(AudioPart(type="input_audio", input_audio=InputAudio(data=data, format=part.format or "wav")))
+        else:
+            parts.append(ImagePart(type="image_url", image_url=ImageUrl(url=part.url or data_url(part.data or b""))))
+    return parts
+
+
 def chat_body(chat: ChatRequest, model: str) -> dict[str, Any]:
     """A streamed chat completions request for `chat`, as another OpenAI-compatible server takes
     it (usage included in the stream)."""
     messages = [
         Message(
             role=m.role,
-            content=m.content,
+            content=_wire_content(m),
             tool_calls=[_wire_call(c) for c in m.tool_calls] or None,
             tool_call_id=m.tool_call_id,
         )

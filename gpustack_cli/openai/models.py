@@ -20,6 +20,8 @@ class ModelObject(Doc):
     created: int
     owned_by: str
     categories: list[str]
+    # What it takes besides text: "vision" (images), "audio".
+    capabilities: list[str]
     loaded: bool
 
 
@@ -29,13 +31,14 @@ class ModelList(Doc):
 
 
 def model_object(manifest: Manifest, scheduler: Scheduler) -> dict[str, Any]:
-    """A `Model` as OpenAI lists it, plus our extras `categories` and `loaded`."""
+    """A `Model` as OpenAI lists it, plus our extras `categories`, `capabilities` and `loaded`."""
     return {
         "id": manifest.name,
         "object": "model",
         "created": int(manifest.created),
         "owned_by": "gpustack",
         "categories": [c.value for c in manifest.categories],
+        "capabilities": manifest.modalities,
         "loaded": scheduler.is_loaded(manifest.name),
     }
 

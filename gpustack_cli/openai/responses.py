@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
-from gpustack_cli.core.types import ChatMessage, ChatRequest, GenerationError, Tool, ToolCall
+from gpustack_cli.core.media import data_part
+from gpustack_cli.core.types import MEDIA_MARKER, ChatMessage, ChatRequest, GenerationError, MediaPart, Tool, ToolCall
 from gpustack_cli.openai.chat import Wire
 
 # The `include` value that asks for the answer's log probabilities.
@@ -33,6 +34,13 @@ class TextContent(Wire):
     refusal: str = ""
 
 
+class ImageContent(Wire):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class OtherContent(Wire):
     type: str
 
@@ -46,11 +54,14 @@ def _type_of(value: Any, default: str | None = None) -> str | None:
 
 def _content_kind(value: Any) -> str:
     kind = _type_of(value)
+    if kind == "input_image":
+        return "Image"
     return "Text" if kind in ("input_text", "output_text", "text", "refusal") else "Other"
 
 
 Content = Annotated[
-    Annotated[TextContent, Tag("Text")] | Annotated[OtherContent, Tag("Other")], Discriminator(_content_kind)
+    Annotated[TextContent, Tag("Text")] | Annotated[ImageContent, Tag("Image")] | Annotated[OtherContent, Tag("Other")],
+    Discriminator(_content_kind),
 ]
 
 
@@ -301,9 +312,19 @@ _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output":
 
 def _check_content(content: str | list[Any], param: str) -> None:
     for index, part in enumerate([] if isinstance(content, str) else content):
+        if isinstance(part, ImageContent) and part.image_url is None:
+            raise GenerationError(
+                "An 'input_image' needs an 'image_url' (a data URL, or an http(s) URL where the server fetches "
+                "them): this server keeps no files to name by 'file_id'.",
+                param=f"{param}[{index}]",
+                code="unsupported_content",
+            )
+        if isinstance(part, ImageContent):
+            data_part("image", part.image_url or "", f"{param}[{index}].image_url")  # refused here if malformed
         if isinstance(part, OtherContent):
             raise GenerationError(
-                f"Content of type '{part.type}' is not supported here: this model reads text only.",
+                f"Content of type '{part.type}' is not supported here: this server reads text and images "
+                "('input_image'), not files.",
                 param=f"{param}[{index}]",
                 code="unsupported_content",
             )
@@ -312,19 +333,37 @@ def _check_content(content: str | list[Any], param: str) -> None:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    # A line apart, as chat completions joins its text parts.
-    return "\n".join(part.get("text") or part.get("refusal") or "" for part in content)
+    return "\n".join(
+        part.get("text") or part.get("refusal") or "" for part in content if part.get("type") != "input_image"
+    )
+
+
+def _content(content: Any, param: str) -> tuple[str, list[MediaPart]]:
+    """A stored item's content as a text and its images: a line apart, as chat completions
+    joins its parts, with the media marker where each image stood."""
+    if isinstance(content, str):
+        return content, []
+    texts: list[str] = []
+    media: list[MediaPart] = []
+    for index, part in enumerate(content):
+        if part.get("type") == "input_image":
+            media.append(data_part("image", part.get("image_url") or "", f"{param}[{index}].image_url"))
+            texts.append(MEDIA_MARKER)
+        else:
+            texts.append(part.get("text") or part.get("refusal") or "")
+    return "\n".join(texts), media
 
 
 def chat_messages(items: list[dict[str, Any]]) -> list[ChatMessage]:
     """Stored items (input and output alike) as the text core's messages: an answer's function
     calls join the assistant message before them, results become tool messages."""
     messages: list[ChatMessage] = []
-    for item in items:
+    for index, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "message":
             role = item["role"]
-            messages.append(ChatMessage("system" if role == "developer" else role, _text(item["content"])))
+            text, media = _content(item["content"], f"input[{index}].content")
+            messages.append(ChatMessage("system" if role == "developer" else role, text, media=media))
         elif kind == "function_call":
             call = ToolCall(item["call_id"], item["name"], item.get("arguments") or "{}")
             last = messages[-1] if messages else None

@@ -37,6 +37,9 @@ class DecodeCollector(Collector):
             "reused_tokens": CounterMetricFamily(
                 "gpustack_prefix_cache_tokens", "Prompt tokens reused from a slot's cache", labels=["model"]
             ),
+            "media_encoded": CounterMetricFamily(
+                "gpustack_media_encoded", "Images and audio clips encoded by a model's projector", labels=["model"]
+            ),
         }
         first = HistogramMetricFamily(
             "gpustack_time_to_first_token_seconds", "From a request's arrival to its first token", labels=["model"]

@@ -10,6 +10,7 @@ import pytest
 from engines.base import Sampling
 from gpustack_cli.anthropic import messages as anthropic
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     ChatMessage,
     Finished,
@@ -284,7 +285,11 @@ def test_structured_output_and_effort() -> None:
     [
         ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]}, "mcp_servers"),
         ({"frobnicate": True}, "frobnicate"),
-        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "text only"),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}, "'document' blocks"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64"}}]}]},
+            "messages.0.content.0.source.data",
+        ),
     ],
 )
 def test_what_cannot_be_served_is_a_400_naming_it(changes: dict, words: str) -> None:
@@ -297,3 +302,17 @@ def test_what_cannot_be_served_is_a_400_naming_it(changes: dict, words: str) -> 
 def test_fields_that_change_nothing_here_are_accepted() -> None:
     extra = {"service_tier": "auto", "container": "c1", "inference_geo": "us", "cache_control": {"type": "ephemeral"}}
     assert anthropic.chat_request(anthropic.MessagesBody.model_validate(agent_body(**extra))).messages
+
+
+def test_image_blocks_become_media_in_place() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}}
+    content = [{"type": "text", "text": "what is"}, image, {"type": "text", "text": "this?"}]
+    body = anthropic.MessagesBody.model_validate(agent_body(messages=[{"role": "user", "content": content}]))
+    message = anthropic.chat_request(body).messages[-1]
+    assert message.content == f"what is\n{MEDIA_MARKER}\nthis?"
+    assert [(m.kind, m.param, m.data) for m in message.media] == [
+        ("image", "messages.0.content.1.source", b"\x89PNG\r\n")
+    ]
+    url = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    body = anthropic.MessagesBody.model_validate(agent_body(messages=[{"role": "user", "content": [url]}]))
+    assert anthropic.chat_request(body).messages[-1].media[0].url == "https://example.com/a.png"

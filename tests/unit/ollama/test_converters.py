@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     Finished,
     GenerationError,
@@ -78,18 +79,25 @@ def test_format_and_think() -> None:
     assert convert.thinking_variables(False) == {"enable_thinking": False} and convert.thinking_variables(None) == {}
 
 
-def test_what_cannot_be_served_is_refused_by_name() -> None:
+def test_images_go_before_the_text_and_what_cannot_be_served_is_refused_by_name() -> None:
+    chat = convert.chat_request(
+        wire.ChatBody.model_validate({"model": "m", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})
+    )
+    assert chat.messages[0].content == f"{MEDIA_MARKER}\nx"
+    assert [(m.param, m.data) for m in chat.messages[0].media] == [("messages[0].images[0]", b"hi")]
     with pytest.raises(GenerationError) as refused:
         convert.chat_request(
-            wire.ChatBody.model_validate(
-                {"model": "m", "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}
-            )
+            wire.ChatBody.model_validate({"model": "m", "messages": [{"role": "user", "images": ["not base64!"]}]})
         )
-    assert refused.value.param == "messages[0].images"
-    for field, value in (("context", [1, 2]), ("template", "{{ .Prompt }}"), ("images", ["aGk="])):
+    assert refused.value.param == "messages[0].images[0]"
+    for fields, param in (
+        ({"context": [1, 2]}, "context"),
+        ({"template": "{{ .Prompt }}"}, "template"),
+        ({"images": ["aGk="], "raw": True}, "images"),
+    ):
         with pytest.raises(GenerationError) as refused:
-            convert.refuse_unsupported(wire.GenerateBody.model_validate({"model": "m", "prompt": "x", field: value}))
-        assert refused.value.param == field
+            convert.refuse_unsupported(wire.GenerateBody.model_validate({"model": "m", "prompt": "x", **fields}))
+        assert refused.value.param == param
 
 
 def test_events_become_chunks_and_a_last_object() -> None:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 
 from engines.base import Sampling
+from gpustack_cli.core.media import check_parts
 from gpustack_cli.core.streams import collect
 from gpustack_cli.core.types import (
+    MEDIA_MARKER,
     Answer,
     ChatMessage,
     ChatRequest,
     Finished,
     GenerationError,
+    MediaLimits,
     ReasoningDelta,
     TextDelta,
     TokenLogprob,
@@ -90,12 +93,57 @@ def test_an_openai_chat_body_that_cannot_be_served_names_its_field(fields: dict,
     assert raised.value.param == param
 
 
-def test_image_parts_are_refused_for_a_text_model() -> None:
-    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+def test_image_and_audio_parts_become_media_in_place() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    content = [{"type": "text", "text": "compare"}, image, {"type": "text", "text": "with"}, audio]
+    body = openai.ChatCompletionBody.model_validate({"model": "m", "messages": [{"role": "user", "content": content}]})
+    message = openai.chat_request(body).messages[0]
+    assert message.content == f"compare\n{MEDIA_MARKER}\nwith\n{MEDIA_MARKER}"
+    assert [(m.kind, m.param, m.data) for m in message.media] == [
+        ("image", "messages[0].content[1].image_url", b"\x89PNG\r\n"),
+        ("audio", "messages[0].content[3].input_audio", b"RIFF"),
+    ]
+    # Back to the wire for an upstream server: the same parts, in order.
+    wire = openai.chat_body(openai.chat_request(body), "m")["messages"][0]["content"]
+    assert [part["type"] for part in wire] == ["text", "image_url", "text", "input_audio"]
+    assert wire[1]["image_url"]["url"] == "data:image/png;base64,iVBORw0K"
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("data:image/png,rawtext", "messages[0].content[0].image_url"),
+        ("data:image/png;base64,!!!", "messages[0].content[0].image_url"),
+        ("ftp://example.com/a.png", "messages[0].content[0].image_url"),
+    ],
+)
+def test_bad_image_urls_name_their_part(url: str, param: str) -> None:
+    image = {"type": "image_url", "image_url": {"url": url}}
     body = openai.ChatCompletionBody.model_validate({"model": "m", "messages": [{"role": "user", "content": [image]}]})
     with pytest.raises(GenerationError) as raised:
         openai.chat_request(body)
-    assert raised.value.param == "messages[0].content" and raised.value.code == "unsupported_content"
+    assert raised.value.param == param
+
+
+def test_an_image_url_is_refused_unless_the_server_fetches_them() -> None:
+    image = {"type": "image_url", "image_url": "https://example.com/cat.png"}
+    body = openai.ChatCompletionBody.model_validate({"model": "m", "messages": [{"role": "user", "content": [image]}]})
+    chat = openai.chat_request(body)
+    with pytest.raises(GenerationError) as raised:
+        check_parts(chat.media, MediaLimits())
+    assert raised.value.code == "media_url_not_allowed" and "--allow-image-urls" in str(raised.value)
+    check_parts(chat.media, MediaLimits(allow_urls=True))
+    with pytest.raises(GenerationError, match="Too many"):
+        check_parts(chat.media * 3, MediaLimits(max_media=2, allow_urls=True))
+
+
+def test_file_parts_are_refused() -> None:
+    part = {"type": "file", "file": {"file_id": "f"}}
+    body = openai.ChatCompletionBody.model_validate({"model": "m", "messages": [{"role": "user", "content": [part]}]})
+    with pytest.raises(GenerationError) as raised:
+        openai.chat_request(body)
+    assert raised.value.param == "messages[0].content[0]" and raised.value.code == "unsupported_content"
 
 
 def test_json_modes_become_schemas() -> None:

@@ -135,13 +135,17 @@ def test_what_a_local_model_cannot_do_is_refused(fields: dict, param: str) -> No
 @pytest.mark.parametrize(
     ("item", "param"),
     [
-        ({"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}, "input[0].content[0]"),
+        ({"role": "user", "content": [{"type": "input_image", "file_id": "file_1"}]}, "input[0].content[0]"),
+        (
+            {"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]},
+            "input[0].content[0].image_url",
+        ),
         ({"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}, "input[0].content[0]"),
         ({"type": "item_reference", "id": "msg_1"}, "input[0].type"),
         ({"type": "web_search_call", "id": "ws_1"}, "input[0].type"),
     ],
 )
-def test_inputs_a_text_model_cannot_read_are_refused(item: dict, param: str) -> None:
+def test_inputs_this_server_cannot_read_are_refused(item: dict, param: str) -> None:
     with pytest.raises(GenerationError) as caught:
         input_items(body(input=[item]))
     assert caught.value.param == param
