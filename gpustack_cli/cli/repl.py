@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from engines.base import Sampling
 from gpustack_cli.cli import render
 from gpustack_cli.cli.connection import ClientError, Terminal
-from gpustack_cli.core.types import ChatMessage, ChatRequest
+from gpustack_cli.core.types import MEDIA_MARKER, ChatMessage, ChatRequest, MediaPart
 
 HELP = """Commands:
   /set parameter NAME VALUE  temperature, top_p, top_k, seed, num_predict, stop
   /set system TEXT           the system prompt, anew (also /system TEXT)
   /set format json|text      answers in JSON, or in words
   /set verbose               token counts and timings after each answer
+  /image PATH                send an image with the next message (a model that sees)
   /show info                 the model, where it runs, its settings
   /clear                     forget the conversation
   /bye                       leave (Ctrl-D works too)
@@ -50,11 +53,12 @@ PARAMETERS = {
 }
 
 
-def chat_request(messages: list[dict[str, str]], options: ChatOptions) -> ChatRequest:
-    """The core's request for a conversation under the REPL's options."""
+def chat_request(messages: list[dict[str, Any]], options: ChatOptions) -> ChatRequest:
+    """The core's request for a conversation under the REPL's options; a message's `images`
+    (their bytes) go before its text, as Ollama's REPL sends them."""
     sampling = Sampling.of(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k, seed=options.seed)
     return ChatRequest(
-        [ChatMessage(m["role"], m["content"]) for m in messages],
+        [_message(m) for m in messages],
         sampling,
         max_tokens=options.max_tokens,
         stop=list(options.stop),
@@ -62,10 +66,25 @@ def chat_request(messages: list[dict[str, str]], options: ChatOptions) -> ChatRe
     )
 
 
+def _message(message: dict[str, Any]) -> ChatMessage:
+    images: list[bytes] = message.get("images") or []
+    media = [MediaPart("image", f"image {i + 1}", data=data) for i, data in enumerate(images)]
+    text = "\n".join([MEDIA_MARKER] * len(media) + [message["content"]])
+    return ChatMessage(message["role"], text, media=media)
+
+
+def read_image(path: str) -> bytes:
+    """An image file's bytes for a message; a ValueError that names the path where it cannot be read."""
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the image {path}: {exc.strerror or exc}") from exc
+
+
 def ask(
     terminal: Terminal,
     model: str,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     options: ChatOptions,
     console: Console,
     verbose: bool = False,
@@ -109,7 +128,9 @@ class Session:
         self.system = system
         self.options = options
         self.verbose = verbose
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
+        # Images for the next message (`/image PATH`).
+        self.images: list[bytes] = []
 
     def command(self, text: str, console: Console) -> bool:
         """Carry out a /command; False when `text` is no command (a message to send)."""
@@ -137,6 +158,12 @@ class Session:
         elif words[:2] == ["/set", "verbose"]:
             self.verbose = True
             console.print("[dim]timings on[/]")
+        elif head == "/image" and len(words) > 1:
+            try:
+                self.images.append(read_image(text[len("/image") :].strip()))
+                console.print(f"[dim]{len(self.images)} image(s) go with your next message[/]")
+            except ValueError as exc:
+                console.print(f"[red]error:[/] {exc}")
         elif words[:2] == ["/show", "info"]:
             settings = {k: v for k, v in asdict(self.options).items() if v not in (None, [], False)}
             console.print(f"model: {self.model}\nrunning in: {self.terminal.where}")
@@ -149,7 +176,8 @@ class Session:
         return True
 
     def send(self, message: str, console: Console) -> None:
-        self.history.append({"role": "user", "content": message})
+        self.history.append({"role": "user", "content": message, "images": self.images})
+        self.images = []
         prefix = [{"role": "system", "content": self.system}] if self.system else []
         try:
             reply = ask(self.terminal, self.model, prefix + self.history, self.options, console, self.verbose)

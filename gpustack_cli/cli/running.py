@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -45,7 +45,10 @@ def run(
     size: Annotated[str, typer.Option(help="Image size, WIDTHxHEIGHT or auto.")] = "auto",
     steps: Annotated[int | None, typer.Option(help="Diffusion steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed makes the same image.")] = None,
-    image: Annotated[Path | None, typer.Option(help="Edit this image instead of starting from noise.")] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="Image model: edit this image instead of starting from noise. Chat: ask about it."),
+    ] = None,
     mask: Annotated[Path | None, typer.Option(help="PNG whose transparent pixels are the ones to edit.")] = None,
 ) -> None:
     """Run a model in the terminal: chat, or one answer, embedding or ranking."""
@@ -70,7 +73,7 @@ def run(
                 raise fail("--format for a chat model is json (an answer in JSON)")
             else:
                 options = ChatOptions(max_tokens=max_tokens, json=fmt == "json")
-                _run_chat(terminal, name, prompt, system, options, verbose)
+                _run_chat(terminal, name, prompt, system, options, verbose, image)
     except typer.Exit:
         raise
     except (EngineUnavailable, ClientError) as exc:
@@ -111,15 +114,28 @@ def _with_stdin(prompt: list[str] | None) -> list[str] | None:
 
 
 def _run_chat(
-    terminal: Terminal, name: str, prompt: list[str] | None, system: str | None, options: ChatOptions, verbose: bool
+    terminal: Terminal,
+    name: str,
+    prompt: list[str] | None,
+    system: str | None,
+    options: ChatOptions,
+    verbose: bool,
+    image: Path | None,
 ) -> None:
-    from gpustack_cli.cli.repl import Session, ask, repl
+    from gpustack_cli.cli.repl import Session, ask, read_image, repl
 
+    try:
+        images = [read_image(str(image))] if image else []
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
     if not prompt:
-        repl(Session(terminal, name, system, options, verbose), console)
+        session = Session(terminal, name, system, options, verbose)
+        session.images = images
+        repl(session, console)
         return
-    messages = [{"role": "system", "content": system}] if system else []
-    ask(terminal, name, [*messages, {"role": "user", "content": " ".join(prompt)}], options, console, verbose)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    user = {"role": "user", "content": " ".join(prompt), "images": images}
+    ask(terminal, name, [*messages, user], options, console, verbose)
 
 
 def _run_image(terminal: Terminal, name: str, ask: ImageAsk, output: Path) -> None:

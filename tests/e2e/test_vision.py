@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,10 @@ import anthropic
 import httpx
 import ollama
 import openai
+import pexpect
 import pytest
 
-from tests.support.harness import ServerProcess
+from tests.support.harness import ServerProcess, clean_env, gpustack
 
 MODEL = "tiny-vision"
 QUESTION = "Describe this."
@@ -234,3 +236,36 @@ async def test_text_streams_go_on_while_an_image_is_read(server: ServerProcess) 
     assert seen
     # A step of four slots takes tens of milliseconds here; the bound holds on a busy machine.
     assert max(gaps) < 5.0, gaps
+
+
+def test_run_asks_about_an_image_over_the_server_and_in_the_repl(
+    server: ServerProcess, models_home: Path, tmp_path: Path
+) -> None:
+    photo = tmp_path / "red.png"
+    photo.write_bytes(RED_SQUARE)
+    env = clean_env(GPUSTACK_HOME=str(models_home), GPUSTACK_SERVER_URL=server.url)
+    before = counter(server, "gpustack_media_encoded")
+    result = gpustack("run", MODEL, "--image", str(photo), "Describe", "this.", "--max-tokens", "8", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert counter(server, "gpustack_media_encoded") >= before  # over the server: its cache or its projector
+    refused = gpustack("run", "smollm2", "--image", str(photo), "Describe", "this.", env=env)
+    assert refused.returncode == 1 and "does not take images" in " ".join(refused.stderr.split())
+    missing = gpustack("run", MODEL, "--image", str(tmp_path / "none.png"), "Hi", env=env)
+    assert missing.returncode == 1 and "cannot read the image" in " ".join(missing.stderr.split())
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "gpustack_cli", "run", MODEL, "--max-tokens", "8"],
+        env={**env, "TERM": "dumb", "COLUMNS": "120"},
+        encoding="utf-8",
+        timeout=120,
+    )
+    child.expect_exact(">>> ")
+    child.sendline(f"/image {photo}")
+    child.expect("1 image")
+    child.expect_exact(">>> ")
+    child.sendline("Describe this.")
+    child.expect_exact(">>> ")
+    assert child.before.strip()
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
