@@ -45,7 +45,7 @@ class Group:
 
 
 GROUPS = {
-    "llm": Group(["engines.llama"], ["llama_cpp"], [], ["llama_cpp"]),
+    "llm": Group(["engines.llama", "engines.llama_media", "PIL.Image"], ["llama_cpp"], [], ["llama_cpp"]),
     "embeddings": Group(
         ["engines.sentence"],
         ["sentence_transformers", "torch"],
