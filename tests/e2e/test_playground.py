@@ -45,7 +45,11 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def home(
-    models_home: Path, tiny_sd: str, chat_templates: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    models_home: Path,
+    tiny_sd: str,
+    tiny_vision: str,
+    chat_templates: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """The test models, and SmolLM2 under DeepSeek-R1's template as `thinker` (a reasoning model)."""
     path = home_sharing_models(models_home, tmp_path_factory.mktemp("playground-home"))
@@ -117,6 +121,28 @@ def test_chat_streams_an_answer_with_its_counts(page: Page) -> None:
     # The conversation is kept in the browser: a reload shows it again.
     page.reload()
     expect(page.locator(".message.user").first).to_contain_text("capital of France")
+
+
+def test_an_image_goes_to_a_model_that_sees(page: Page, tmp_path: Path) -> None:
+    from PIL import Image
+
+    photo = tmp_path / "red.png"
+    Image.new("RGB", (48, 48), "red").save(photo)
+    page.select_option("#chat-model", "smollm2")
+    expect(page.locator("#chat-attach")).to_be_hidden()  # a text-only model takes no image
+    page.select_option("#chat-model", "tiny-vision")
+    expect(page.locator("#chat-attach")).to_be_visible()
+    page.set_input_files("#chat-image", str(photo))
+    expect(page.locator("#chat-attached img")).to_have_count(1)
+    page.fill("#chat-max-tokens", "8")
+    page.fill("#chat-input", "Describe this.")
+    page.click("#chat-send")
+    expect(page.locator(".message.user").last.locator(".images img")).to_have_count(1)
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_contain_text("tokens/s", timeout=WAIT)
+    assert not answer.locator(".error").count()
+    expect(page.locator("#chat-attached img")).to_have_count(0)  # sent with the message, not kept for the next
+    shot(page, "chat-image")
 
 
 def test_reasoning_is_folded_apart(page: Page) -> None:

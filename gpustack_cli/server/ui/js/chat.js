@@ -1,6 +1,8 @@
 // Chat: conversations kept in this browser, streamed answers rendered as safe markdown, the
 // model's reasoning folded apart, token counts and speed from `usage`, a Stop button that
 // aborts the request (the server frees the slot), edit-and-resend, and the request as code.
+// A model that sees (`capabilities` holds "vision") takes images: attached or pasted, sent as
+// data URLs before the message's text, and shown in the conversation.
 
 import { call, events } from "./api.js";
 import { render } from "./markdown.js";
@@ -12,9 +14,55 @@ let ui;
 let conversations = [];
 let current = null;
 let running = null; // the AbortController of the answer being streamed
+let models = []; // the chat models, with their capabilities
+let attached = []; // data URLs of the images for the next message
 
 function save() {
-  localStorage.setItem(STORE, JSON.stringify(conversations));
+  try {
+    localStorage.setItem(STORE, JSON.stringify(conversations));
+  } catch {
+    // The browser's storage is full (images are large): the conversation lives on in this tab.
+    ui.notice("This conversation is too large to keep in the browser's storage; it stays until the page closes.", true);
+  }
+}
+
+function sees() {
+  return models.find((m) => m.id === $("chat-model").value)?.capabilities?.includes("vision") || false;
+}
+
+function drawAttached() {
+  $("chat-attach").hidden = !sees();
+  $("chat-attached").replaceChildren(
+    ...attached.map((url, index) => {
+      const figure = document.createElement("figure");
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = `Image ${index + 1} for the next message`;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "quiet";
+      remove.textContent = "✕";
+      remove.setAttribute("aria-label", `Remove image ${index + 1}`);
+      remove.addEventListener("click", () => {
+        attached.splice(index, 1);
+        drawAttached();
+      });
+      figure.append(img, remove);
+      return figure;
+    }),
+  );
+}
+
+function attach(files) {
+  for (const file of files) {
+    if (!file.type.startsWith("image/")) continue;
+    const reader = new FileReader();
+    reader.addEventListener("load", () => {
+      attached.push(reader.result);
+      drawAttached();
+    });
+    reader.readAsDataURL(file);
+  }
 }
 
 function newConversation() {
@@ -78,6 +126,19 @@ function messageNode(message, index) {
     who.append(edit);
   }
   node.append(who);
+  if (message.images?.length) {
+    const images = document.createElement("div");
+    images.className = "images";
+    images.append(
+      ...message.images.map((url, index) => {
+        const img = document.createElement("img");
+        img.src = url;
+        img.alt = `Image ${index + 1}`;
+        return img;
+      }),
+    );
+    node.append(images);
+  }
   if (message.reasoning) {
     const details = document.createElement("details");
     const summary = document.createElement("summary");
@@ -119,9 +180,10 @@ function editMessage(node, index) {
   resend.type = "button";
   resend.textContent = "Resend";
   resend.addEventListener("click", () => {
+    const images = current.messages[index].images || [];
     current.messages = current.messages.slice(0, index);
     save();
-    ask(area.value);
+    ask(area.value, images);
   });
   const cancel = document.createElement("button");
   cancel.type = "button";
@@ -138,7 +200,14 @@ function request() {
   const messages = [];
   const system = $("chat-system").value.trim();
   if (system) messages.push({ role: "system", content: system });
-  for (const m of current.messages) if (m.content || m.role === "user") messages.push({ role: m.role, content: m.content });
+  for (const m of current.messages) {
+    if (!m.content && m.role !== "user") continue;
+    // Images go before the text, as the official clients' examples put them.
+    const content = m.images?.length
+      ? [...m.images.map((url) => ({ type: "image_url", image_url: { url } })), { type: "text", text: m.content }]
+      : m.content;
+    messages.push({ role: m.role, content });
+  }
   const body = {
     model: $("chat-model").value,
     messages,
@@ -160,9 +229,9 @@ function busy(on) {
   $("chat-stop").disabled = !on;
 }
 
-async function ask(text) {
+async function ask(text, images = []) {
   if (!current) newConversation();
-  current.messages.push({ role: "user", content: text });
+  current.messages.push(images.length ? { role: "user", content: text, images } : { role: "user", content: text });
   if (current.title === "New chat") current.title = text.slice(0, 40) || "New chat";
   let body;
   try {
@@ -242,8 +311,22 @@ export function init(context) {
     const text = $("chat-input").value;
     if (!text.trim() || running) return;
     $("chat-input").value = "";
-    ask(text);
+    const images = attached;
+    attached = [];
+    drawAttached();
+    ask(text, images);
   });
+  $("chat-image").addEventListener("change", () => {
+    attach($("chat-image").files);
+    $("chat-image").value = "";
+  });
+  $("chat-input").addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.files || [])];
+    if (!files.length || !sees()) return;
+    event.preventDefault();
+    attach(files);
+  });
+  $("chat-model").addEventListener("change", drawAttached);
   $("chat-input").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
@@ -267,5 +350,7 @@ export function init(context) {
 }
 
 export function setModels(list) {
+  models = list;
   ui.fillModels($("chat-model"), list);
+  drawAttached();
 }
