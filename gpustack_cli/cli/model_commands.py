@@ -130,6 +130,7 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     except StoreError as exc:
         raise fail(str(exc)) from exc
     data: dict[str, Any] = manifest.model_dump(mode="json")
+    data["capabilities"] = manifest.modalities  # what it takes besides text: vision, audio
     gguf = main_gguf(store.model_dir(name)) if manifest.engine == "llama.cpp" else None
     if gguf:
         try:
@@ -146,7 +147,7 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         print_json(data)
         return
     table = Table(box=None, show_header=False)
-    for key in ("name", "source", "engine", "categories", "options", "generic_proxy"):
+    for key in ("name", "source", "engine", "categories", "capabilities", "options", "generic_proxy"):
         table.add_row(f"[bold]{key}[/]", json.dumps(data[key]) if not isinstance(data[key], str) else data[key])
     table.add_row("[bold]created[/]", datetime.fromtimestamp(manifest.created).isoformat(timespec="seconds"))
     table.add_row("[bold]size[/]", human_size(manifest.size))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import sys
 import time
@@ -27,7 +28,7 @@ import openai
 import pexpect
 import pytest
 
-from tests.support.harness import ServerProcess, clean_env, gpustack
+from tests.support.harness import ServerProcess, clean_env, gpustack, home_sharing_models
 
 MODEL = "tiny-vision"
 QUESTION = "Describe this."
@@ -269,3 +270,24 @@ def test_run_asks_about_an_image_over_the_server_and_in_the_repl(
     assert child.before.strip()
     child.sendline("/bye")
     child.expect(pexpect.EOF)
+
+
+def test_a_projector_kept_elsewhere_is_set_per_model(models_home: Path, tiny_vision: str, tmp_path: Path) -> None:
+    env = clean_env(GPUSTACK_HOME=str(home_sharing_models(models_home, tmp_path / "home")))
+    projector = next((models_home / "models" / tiny_vision).glob("mmproj*.gguf"))
+    text_model = next((models_home / "models" / "smollm2").glob("*.gguf"))
+    assert gpustack("pull", str(text_model), "--name", "plain", env=env).returncode == 0
+
+    def capabilities() -> list[str]:
+        shown = gpustack("show", "plain", "--json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)["capabilities"]
+
+    assert capabilities() == []
+    done = gpustack("model", "set", "plain", "--mmproj", str(projector), env=env)
+    assert done.returncode == 0 and "vision" in done.stdout, done.stderr
+    assert capabilities() == ["vision"]
+    refused = gpustack("model", "set", "plain", "--mmproj", str(text_model), env=env)
+    assert refused.returncode == 1 and "not a projector" in " ".join(refused.stderr.split())
+    assert gpustack("model", "set", "plain", "--mmproj", "", env=env).returncode == 0
+    assert capabilities() == []
