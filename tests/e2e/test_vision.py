@@ -191,6 +191,12 @@ def test_the_same_image_gets_the_same_answer_on_every_api(client: openai.OpenAI,
             "messages[0].content[0].image_url",
         ),
         (MODEL, {"type": "file", "file": {"file_id": "f"}}, "'file' parts", "messages[0].content[0]"),
+        (
+            MODEL,
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            "does not take audio",
+            "messages[0].content[0].input_audio",
+        ),
     ],
 )
 def test_what_cannot_be_seen_is_a_400_naming_it(
@@ -291,3 +297,13 @@ def test_a_projector_kept_elsewhere_is_set_per_model(models_home: Path, tiny_vis
     assert refused.returncode == 1 and "not a projector" in " ".join(refused.stderr.split())
     assert gpustack("model", "set", "plain", "--mmproj", "", env=env).returncode == 0
     assert capabilities() == []
+
+
+def test_image_urls_when_allowed_come_from_public_addresses_only(models_home: Path, tiny_vision: str) -> None:
+    with ServerProcess(models_home, "--no-pull", "--allow-image-urls") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        part = {"type": "image_url", "image_url": {"url": f"{server.url}/ui/icon.svg"}}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [part]}], max_tokens=2)
+        assert "not a public address" in refused.value.message
+        assert refused.value.body["code"] == "media_url_not_allowed"

@@ -77,3 +77,20 @@ def test_a_cache_matches_an_image_whole_and_by_content() -> None:
     assert _common_prefix([1, 2, red, red], [1, 2, *[red_again] * 3, 7]) == 2
     assert run_start([1, *[red] * 3, 5], 3) == 1 and run_start([1, *[red] * 3, 5], 4) == 4
     assert _text_run([4, 5, *[red] * 3, 6], 10) == [4, 5] and _text_run([4, 5, 6], 2) == [4, 5]
+
+
+def test_a_fetch_is_held_to_its_bounds(loopback, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch itself, against a local server standing in for a public one (the address rule
+    is what the test above holds)."""
+    from gpustack_cli.core import media
+
+    monkeypatch.setattr(media, "_check_public", lambda host, part: None)
+    limits = MediaLimits(allow_urls=True, max_media_bytes=1024, url_timeout=5)
+    url = loopback.add_file("cat.png", png())
+    part = MediaPart("image", "messages[0].content[0].image_url", url=url)
+    assert decoded(part, limits, 0).width == 8
+    big = MediaPart("image", "p", url=loopback.add_file("big.bin", b"x" * 5000))
+    with pytest.raises(GenerationError, match="over the limit of 1024 bytes"):
+        fetch(big, limits)
+    with pytest.raises(GenerationError, match="HTTP 404"):
+        fetch(MediaPart("image", "p", url=f"{loopback.url}/files/none.png"), limits)
