@@ -23,8 +23,11 @@ only the rest is evaluated (the next turn of a chat does not read its history ag
 with a seed is evaluated from scratch, so that it is reproducible whatever ran before it.
 
 A prompt may hold images or audio (`engines.llama_media`): a request whose next prompt item is a
-media chunk waits while a worker encodes it, the other slots decoding meanwhile, and the step
-after the encode ends decodes the chunk's embeddings into its sequence.
+media chunk has it encoded in one step and its embeddings decoded into its sequence in the next,
+while the other slots decode on, so that the other streams wait for one of the two at a time.
+Both run on the loop's own thread, as llama-server runs them: ggml's OpenMP threads are one team
+per calling thread, and a second team (an encoder thread's) makes both spin less and every later
+decode slower, on a machine with no spare cores.
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ class _Job:
     request_id: str | None = None
     slot: _Slot | None = None
     pending: list[PromptItem] = field(default_factory=list)
-    # The media chunk at the head of `pending` being encoded by the projector's worker.
-    encoding: Future[np.ndarray] | None = None
+    # The embeddings of the media chunk at the head of `pending`, encoded and not yet decoded.
+    encoded: np.ndarray | None = None
     n_past: int = 0
     produced: int = 0
     last: int | None = None
@@ -174,7 +177,6 @@ class BatchDecoder:
         self._one = llama_cpp.llama_token_data()
         self._draws = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llama-grammar")
         self.projector = projector
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-media")
         self.slots = [_Slot(seq) for seq in range(parallel)]
         self.stats = DecodeStats(slots=parallel)
         self._inbox: deque[_Job] = deque()
@@ -297,7 +299,6 @@ class BatchDecoder:
             self._wake.notify()
         self._thread.join()
         self._draws.shutdown(wait=True)  # a draw still running uses the model's vocabulary
-        self._encoder.shutdown(wait=True)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -437,10 +438,10 @@ class BatchDecoder:
                 self._collect_draw(job)
         running = [j for j in running if j.slot is not None and j.slot.job is j]
         running = [j for j in running if not self._media_first(j)]
-        drawing = any(j.drawing is not None or j.encoding is not None for j in running)
-        running = [j for j in running if j.drawing is None and j.encoding is None]
+        drawing = any(j.drawing is not None for j in running)
+        running = [j for j in running if j.drawing is None]
         if not running:
-            if drawing:  # only draws and encodes to wait for: until one ends, or a while
+            if drawing:  # only draws to wait for: until one ends, or a while
                 with self._wake:
                     self._wake.wait(0.01)
             return
@@ -479,22 +480,19 @@ class BatchDecoder:
             self._sample(job, index)
 
     def _media_first(self, job: _Job) -> bool:
-        """For a job whose prompt goes on with a media chunk: start its encode, or decode it
-        into the job's sequence once encoded. True while the job waits on its encode."""
+        """For a job whose prompt goes on with a media chunk: encode it in this step, or decode
+        its embeddings into the job's sequence when they were encoded in the last one. True when
+        the job had its share of this step so (it takes no part in the step's batch)."""
         if job.last is not None or not job.pending or not isinstance(job.pending[0], MediaChunk):
             return False
         chunk = job.pending[0]
         assert self.projector is not None, "a prompt with media reached a model without a projector"
-        if job.encoding is None:
-            job.encoding = self._encoder.submit(self.projector.encode, chunk)
-            job.encoding.add_done_callback(lambda _: self._notify())
-            self.stats.media_encoded += 1
-            return False
-        if not job.encoding.done():
-            return False
-        encoding, job.encoding = job.encoding, None
         try:
-            embeddings = encoding.result()
+            if job.encoded is None:
+                job.encoded = self.projector.encode(chunk)
+                self.stats.media_encoded += 1
+                return True
+            embeddings, job.encoded = job.encoded, None
             after = self.projector.decode(self.ctx, chunk, embeddings, job.n_past, job.slot.seq, self.n_batch)
         except Exception as exc:
             self._finish(job, exc)

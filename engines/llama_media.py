@@ -8,16 +8,14 @@ shared prefixes as for text alone, and a chunk matches only the same content (it
 content's hash, as llama-server keys them) at the same place: the next turn of a conversation
 finds its image in the slot's cache and does not encode it again.
 
-Encoding runs in a worker thread of its own (one at a time: libmtmd keeps one output buffer), so
-the batch loop keeps decoding the other requests meanwhile; the encoded embeddings are then
-decoded into the request's sequence in one step of the loop, as a prompt chunk would be.
+The batch loop encodes a chunk in one step and decodes its embeddings into the request's sequence
+in the next (`engines.llama_batch`), the other requests decoding on in both.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -95,7 +93,6 @@ class Projector:
         self.audio = bool(mtmd.mtmd_support_audio(self.ctx))
         self.sample_rate = int(mtmd.mtmd_get_audio_sample_rate(self.ctx)) if self.audio else 0
         self.n_embd = llama_cpp.llama_model_n_embd_inp(model)
-        self._lock = threading.Lock()
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -154,13 +151,13 @@ class Projector:
         return items
 
     def encode(self, chunk: MediaChunk) -> np.ndarray:
-        """The chunk's embeddings (n_tokens rows of the text model's width); in a worker thread."""
-        with self._lock:
-            code = mtmd.mtmd_encode_chunk(self.ctx, chunk.handle)
-            if code != 0:
-                raise MediaError(f"libmtmd could not encode the media (code {code})")
-            out = mtmd.mtmd_get_output_embd(self.ctx)
-            return np.ctypeslib.as_array(out, shape=(chunk.n_tokens * self.n_embd,)).copy()
+        """The chunk's embeddings (n_tokens rows of the text model's width), copied out of
+        libmtmd's one output buffer."""
+        code = mtmd.mtmd_encode_chunk(self.ctx, chunk.handle)
+        if code != 0:
+            raise MediaError(f"libmtmd could not encode the media (code {code})")
+        out = mtmd.mtmd_get_output_embd(self.ctx)
+        return np.ctypeslib.as_array(out, shape=(chunk.n_tokens * self.n_embd,)).copy()
 
     def decode(self, lctx: Any, chunk: MediaChunk, embd: np.ndarray, n_past: int, seq: int, n_batch: int) -> int:
         """The encoded chunk decoded into sequence `seq` from position `n_past`; the position after it."""

@@ -28,9 +28,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(url: str, seconds: float = 120) -> None:
+def wait_ready(url: str, seconds: float = 120, process: subprocess.Popen | None = None) -> None:
+    """Until `url` answers 200; an error at once where `process` (the server) exited first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited ({process.returncode}) before it answered")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -74,5 +77,9 @@ def start_llama_cpp_python(model_path: Path, n_ctx: int, threads: int) -> tuple[
         [sys.executable, "-m", "llama_cpp.server", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v1/models", 300)
+    try:
+        wait_ready(url + "/v1/models", 300, process)
+    except RuntimeError as exc:  # its extra is half installed: the row says so
+        print(f"llama-cpp-python's server: {exc}", file=sys.stderr)
+        return None
     return process, url
