@@ -57,7 +57,10 @@ def _gguf(folder: Path, path: Path) -> Detected:
     projector = [p for p in folder.rglob("*.gguf") if "mmproj" in p.name.lower()]
     if projector:
         options["mmproj_file"] = projector[0].relative_to(folder).as_posix()
-        options["modalities"] = projector_modalities(projector[0])
+        try:
+            options["modalities"] = projector_modalities(projector[0])
+        except UnknownFormat:  # an older projector that names no encoder: LLaVA's were all vision
+            options["modalities"] = ["vision"]
     pooling = meta.get(f"{arch}.pooling_type")
     # A classification head (`classifier.output_labels`) on an encoder is a reranker: llama.cpp
     # scores pairs with it under rank pooling, which the engine asks for when the file names none.

@@ -503,7 +503,8 @@ def test_bad_requests(client: openai.OpenAI, server: ServerProcess) -> None:
             ],
         }
     )
-    assert status == 400 and "text only" in error["message"]
+    assert status == 400 and "does not take images" in error["message"]
+    assert error["param"] == "messages[0].content[0].image_url"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=ask("hi"))
     with pytest.raises(openai.BadRequestError) as caught:

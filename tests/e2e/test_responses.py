@@ -324,6 +324,10 @@ def test_deleted_body(server: ServerProcess, keys: dict[str, str]) -> None:
         ({"input": "Hi", "background": True}, "background"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},
+            "input[0].content[0].image_url",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
             "input[0].content[0]",
         ),
         ({"input": "Hi", "previous_response_id": "resp_missing"}, "previous_response_id"),

@@ -42,10 +42,18 @@ def test_not_gguf(tmp_path: Path) -> None:
 
 def test_gguf_chat_model(tmp_path: Path) -> None:
     write_gguf(tmp_path / "model.gguf", CHAT)
-    write_gguf(tmp_path / "mmproj-model.gguf", {"general.architecture": "clip"})
+    write_gguf(tmp_path / "mmproj-model.gguf", {"general.architecture": "clip", "clip.has_audio_encoder": True})
     found = detect(tmp_path)
     assert (found.engine, found.categories) == ("llama.cpp", [Category.llm])
-    assert found.options == {"model_file": "model.gguf", "n_ctx_train": 32768, "mmproj_file": "mmproj-model.gguf"}
+    assert found.options == {
+        "model_file": "model.gguf",
+        "n_ctx_train": 32768,
+        "mmproj_file": "mmproj-model.gguf",
+        "modalities": ["audio"],
+    }
+    # A projector that names no encoder (an older LLaVA one) sees.
+    write_gguf(tmp_path / "mmproj-model.gguf", {"general.architecture": "clip"})
+    assert detect(tmp_path).options["modalities"] == ["vision"]
 
 
 def test_gguf_embedding_and_reranker(tmp_path: Path) -> None:
