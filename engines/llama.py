@@ -35,6 +35,7 @@ from engines.base import (
     Structure,
     Token,
 )
+from engines.ggml_threads import on_own_thread
 from engines.llama_batch import BatchDecoder, Grammar
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
@@ -194,7 +195,8 @@ class LlamaEngine:
         if not name:
             return None
         path = spec.path / name
-        return Projector(str(path), self.llm.model, threads, use_gpu=spec.gpu_layers != 0)
+        # libmtmd warms the projector up with an encode: on a thread of its own (see on_own_thread).
+        return on_own_thread(lambda: Projector(str(path), self.llm.model, threads, use_gpu=spec.gpu_layers != 0))
 
     def _token_text(self, token: int) -> str:
         if token < 0:
@@ -337,7 +339,8 @@ class LlamaEngine:
             raise RuntimeError("this model was loaded for generation, not embeddings")
         if self.llm.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
             raise RuntimeError("this GGUF names no pooling type, so it gives one vector per token, not per text")
-        return [list(map(float, v)) for v in self.llm.embed(texts, normalize=True, truncate=True)]
+        vectors = on_own_thread(lambda: self.llm.embed(texts, normalize=True, truncate=True))
+        return [list(map(float, v)) for v in vectors]
 
     def rerank(self, query: str, documents: list[str]) -> Ranking:
         """A GGUF reranker (rank pooling) scores each pair; an embedding model ranks by cosine."""
@@ -347,7 +350,7 @@ class LlamaEngine:
             vectors = self.embed([query, *documents])
             scores = [float(np.dot(vectors[0], v)) for v in vectors[1:]]
             return Ranking(scores=scores, prompt_tokens=sum(self.token_counts([query, *documents])))
-        return self._rank_pairs(query, documents)
+        return on_own_thread(lambda: self._rank_pairs(query, documents))
 
     def _rank_pairs(self, query: str, documents: list[str]) -> Ranking:
         # The pair layout llama-server uses for rerankers: BOS query EOS SEP document EOS.
