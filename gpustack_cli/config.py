@@ -114,6 +114,9 @@ class Settings(BaseModel):
     # Seconds between health checks of loaded remote models' upstreams (0: none; an upstream that
     # fails a request is still left out of the rotation for a while).
     health_interval: float = Field(10.0, ge=0)
+    # Seconds between readings of the model lists of `add-remote --from-server` groups (0: only
+    # when added).
+    remote_refresh_interval: float = Field(60.0, ge=0)
     max_json_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1024)
 

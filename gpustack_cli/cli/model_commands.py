@@ -80,11 +80,21 @@ def add_remote(
         typer.Option(help="Seconds its upstream may stay silent before a 504 (default: the server's setting)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model of that name.")] = False,
+    from_server: Annotated[
+        bool,
+        typer.Option(
+            "--from-server",
+            help="NAME is a group: every model the servers list in /v1/models, added under its own name.",
+        ),
+    ] = False,
 ) -> None:
     """Serve a model that another server runs (any OpenAI-compatible server, another gpustack)."""
     from gpustack_cli.models.pull import Puller, PullError
     from gpustack_cli.models.store import Category
 
+    if from_server:
+        _link_group(name, urls, api_key)
+        return
     try:
         kinds = [Category(c.strip()) for c in categories.split(",") if c.strip()]
         manifest = Puller(settings()).add_remote(
@@ -116,6 +126,22 @@ def list_models(as_json: JsonFlag = False) -> None:
     for m in manifests:
         table.add_row(m.name, ", ".join(c.value for c in m.categories), m.engine, human_size(m.size), m.source)
     console.print(table if manifests else "No models yet: try `gpustack pull smollm2`.")
+
+
+def _link_group(group: str, urls: list[str], api_key: str | None) -> None:
+    from gpustack_cli.models.pull import Puller, PullError
+    from gpustack_cli.upstream.linked import LinkError, adder, link
+
+    config = settings()
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise fail(f"remote URLs must start with http:// or https:// (got {', '.join(bad)})")
+    urls = [u.rstrip("/").removesuffix("/v1") for u in urls]
+    try:
+        changed = link(ModelStore(config.home), group, urls, api_key, adder(Puller(config), api_key))
+    except (LinkError, PullError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(f"[green]{group}[/]: {', '.join(changed) or 'no new models'} from {', '.join(urls)}")
 
 
 @app.command()

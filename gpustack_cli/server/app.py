@@ -25,7 +25,7 @@ from gpustack_cli.server.metrics import Metrics
 from gpustack_cli.server.operations import DEFAULT_ERROR_DOC
 from gpustack_cli.server.plumbing import application
 from gpustack_cli.server.routing import FORWARDER, remote_manifest
-from gpustack_cli.upstream import forward, health, proxy
+from gpustack_cli.upstream import forward, health, linked, proxy
 from gpustack_cli.upstream.chat import remote_chat
 
 PROTOCOLS = (
@@ -75,5 +75,6 @@ def create_app(ctx: ServerContext) -> web.Application:
         playground.add_routes(app)
     app.on_startup.append(forward.open_client)
     app.cleanup_ctx.append(health.health_checks)
+    app.cleanup_ctx.append(linked.refreshing)
     app.on_cleanup.append(forward.close_client)
     return app

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from gpustack_cli.models.store import Manifest
 from gpustack_cli.server.context import CONTEXT, REQUEST_ID, read_form, read_json_object
 from gpustack_cli.server.errors import APIError
-from gpustack_cli.upstream.clients.base import HttpClient, UpstreamError, UpstreamTimeout
+from gpustack_cli.upstream.clients.base import HttpClient, UpstreamError, UpstreamTimeout, UpstreamUnreached, replayable
 from gpustack_cli.upstream.clients.raw import RawClient
 from gpustack_cli.upstream.clients.raw import Response as UpstreamResponse
 from gpustack_cli.upstream.clients.session import SessionClient
@@ -61,6 +61,17 @@ def credentials(engine: RemoteEngine) -> list[tuple[str, str]]:
 def _timed_out(upstream: Upstream) -> APIError:
     message = f"The upstream of this model did not answer in time ({upstream.url})."
     return APIError(504, message, code="upstream_timeout")
+
+
+def _not_retried(upstream: Upstream, exc: UpstreamError) -> APIError:
+    """A request that went out to `upstream` and got no answer: not sent to another upstream,
+    since it may have run there (a second generation, a second write)."""
+    return APIError(
+        502,
+        f"The upstream {upstream.url} took the request and gave no answer ({exc}); it was not sent to another "
+        "upstream, as it may have run there.",
+        code="upstream_unavailable",
+    )
 
 
 def _named_in_connection(values: list[str]) -> set[str]:
@@ -132,41 +143,50 @@ async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.
     for upstream in engine.order():
         response: web.StreamResponse | None = None
         try:
-            if isinstance(client, RawClient):
-                opened = client.request(
-                    request.method, upstream.url, target, headers, body, timeout=engine.timeout, keep_framing=framing
-                )
-            else:
-                opened = client.request(request.method, upstream.url, target, headers, body, timeout=engine.timeout)
-            async with opened as answer:
-                back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
-                if answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
-                    # A small answer of known length goes back in one write: less per-request overhead.
-                    whole = await answer.read()
-                    return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
-                # The raw client's answer, framed or of a declared length, passes as it comes (`_relay`).
-                raw = isinstance(answer, UpstreamResponse)
-                relayed = raw and (answer.framed or answer.content_length is not None)
-                if raw and answer.framed:
-                    response = FramedResponse(answer.status, answer.reason, back)
+            with engine.serving(upstream):
+                if isinstance(client, RawClient):
+                    opened = client.request(
+                        request.method,
+                        upstream.url,
+                        target,
+                        headers,
+                        body,
+                        timeout=engine.timeout,
+                        keep_framing=framing,
+                    )
                 else:
-                    if answer.content_length is not None:
-                        back["Content-Length"] = str(answer.content_length)
-                    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
-                await response.prepare(request)  # a StreamResponse sends its head at once
-                if relayed:
-                    await _relay(request, answer)
-                else:  # aiohttp frames a body of unknown length (chunked, to HTTP/1.1 clients)
-                    async for chunk in answer.iter_chunks():
-                        await response.write(chunk)
-                await response.write_eof()
-                return response
+                    opened = client.request(request.method, upstream.url, target, headers, body, timeout=engine.timeout)
+                async with opened as answer:
+                    back = CIMultiDict((k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP)
+                    if answer.content_length is not None and answer.content_length <= SMALL_ANSWER:
+                        # A small answer of known length goes back in one write: less per-request overhead.
+                        whole = await answer.read()
+                        return web.Response(status=answer.status, reason=answer.reason, body=whole, headers=back)
+                    # The raw client's answer, framed or of a declared length, passes as it comes (`_relay`).
+                    raw = isinstance(answer, UpstreamResponse)
+                    relayed = raw and (answer.framed or answer.content_length is not None)
+                    if raw and answer.framed:
+                        response = FramedResponse(answer.status, answer.reason, back)
+                    else:
+                        if answer.content_length is not None:
+                            back["Content-Length"] = str(answer.content_length)
+                        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=back)
+                    await response.prepare(request)  # a StreamResponse sends its head at once
+                    if relayed:
+                        await _relay(request, answer)
+                    else:  # aiohttp frames a body of unknown length (chunked, to HTTP/1.1 clients)
+                        async for chunk in answer.iter_chunks():
+                            await response.write(chunk)
+                    await response.write_eof()
+                    return response
         except UpstreamError as exc:
             if response is not None:  # the answer had begun: it is cut short for the client too
                 raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
             if isinstance(exc, UpstreamTimeout):
                 raise _timed_out(upstream) from exc
             engine.failed(upstream)
+            if not isinstance(exc, UpstreamUnreached) and not replayable(request.method, headers):
+                raise _not_retried(upstream, exc) from exc
             failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
 
@@ -197,21 +217,28 @@ async def upstream_chunks(request: web.Request, engine: RemoteEngine, body: dict
     headers = [("Content-Type", "application/json"), *credentials(engine)]
     payload = orjson.dumps(body)
     for upstream in engine.order():
+        started = False
         try:
-            async with client.request(
-                "POST", upstream.url, "/v1/chat/completions", headers, payload, timeout=engine.timeout
-            ) as answer:
-                if answer.status >= 400:
-                    text = (await answer.read()).decode(errors="replace")
-                    raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")
-                async for line in answer.lines():
-                    if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
-                        yield orjson.loads(line[6:])
+            with engine.serving(upstream):
+                async with client.request(
+                    "POST", upstream.url, "/v1/chat/completions", headers, payload, timeout=engine.timeout
+                ) as answer:
+                    started = True
+                    if answer.status >= 400:
+                        text = (await answer.read()).decode(errors="replace")
+                        raise APIError(answer.status, f"The upstream refused the request: {text[:500]}")
+                    async for line in answer.lines():
+                        if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                            yield orjson.loads(line[6:])
             return
         except UpstreamTimeout as exc:
             raise _timed_out(upstream) from exc
-        except UpstreamError:
+        except UpstreamError as exc:
             engine.failed(upstream)
+            if started:
+                raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
+            if not isinstance(exc, UpstreamUnreached):  # a chat is not made twice
+                raise _not_retried(upstream, exc) from exc
     raise APIError(502, "No upstream of this model answers.", code="upstream_unavailable")
 
 

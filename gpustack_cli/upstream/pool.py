@@ -1,16 +1,19 @@
 """A remote model's pool of upstream servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
 llama-server, another `gpustack serve`). Nothing is loaded: the scheduler "loads" a remote model
-as this pool (engine `remote` in its manifest), which picks the upstream for each request, round
-robin over its URLs, skipping one for a while after it fails to answer a request or a health check
-(the server's active checks: `health.py` beside this)."""
+as this pool (engine `remote` in its manifest), which picks the upstream for each request: the one
+with the fewest of this server's requests in flight, round robin among equals, skipping one for a
+while after it fails to answer a request or a health check (the server's active checks: `health.py`
+beside this). So a long answer on one upstream sends the next requests to the others."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from engines.base import LoadSpec
+from engines.base import EngineUnavailable, LoadSpec
 
 # How long an upstream that failed stays out of the rotation before it is tried again.
 COOL_DOWN = 15.0
@@ -23,6 +26,8 @@ HEALTH_PATH = "/v1/models"
 class Upstream:
     url: str
     down_until: float = 0.0
+    # This server's requests on it now (sent, and their answers not yet read to the end).
+    in_flight: int = 0
 
     @property
     def up(self) -> bool:
@@ -45,12 +50,24 @@ class RemoteEngine:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def order(self) -> list[Upstream]:
-        """Every upstream, the next in the rotation first and those cooling down last."""
+        """Every upstream, to try in turn: those up before those cooling down, the fewest requests
+        in flight first, and the rotation's order among equals."""
         with self._lock:
             start = self._next
             self._next = (self._next + 1) % len(self.upstreams)
         rotated = self.upstreams[start:] + self.upstreams[:start]
-        return [u for u in rotated if u.up] + [u for u in rotated if not u.up]
+        return sorted(rotated, key=lambda u: (not u.up, u.in_flight))  # a stable sort keeps the rotation
+
+    @contextmanager
+    def serving(self, upstream: Upstream) -> Iterator[None]:
+        """A request on `upstream`, counted while it runs."""
+        with self._lock:
+            upstream.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                upstream.in_flight -= 1
 
     def failed(self, upstream: Upstream) -> None:
         upstream.down_until = time.monotonic() + COOL_DOWN
@@ -64,6 +81,9 @@ class RemoteEngine:
 
 def load(spec: LoadSpec) -> RemoteEngine:
     urls = spec.options.get("urls") or []
+    if spec.options.get("unavailable"):
+        group = spec.options.get("from_server", "")
+        raise EngineUnavailable(f"model '{spec.name}' is no longer listed by the servers of remote group '{group}'")
     if not urls:
         raise ValueError(f"remote model '{spec.name}' has no upstream URLs")
     return RemoteEngine(

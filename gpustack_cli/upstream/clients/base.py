@@ -30,7 +30,12 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
-    """No connection, or no data, within the timeout."""
+    """No data within the timeout, on a connection the request went out on."""
+
+
+class UpstreamUnreached(UpstreamError):
+    """No connection to the upstream (refused, unreachable, no name, no TLS, or none within the
+    connect timeout): nothing of the request was sent, so another upstream may take it."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from gpustack_cli.upstream.clients.base import (
     Origin,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreached,
     check_headers,
     replayable,
     split_lines,
@@ -470,9 +471,9 @@ class RawClient:
                 else:
                     transport, connection = await self._tunnel(origin, proxy, tls)
         except TimeoutError:
-            raise UpstreamTimeout(f"no connection to {where} in {CONNECT_TIMEOUT:g} s") from None
+            raise UpstreamUnreached(f"no connection to {where} in {CONNECT_TIMEOUT:g} s") from None
         except OSError as exc:  # refused, unreachable, name unknown, TLS failures (ssl.SSLError)
-            raise UpstreamError(f"cannot connect to {where}: {exc}") from exc
+            raise UpstreamUnreached(f"cannot connect to {where}: {exc}") from exc
         connection.transport = transport  # uvloop may call connection_made only after this returns
         return connection
 

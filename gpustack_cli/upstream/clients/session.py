@@ -22,6 +22,7 @@ from gpustack_cli.upstream.clients.base import (
     Origin,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamUnreached,
     check_headers,
     replayable,
     split_lines,
@@ -130,12 +131,14 @@ def _mapped(exc: BaseException, where: str) -> BaseException:
     """aiohttp's errors as this package's, worded as the raw client words them."""
     if isinstance(exc, UpstreamError) or not isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError):
         return exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamUnreached(f"no connection to {where} in time")
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(f"no answer from {where} in time")
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return UpstreamError(f"the proxy refused the tunnel to {where}: {exc.status} {exc.message}")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(f"cannot connect to {where}: {exc}")
+        return UpstreamUnreached(f"cannot connect to {where}: {exc}")
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
         return UpstreamError(f"{where} closed the connection before the end of its answer: {exc}")
     if isinstance(exc, aiohttp.ClientResponseError):
