@@ -15,6 +15,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -307,3 +308,54 @@ def test_image_urls_when_allowed_come_from_public_addresses_only(models_home: Pa
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [part]}], max_tokens=2)
         assert "not a public address" in refused.value.message
         assert refused.value.body["code"] == "media_url_not_allowed"
+
+
+REAL_MODEL = os.environ.get("GPUSTACK_TEST_VISION_MODEL")
+
+
+@pytest.mark.skipif(
+    not REAL_MODEL,
+    reason="no real vision model on the package index: set GPUSTACK_TEST_VISION_MODEL to a pull source "
+    "(hf:ggml-org/SmolVLM-256M-Instruct-GGUF/*Q8_0.gguf, a folder with a GGUF and its mmproj) to run it",
+)
+def test_a_real_vision_model_names_the_colours(models_home: Path, tmp_path: Path) -> None:
+    """With a real vision model: a red square and a blue circle, drawn here, get greedy answers
+    that name their colours, through chat, Anthropic and the Responses API."""
+    assert REAL_MODEL
+    env = clean_env(GPUSTACK_HOME=str(tmp_path / "home"))
+    pulled = gpustack("pull", REAL_MODEL, "--name", "real-vlm", env=env, timeout=3600)
+    assert pulled.returncode == 0, pulled.stderr
+    with ServerProcess(tmp_path / "home", "--no-pull", "--preload", "real-vlm") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
+        claude = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0, timeout=600)
+        ask = "What colour is the shape? Answer with one word."
+        for image, colour in ((RED_SQUARE, "red"), (BLUE_CIRCLE, "blue")):
+            reply = client.chat.completions.create(
+                model="real-vlm", messages=question(image, text=ask), max_tokens=8, temperature=0
+            )
+            assert colour in (reply.choices[0].message.content or "").lower()
+            source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
+            message = claude.messages.create(
+                model="real-vlm",
+                max_tokens=8,
+                extra_body={"temperature": 0},
+                messages=[
+                    {"role": "user", "content": [{"type": "image", "source": source}, {"type": "text", "text": ask}]}
+                ],
+            )
+            assert colour in message.content[0].text.lower()
+            response = client.responses.create(
+                model="real-vlm",
+                max_output_tokens=8,
+                temperature=0,
+                input=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_image", "image_url": data_url(image), "detail": "auto"},
+                            {"type": "input_text", "text": ask},
+                        ],
+                    }
+                ],
+            )
+            assert colour in response.output_text.lower()
