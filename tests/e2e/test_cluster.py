@@ -4,6 +4,7 @@ the one with fewer requests in flight, and go on being answered when a worker di
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,13 @@ def cluster(models_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def chats_seen(worker: ServerProcess) -> int:
     return worker.output().count("POST /v1/chat/completions")
+
+
+def slots_busy(worker: ServerProcess) -> int:
+    found = re.search(
+        r'^gpustack_model_slots_busy{model="smollm2"} (\S+)$', httpx.get(worker.url + "/metrics").text, re.M
+    )
+    return int(float(found.group(1))) if found else 0
 
 
 def chat(front: ServerProcess, max_tokens: int = 4, text: str = "Say hi.") -> str:
@@ -82,12 +90,15 @@ def test_short_chats_go_to_the_worker_without_a_long_one(cluster: list[ServerPro
     runner = threading.Thread(target=long_answer)
     runner.start()
     assert started.wait(120)
-    busy = [chats_seen(w) - b for w, b in zip(workers, before, strict=True)].index(1)
+    busy = [slots_busy(w) for w in workers].index(1)  # (its access log line comes when it ends)
     for i in range(6):
         assert chat(front, max_tokens=2, text=f"Short {i}.")
     assert runner.is_alive(), "the long answer ended before the short ones: make it longer"
     runner.join()
-    seen = [chats_seen(w) - b for w, b in zip(workers, before, strict=True)]
+    deadline = time.monotonic() + 10  # the long answer's log line is written once its stream closed
+    while (seen := [chats_seen(w) - b for w, b in zip(workers, before, strict=True)])[busy] < 1:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
     assert seen[busy] == 1 and seen[1 - busy] == 6, seen
 
 
@@ -100,7 +111,7 @@ def test_a_dead_worker_leaves_the_pool_answering(cluster: list[ServerProcess]) -
         assert chat(front, text=f"Still there {i}?")
     assert time.monotonic() - started < 120
     shown = httpx.get(front.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    assert f'gpustack_upstream_up{{model="{POOL}",upstream="{first.url}"}} 0.0' in shown
+    assert f'gpustack_upstream_up{{model="{POOL}",url="{first.url}"}} 0.0' in shown
 
 
 def test_a_group_from_the_workers_model_lists(cluster: list[ServerProcess], tmp_path: Path) -> None:
