@@ -35,6 +35,10 @@ class LoadSpec:
     ctx_size: int | None = None
     # Seconds a request's grammar may take on one token before the request is ended (llama.cpp).
     grammar_budget: float = 1.0
+    # llama.cpp's KV cache: flash attention ("auto", "on", "off") and the key and value types.
+    flash_attn: str = "auto"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
 
 
 @runtime_checkable

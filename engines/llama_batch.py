@@ -69,6 +69,26 @@ class Grammar:
     trigger: str | None = None
 
 
+@dataclass(frozen=True)
+class KvCache:
+    """How the context keeps its keys and values: flash attention ("auto", "on", "off") and the
+    ggml types of the K and V caches ("f16", "q8_0", "q4_0")."""
+
+    flash_attn: str = "auto"
+    type_k: str = "f16"
+    type_v: str = "f16"
+
+
+_FLASH = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+# Bytes per cached element: ggml's block sizes (q8_0 keeps 32 values in 34 bytes, q4_0 in 18).
+_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
 @dataclass
 class _Job:
     prompt: list[PromptItem]
@@ -143,6 +163,7 @@ class BatchDecoder:
         check_memory: bool = True,
         grammar_budget: float = 1.0,
         projector: Projector | None = None,
+        kv_cache: KvCache = KvCache(),
     ):
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -153,7 +174,8 @@ class BatchDecoder:
         self.grammar_budget = grammar_budget
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        needed = n_ctx * parallel * kv_bytes_per_token(model)
+        self.kv_cache = kv_cache
+        needed = n_ctx * parallel * kv_bytes_per_token(model, kv_cache)
         available = available_memory()
         if check_memory and available is not None and needed > available:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
@@ -166,6 +188,9 @@ class BatchDecoder:
         params.n_threads_batch = threads
         params.kv_unified = True
         params.no_perf = True
+        params.flash_attn_type = _FLASH[kv_cache.flash_attn]
+        params.type_k = _TYPES[kv_cache.type_k]
+        params.type_v = _TYPES[kv_cache.type_v]
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
@@ -659,15 +684,16 @@ def _select(candidates: Any, rows: np.ndarray, logits: np.ndarray, samplers: Seq
     return int(array.data[array.selected].id)
 
 
-def kv_bytes_per_token(model: Any) -> int:
-    """Bytes of f16 KV cache one token takes: keys and values of every layer, at the width of
-    the model's key-value heads (grouped-query attention shares them among its heads)."""
+def kv_bytes_per_token(model: Any, kv_cache: KvCache = KvCache()) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer, at the width of the
+    model's key-value heads (grouped-query attention shares them among its heads), in the
+    cache's types."""
     layers = llama_cpp.llama_model_n_layer(model)
     width = llama_cpp.llama_model_n_embd(model)
     heads, kv_heads = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
     if heads > 0 and kv_heads > 0:
         width = width * kv_heads // heads
-    return 2 * layers * width * 2
+    return int(layers * width * (_BYTES[kv_cache.type_k] + _BYTES[kv_cache.type_v]))
 
 
 def available_memory() -> int | None:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gpustack_cli.core.json_schemas import SchemaLimits
 from gpustack_cli.core.limits import Limits
 from gpustack_cli.core.types import MediaLimits
+from gpustack_cli.models.kv_cache import CacheType, FlashAttention, check_kv_cache
 
 ENV_PREFIX = "GPUSTACK_"
 DEFAULT_PORT = 11500
@@ -157,6 +158,11 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
+    # llama.cpp's KV cache, for models that set none of their own: flash attention, and the types
+    # keys and values are kept in (q8_0 about halves the cache; a quantized V needs flash attention).
+    flash_attn: FlashAttention = "auto"
+    cache_type_k: CacheType = "f16"
+    cache_type_v: CacheType = "f16"
     # Images and audio clips in one chat (models that see and hear), and bytes of each one.
     max_media: int = Field(16, ge=1)
     max_media_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -194,14 +200,22 @@ class Settings(BaseModel):
     @field_validator("preload", "default_models", "generic_proxy", "allowed_hosts", "origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
+        """A comma-separated text, or a list whose items may be such texts (repeated flags)."""
         if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
+            value = [value]
+        if isinstance(value, list):
+            return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
 
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _kv_cache(self) -> Settings:
+        check_kv_cache(self.flash_attn, self.cache_type_k, self.cache_type_v)
+        return self
 
     @classmethod
     def load(cls, **flags: Any) -> Settings:

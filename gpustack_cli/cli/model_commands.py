@@ -25,6 +25,7 @@ from gpustack_cli.cli.shared import (
 from gpustack_cli.models.model_settings import (
     chat_template_status,
     set_chat_template,
+    set_kv_cache,
     set_projector,
     set_slots,
     set_stops,
@@ -242,13 +243,20 @@ def model_set(
         str | None,
         typer.Option(help="llama.cpp: a vision/audio projector GGUF kept elsewhere ('' goes back to the pulled one)."),
     ] = None,
+    flash_attn: Annotated[str | None, typer.Option(help="llama.cpp: flash attention, auto, on or off.")] = None,
+    cache_type_k: Annotated[str | None, typer.Option(help="llama.cpp: the K cache's type, f16, q8_0 or q4_0.")] = None,
+    cache_type_v: Annotated[
+        str | None, typer.Option(help="llama.cpp: the V cache's type, f16, q8_0 or q4_0 (with flash attention).")
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
-    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj)
+    kv_cache = (flash_attn, cache_type_k, cache_type_v)
+    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, *kv_cache)
     if all(v is None for v in given):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
-            "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT or --mmproj FILE"
+            "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT, --mmproj FILE, --flash-attn, "
+            "--cache-type-k or --cache-type-v"
         )
     store = ModelStore(settings().home)
     try:
@@ -266,6 +274,10 @@ def model_set(
         if stop is not None:
             options = set_stops(store, name, stop).options
             console.print(f"{name}: stop strings {options.get('stop', [])}")
+        if any(v is not None for v in kv_cache):
+            options = set_kv_cache(store, name, *kv_cache).options
+            chosen = {k: options[k] for k in ("flash_attn", "cache_type_k", "cache_type_v") if k in options}
+            console.print(f"{name}: KV cache {chosen or 'as the server sets it'}")
         if mmproj is not None:
             options = set_projector(store, name, mmproj).options
             takes = " and ".join(options.get("modalities", [])) or "text only"

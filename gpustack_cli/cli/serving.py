@@ -68,6 +68,18 @@ def serve(
         float | None,
         typer.Option(help="Seconds a stream may stay silent before a keep-alive is sent (0: never) [default 15]."),
     ] = None,
+    flash_attn: Annotated[
+        str | None, typer.Option(help="llama.cpp flash attention: auto, on or off [default: auto].")
+    ] = None,
+    cache_type_k: Annotated[
+        str | None, typer.Option(help="llama.cpp K cache type: f16, q8_0 or q4_0 [default: f16].")
+    ] = None,
+    cache_type_v: Annotated[
+        str | None,
+        typer.Option(
+            help="llama.cpp V cache type: f16, q8_0 or q4_0 (quantized: with flash attention) [default: f16]."
+        ),
+    ] = None,
     allow_image_urls: Annotated[
         bool,
         typer.Option("--allow-image-urls", help="Fetch chats' http(s) image URLs (public addresses only)."),
@@ -99,6 +111,9 @@ def serve(
         allowed_hosts=allowed_hosts or None,
         origins=cors_origins or None,
         allow_image_urls=True if allow_image_urls else None,
+        flash_attn=flash_attn,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
         pull_defaults=False if no_pull else None,
         ui=False if no_ui else None,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from gpustack_cli.core import templates
 from gpustack_cli.models.detect import UnknownFormat, main_gguf, projector_modalities
 from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
+from gpustack_cli.models.kv_cache import check_kv_cache
 from gpustack_cli.models.store import Manifest, ModelStore, StoreError
 
 LLAMA = "llama.cpp"
@@ -33,6 +34,31 @@ def set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int 
             options.pop(key, None)
         elif value is not None:
             options[key] = value
+    return store.update(name, options=options)
+
+
+def set_kv_cache(
+    store: ModelStore, name: str, flash_attn: str | None, cache_type_k: str | None, cache_type_v: str | None
+) -> Manifest:
+    """A llama.cpp model's own KV cache settings ('' clears one: the server's then), checked
+    together with the server's defaults for those it does not set."""
+    from gpustack_cli.config import Settings
+
+    options = _llama_options(store, name, "KV cache settings")
+    for key, value in (("flash_attn", flash_attn), ("cache_type_k", cache_type_k), ("cache_type_v", cache_type_v)):
+        if value == "":
+            options.pop(key, None)
+        elif value is not None:
+            options[key] = value
+    server = Settings.load()
+    try:
+        check_kv_cache(
+            options.get("flash_attn") or server.flash_attn,
+            options.get("cache_type_k") or server.cache_type_k,
+            options.get("cache_type_v") or server.cache_type_v,
+        )
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
     return store.update(name, options=options)
 
 

@@ -59,6 +59,8 @@ class Running(Doc):
     waiting: int
     loaded_for: float
     expires_in: float | None
+    # llama.cpp's KV cache: flash attention and the K and V types (`flash_attn`, `type_k`, `type_v`).
+    kv_cache: dict[str, str] | None = None
 
 
 class RunningList(Doc):

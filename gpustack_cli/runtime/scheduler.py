@@ -78,6 +78,13 @@ class LoadedModel:
     expires_in: float | None
     # Tokens of context per request slot, for engines that have one (llama.cpp).
     context: int | None = None
+    # How llama.cpp keeps its KV cache: flash attention and the K and V types.
+    kv_cache: dict[str, str] | None = None
+
+
+def _kv_cache(engine: Engine) -> dict[str, str] | None:
+    found = getattr(engine, "kv_cache", None)
+    return None if found is None else dict(vars(found))
 
 
 class Scheduler:
@@ -160,6 +167,7 @@ class Scheduler:
                 loaded_for=now - r.loaded_at,
                 expires_in=None if r.expires_at is None else max(0.0, r.expires_at - now),
                 context=getattr(r.engine, "n_ctx", None),
+                kv_cache=_kv_cache(r.engine),
             )
             for r in self._runners.values()
             if r.engine is not None

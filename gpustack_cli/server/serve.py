@@ -12,6 +12,7 @@ from rich.console import Console
 from gpustack_cli.cli.progress import RichProgress
 from gpustack_cli.config import Settings
 from gpustack_cli.models.pull import Puller, PullError
+from gpustack_cli.models.store import NAME_PATTERN
 from gpustack_cli.server.access_log import AccessLogger, RefusedRequests
 from gpustack_cli.server.app import build_context, create_app
 
@@ -75,6 +76,9 @@ def serve(settings: Settings, console: Console) -> None:
         log.info("removed %s, left by a pull that was stopped", swept.name)
     if settings.pull_defaults and not ctx.store.list():
         pull_defaults(settings, console)
+    invalid = [name for name in settings.preload if not NAME_PATTERN.match(name)]
+    if invalid:
+        raise StartupError(f"cannot preload {', '.join(invalid)}: not a model name")
     missing = [name for name in settings.preload if not ctx.store.exists(name)]
     if missing:
         raise StartupError(f"cannot preload {', '.join(missing)}: not in the store (see `gpustack list`)")

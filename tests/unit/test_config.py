@@ -131,3 +131,26 @@ def test_a_bad_gpustack_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPUSTACK_HOST", "localhost:notaport")
     with pytest.raises(ValueError, match="GPUSTACK_HOST"):
         Settings.load()
+
+
+def test_kv_cache_settings_are_checked_as_llama_cpp_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpustack_cli.models.kv_cache import check_kv_cache
+
+    check_kv_cache("auto", "q8_0", "q8_0")
+    check_kv_cache("off", "q4_0", "f16")  # a quantized K alone needs no flash attention
+    with pytest.raises(ValueError, match="needs flash attention"):
+        check_kv_cache("off", "f16", "q8_0")
+    with pytest.raises(ValueError, match="one of f16, q8_0, q4_0"):
+        check_kv_cache("on", "q5_1", "f16")
+    monkeypatch.setenv("GPUSTACK_CACHE_TYPE_V", "q4_0")
+    monkeypatch.setenv("GPUSTACK_FLASH_ATTN", "off")
+    with pytest.raises(ValueError, match="needs flash attention"):
+        Settings.load()
+
+
+def test_list_settings_take_commas_in_repeated_flags_too() -> None:
+    assert Settings.load(preload=["smollm2,gemma3-270m", "all-minilm-l6-v2"]).preload == [
+        "smollm2",
+        "gemma3-270m",
+        "all-minilm-l6-v2",
+    ]

@@ -1,0 +1,39 @@
+"""The KV cache settings llama.cpp users tune, on the real SmolLM2: a q8_0 cache with flash
+attention set per model loads and answers; what llama.cpp would refuse is refused where it is set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.support.harness import ServerProcess, clean_env, gpustack, home_sharing_models
+
+
+def test_a_quantized_cache_with_flash_attention_loads_and_answers(models_home: Path, tmp_path: Path) -> None:
+    home = home_sharing_models(models_home, tmp_path / "home")
+    env = clean_env(GPUSTACK_HOME=str(home))
+    weights = next((models_home / "models" / "smollm2").glob("*.gguf"))
+    assert gpustack("pull", str(weights), "--name", "kvq", env=env).returncode == 0
+    done = gpustack(
+        "model", "set", "kvq", "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--flash-attn", "on", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(gpustack("show", "kvq", "--json", env=env).stdout)["options"]
+    assert (shown["cache_type_k"], shown["cache_type_v"], shown["flash_attn"]) == ("q8_0", "q8_0", "on")
+    refused = gpustack("model", "set", "kvq", "--flash-attn", "off", env=env)
+    assert refused.returncode == 1 and "needs flash attention" in " ".join(refused.stderr.split())
+    with ServerProcess(home, "--no-pull", "--preload", "kvq", "--preload", "smollm2", "--parallel", "2") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        ask = [{"role": "user", "content": "What is the capital of France?"}]
+        quantized = client.chat.completions.create(model="kvq", messages=ask, max_tokens=12, temperature=0)
+        plain = client.chat.completions.create(model="smollm2", messages=ask, max_tokens=12, temperature=0)
+        # Both answer (the 135M model's greedy words may differ with a quantized cache).
+        assert quantized.choices[0].message.content and plain.choices[0].message.content
+        running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+        assert running["kvq"]["kv_cache"] == {"flash_attn": "on", "type_k": "q8_0", "type_v": "q8_0"}
+        assert running["smollm2"]["kv_cache"] == {"flash_attn": "auto", "type_k": "f16", "type_v": "f16"}
+    bad = gpustack("serve", "--no-pull", "--cache-type-v", "q4_0", "--flash-attn", "off", env=env, timeout=60)
+    assert bad.returncode == 1 and "needs flash attention" in " ".join(bad.stderr.split())
