@@ -11,9 +11,42 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
+
+FlashAttention = Literal["auto", "on", "off"]
+CacheType = Literal["f16", "q8_0", "q4_0"]
+# The keys a model's own KV cache settings have in its manifest's options.
+KV_OPTIONS = {"flash_attn": "flash_attn", "cache_type_k": "type_k", "cache_type_v": "type_v"}
+
+
+@dataclass(frozen=True)
+class KvCache:
+    """How llama.cpp keeps a context's keys and values: flash attention ("auto", "on", "off") and
+    the types of the K and V caches ("f16", or quantized "q8_0" / "q4_0": about a half and a
+    quarter of the memory). A quantized V cache needs flash attention, as llama.cpp says when it
+    loads: such settings are refused here, where they are made."""
+
+    flash_attn: FlashAttention = "auto"
+    type_k: CacheType = "f16"
+    type_v: CacheType = "f16"
+
+    def __post_init__(self) -> None:
+        if self.flash_attn not in ("auto", "on", "off"):
+            raise ValueError(f"flash attention is one of auto, on, off, not '{self.flash_attn}'")
+        for which, kind in (("K", self.type_k), ("V", self.type_v)):
+            if kind not in ("f16", "q8_0", "q4_0"):
+                raise ValueError(f"the {which} cache type is one of f16, q8_0, q4_0, not '{kind}'")
+        if self.type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(
+                f"a quantized V cache ({self.type_v}) needs flash attention: set --flash-attn on or auto, "
+                "or keep --cache-type-v f16"
+            )
+
+    def over(self, options: dict[str, Any]) -> KvCache:
+        """A model's own settings (its manifest's `options`) over these."""
+        return replace(self, **{field: options[key] for key, field in KV_OPTIONS.items() if options.get(key)})
 
 
 @dataclass(frozen=True)
@@ -35,10 +68,8 @@ class LoadSpec:
     ctx_size: int | None = None
     # Seconds a request's grammar may take on one token before the request is ended (llama.cpp).
     grammar_budget: float = 1.0
-    # llama.cpp's KV cache: flash attention ("auto", "on", "off") and the key and value types.
-    flash_attn: str = "auto"
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
+    # llama.cpp's KV cache, for a model that sets none of its own.
+    kv_cache: KvCache = field(default_factory=KvCache)
 
 
 @runtime_checkable

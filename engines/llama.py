@@ -36,7 +36,7 @@ from engines.base import (
     Token,
 )
 from engines.ggml_threads import on_own_thread
-from engines.llama_batch import BatchDecoder, Grammar, KvCache
+from engines.llama_batch import BatchDecoder, Grammar
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -92,16 +92,6 @@ def _threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
-
-
-def _kv_cache(spec: LoadSpec) -> KvCache:
-    """The model's KV cache settings: its own (`gpustack model set`), else the server's."""
-    options = spec.options
-    return KvCache(
-        flash_attn=options.get("flash_attn") or spec.flash_attn,
-        type_k=options.get("cache_type_k") or spec.cache_type_k,
-        type_v=options.get("cache_type_v") or spec.cache_type_v,
-    )
 
 
 # The context of the `Llama` object a generation model is loaded with: it only tokenizes, the
@@ -167,7 +157,7 @@ class LlamaEngine:
         if not self.embedding_mode:
             try:
                 self.projector = self._projector(spec, threads)
-                self.kv_cache = _kv_cache(spec)
+                self.kv_cache = spec.kv_cache.over(options)
                 self.decoder = BatchDecoder(
                     self.llm.model,
                     n_ctx=n_ctx,

@@ -48,7 +48,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from engines.base import DecodeStats, InvalidSchema, OutOfMemory, RequestAborted, Sampling, Token
+from engines.base import DecodeStats, InvalidSchema, KvCache, OutOfMemory, RequestAborted, Sampling, Token
 from engines.llama_media import MediaChunk, Projector, PromptItem, run_start
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -69,16 +69,7 @@ class Grammar:
     trigger: str | None = None
 
 
-@dataclass(frozen=True)
-class KvCache:
-    """How the context keeps its keys and values: flash attention ("auto", "on", "off") and the
-    ggml types of the K and V caches ("f16", "q8_0", "q4_0")."""
-
-    flash_attn: str = "auto"
-    type_k: str = "f16"
-    type_v: str = "f16"
-
-
+DEFAULT_CACHE = KvCache()
 _FLASH = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -163,7 +154,7 @@ class BatchDecoder:
         check_memory: bool = True,
         grammar_budget: float = 1.0,
         projector: Projector | None = None,
-        kv_cache: KvCache = KvCache(),
+        kv_cache: KvCache = DEFAULT_CACHE,
     ):
         self.n_ctx = n_ctx
         self.parallel = parallel
@@ -684,7 +675,7 @@ def _select(candidates: Any, rows: np.ndarray, logits: np.ndarray, samplers: Seq
     return int(array.data[array.selected].id)
 
 
-def kv_bytes_per_token(model: Any, kv_cache: KvCache = KvCache()) -> int:
+def kv_bytes_per_token(model: Any, kv_cache: KvCache) -> int:
     """Bytes of KV cache one token takes: keys and values of every layer, at the width of the
     model's key-value heads (grouped-query attention shares them among its heads), in the
     cache's types."""

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from engines.base import CacheType, FlashAttention, KvCache
 from gpustack_cli.core.json_schemas import SchemaLimits
 from gpustack_cli.core.limits import Limits
 from gpustack_cli.core.types import MediaLimits
-from gpustack_cli.models.kv_cache import CacheType, FlashAttention, check_kv_cache
 
 ENV_PREFIX = "GPUSTACK_"
 DEFAULT_PORT = 11500
@@ -214,8 +214,12 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _kv_cache(self) -> Settings:
-        check_kv_cache(self.flash_attn, self.cache_type_k, self.cache_type_v)
+        KvCache(self.flash_attn, self.cache_type_k, self.cache_type_v)  # a ValueError says what to change
         return self
+
+    @property
+    def kv_cache(self) -> KvCache:
+        return KvCache(self.flash_attn, self.cache_type_k, self.cache_type_v)
 
     @classmethod
     def load(cls, **flags: Any) -> Settings:

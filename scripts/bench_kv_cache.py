@@ -11,47 +11,22 @@ the end-of-generation token banned, so each is exactly --tokens tokens; medians 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import HEADERS, start_server  # noqa: E402
+from benchlib import chat_cases, start_server, stream_chat  # noqa: E402
 
 from gpustack_cli.models.gguf_meta import read_metadata  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402
 
 SIDES = {"f16": ("auto", "f16", "f16"), "q8_0": ("on", "q8_0", "q8_0"), "q4_0": ("on", "q4_0", "q4_0")}
-
-
-def decode_rate(url: str, model: str, tokens: int, eos: int, run: int) -> float:
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": f"Run {run}: write a long story about the sea."}],
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-        "logit_bias": {str(eos): -100},
-    }
-    first = last = 0.0
-    count = 0
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers=HEADERS, timeout=600) as response:
-        for line in response.iter_lines():
-            choices = json.loads(line[6:])["choices"] if line.startswith("data: {") else []
-            if choices and choices[0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                count += 1
-    return (count - 1) / (last - first)
 
 
 def main() -> None:
@@ -67,10 +42,11 @@ def main() -> None:
     store = ModelStore(args.home)
     model_file = store.model_dir(args.model) / store.get(args.model).options["model_file"]
     eos = int(read_metadata(model_file)["tokenizer.ggml.eos_token_id"])
-    print(f"{args.model}, {args.slots} slots x {args.ctx} context, {args.tokens} tokens, {args.runs} runs")
-    print("| KV cache | server memory MiB | tokens/s | vs f16 |")
-    print("|---|---|---|---|")
-    reference = None
+    cases = chat_cases(args.tokens, eos)
+    print(f"{args.model}, {args.slots} slots x {args.ctx} context, {args.runs} runs a case")
+    print("| KV cache | server memory MiB | case | tokens per answer | tokens/s | vs f16 |")
+    print("|---|---|---|---|---|---|")
+    reference: dict[str, float] = {}
     for name, (flash, type_k, type_v) in SIDES.items():
         # fmt: off
         process, url = start_server(
@@ -79,14 +55,31 @@ def main() -> None:
         )
         # fmt: on
         try:
-            decode_rate(url, args.model, 8, eos, -1)  # a warm-up answer
+            ask = [{"role": "user", "content": "Warm up."}]
+            stream_chat(url, {"model": args.model, "messages": ask, "max_tokens": 8})
             memory = psutil.Process(process.pid).memory_info().rss / 2**20
-            rate = statistics.median(decode_rate(url, args.model, args.tokens, eos, run) for run in range(args.runs))
+            for case, fields in cases.items():
+                answers = [
+                    stream_chat(
+                        url,
+                        {
+                            "model": args.model,
+                            "messages": [{"role": "user", "content": f"Run {run}: write a long story about the sea."}],
+                            **fields,
+                        },
+                    )
+                    for run in range(args.runs)
+                ]
+                rate = sum(a.tokens - 1 for a in answers) / sum(a.decode for a in answers)
+                reference.setdefault(case, rate)
+                tokens = statistics.mean(a.tokens for a in answers)
+                print(
+                    f"| {name} (flash attention {flash}) | {memory:.0f} | {case} | {tokens:.0f} | {rate:.1f} "
+                    f"| {rate / reference[case]:.2f}x |"
+                )
         finally:
             process.terminate()
             process.wait(30)
-        reference = reference or rate
-        print(f"| {name} (flash attention {flash}) | {memory:.0f} | {rate:.1f} | {rate / reference:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ llama.cpp and libmtmd), in one run: time to the first token (the image's encode 
 read) and decode speed; then the same conversation's next turn (the image found in the cache);
 then, on our server, the longest pause three text streams see while an image request joins them.
 
-Both sides run the same GGUF and projector with one slot, the same context, batch and threads,
-greedy, with the end-of-generation token banned (`logit_bias`) so every answer decodes exactly
---tokens tokens. Each round sends a new image (another colour: no side finds it cached) and runs
-the sides in a rotating order. The table shows medians.
+Both sides run the same GGUF and projector with one slot, the same context, batch and threads.
+Three request shapes (`benchlib.chat_cases`): what chat clients send (sampled at 0.8, up to 256
+tokens, the end of generation allowed; with and without a seed) and the favourable case (greedy,
+the end of generation banned, exactly --tokens tokens). Each request sends an image no side has
+seen; the sides take turns going first. First tokens are medians; tokens/s is all tokens after
+the first over all decode time, per case.
 
     python scripts/bench_vision.py --llama-server ~/.cache/llama-server-peer/0.3.36/bin/llama-server \\
         [--model tiny-vision] [--home ~/.cache/gpustack-tests/home] [--tokens 64] [--rounds 5]
@@ -21,7 +23,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -34,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import HEADERS, free_port, start_server, wait_ready  # noqa: E402
+from benchlib import HEADERS, Streamed, chat_cases, free_port, start_server, stream_chat, wait_ready  # noqa: E402
 
 from gpustack_cli.models.gguf_meta import read_metadata  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402
@@ -51,39 +52,6 @@ def picture(round_: int, size: int) -> str:
     out = io.BytesIO()
     image.save(out, "PNG")
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
-
-
-def body(model: str, messages: list[dict], tokens: int, eos: int) -> dict:
-    return {
-        "model": model,
-        "messages": messages,
-        "max_tokens": tokens,
-        "temperature": 0,
-        "stream": True,
-        "logit_bias": {str(eos): -100},
-    }
-
-
-def ask(url: str, payload: dict) -> tuple[float, float, str]:
-    """(seconds to the first token, tokens per second after it, the text)."""
-    started = time.perf_counter()
-    first = last = 0.0
-    count, text = 0, []
-    with httpx.stream("POST", url + "/v1/chat/completions", json=payload, headers=HEADERS, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            delta = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
-            if delta:
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                count += 1
-                text.append(delta)
-    rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-    return first - started, rate, "".join(text)
 
 
 def start_llama_server(binary: Path, model: Path, mmproj: Path, ctx: int, threads: int) -> tuple[subprocess.Popen, str]:
@@ -106,7 +74,13 @@ async def pause_under_image(url: str, model: str, eos: int, size: int) -> float:
     async with httpx.AsyncClient(headers=HEADERS, timeout=600) as client:
 
         async def text_stream(i: int) -> float:
-            payload = body(model, [{"role": "user", "content": f"Story {i}: tell me about the sea."}], 96, eos)
+            payload = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Story {i}: tell me about the sea."}],
+                "max_tokens": 96,
+                "stream": True,
+                "logit_bias": {str(eos): -100},
+            }
             last, longest = None, 0.0
             async with client.stream("POST", url + "/v1/chat/completions", json=payload) as response:
                 async for line in response.aiter_lines():
@@ -120,7 +94,9 @@ async def pause_under_image(url: str, model: str, eos: int, size: int) -> float:
             await asyncio.sleep(1.0)
             messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": picture(99, size)}}]}]
             messages[0]["content"].append({"type": "text", "text": QUESTION})
-            await client.post(url + "/v1/chat/completions", json={**body(model, messages, 4, eos), "stream": False})
+            await client.post(
+                url + "/v1/chat/completions", json={"model": model, "messages": messages, "max_tokens": 4}
+            )
 
         *gaps, _ = await asyncio.gather(text_stream(1), text_stream(2), text_stream(3), image())
         return max(gaps)
@@ -156,36 +132,42 @@ def main() -> None:
         processes.append(peer)
         sides["llama-server"] = peer_url
     try:
-        first: dict[str, list[float]] = {name: [] for name in sides}
-        rate: dict[str, list[float]] = {name: [] for name in sides}
-        again: dict[str, list[float]] = {name: [] for name in sides}
+        cases = chat_cases(args.tokens, eos)
         names = list(sides)
+        runs: dict[tuple[str, str], list[Streamed]] = {(c, n): [] for c in cases for n in names}
+        again: dict[str, list[float]] = {name: [] for name in names}
         for round_ in range(args.rounds + 1):  # the first round warms each side up
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
-            for name in order:
-                turn = [
-                    {"type": "image_url", "image_url": {"url": picture(round_, args.image_size)}},
-                    {"type": "text", "text": QUESTION},
-                ]
-                messages = [{"role": "user", "content": turn}]
-                ttft, speed, text = ask(sides[name], body(args.model, messages, args.tokens, eos))
-                follow = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": "And why?"}]
-                ttft_again, _, _ = ask(sides[name], body(args.model, follow, 8, eos))
-                if round_:
-                    first[name].append(ttft)
-                    rate[name].append(speed)
-                    again[name].append(ttft_again)
-        print(f"{args.model}, {args.image_size}x{args.image_size} PNG, {args.tokens} tokens, {args.rounds} rounds")
-        print("| server | first token ms | next turn, same image: first token ms | tokens/s | vs llama-server |")
-        print("|---|---|---|---|---|")
+            for number, (case, fields) in enumerate(cases.items()):
+                image = picture(round_ * len(cases) + number, args.image_size)  # new to every side
+                for name in order:
+                    turn = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": QUESTION}]
+                    messages = [{"role": "user", "content": turn}]
+                    answer = stream_chat(sides[name], {"model": args.model, "messages": messages, **fields})
+                    if round_:
+                        runs[(case, name)].append(answer)
+                    if round_ and number == 0:  # the same conversation one exchange longer: the image cached
+                        follow = [*messages, {"role": "assistant", "content": answer.text}]
+                        follow.append({"role": "user", "content": "And why?"})
+                        again[name].append(
+                            stream_chat(sides[name], {"model": args.model, "messages": follow, **fields}).first
+                        )
+        print(f"{args.model}, {args.image_size}x{args.image_size} PNG, {args.rounds} rounds, a new image each request")
+        print("| case | server | first token ms | tokens per answer | tokens/s | vs llama-server |")
+        print("|---|---|---|---|---|---|")
+        for case in cases:
+            for name in names:
+                got = runs[(case, name)]
+                speed = sum(a.tokens - 1 for a in got) / sum(a.decode for a in got)
+                peer = runs.get((case, "llama-server"))
+                reference = sum(a.tokens - 1 for a in peer) / sum(a.decode for a in peer) if peer else None
+                ratio = f"{speed / reference:.2f}x" if reference else "–"
+                first = statistics.median(a.first for a in got) * 1000
+                tokens = statistics.mean(a.tokens for a in got)
+                print(f"| {case} | {name} | {first:.0f} | {tokens:.0f} | {speed:.1f} | {ratio} |")
         for name in names:
-            speed = statistics.median(rate[name])
-            peer = statistics.median(rate["llama-server"]) if "llama-server" in rate else None
-            ratio = f"{speed / peer:.2f}x" if peer else "–"
-            print(
-                f"| {name} | {statistics.median(first[name]) * 1000:.0f} | {statistics.median(again[name]) * 1000:.0f} "
-                f"| {speed:.1f} | {ratio} |"
-            )
+            cached = statistics.median(again[name]) * 1000
+            print(f"{name}: the next turn about the same image (greedy), first token {cached:.0f} ms")
         if "llama-server" not in sides:
             print("llama-server: not given (--llama-server PATH; shared/tools/build_llama_server.sh builds one)")
         gap = asyncio.run(pause_under_image(sides["gpustack"], args.model, eos, args.image_size))

@@ -3,6 +3,7 @@ every request of theirs sends, `HEADERS`), and the peer llama-cpp-python's serve
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -83,3 +85,54 @@ def start_llama_cpp_python(model_path: Path, n_ctx: int, threads: int) -> tuple[
         print(f"llama-cpp-python's server: {exc}", file=sys.stderr)
         return None
     return process, url
+
+
+@dataclass
+class Streamed:
+    """One streamed chat answer as a client sees it."""
+
+    first: float  # seconds from sending to the first token
+    tokens: int  # content chunks (one token each)
+    decode: float  # seconds from the first token to the last
+    text: str
+
+    @property
+    def rate(self) -> float:
+        return (self.tokens - 1) / self.decode if self.tokens > 1 and self.decode > 0 else 0.0
+
+
+def stream_chat(url: str, body: dict) -> Streamed:
+    """POST a streamed chat completion (`stream` set here) and time its tokens."""
+    started = time.perf_counter()
+    first = last = 0.0
+    count, text = 0, []
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json={**body, "stream": True}, headers=HEADERS, timeout=600
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            choices = json.loads(line[6:]).get("choices") or [{}]
+            delta = choices[0].get("delta", {}).get("content")
+            if delta:
+                last = time.perf_counter()
+                first = first or last
+                count += 1
+                text.append(delta)
+    return Streamed(first - started if first else 0.0, count, last - first, "".join(text))
+
+
+# The request shapes the LLM benchmarks time: what chat clients send (sampled, an everyday answer
+# length, the end of generation allowed; with and without a seed) beside the favourable case
+# (greedy, end of generation banned: every answer exactly as long, sampling costs nothing).
+def chat_cases(tokens: int, eos: int) -> dict[str, dict]:
+    return {
+        f"greedy, {tokens} tokens, EOS banned": {
+            "max_tokens": tokens,
+            "temperature": 0,
+            "logit_bias": {str(eos): -100},
+        },
+        "sampled 0.8, up to 256 tokens, EOS allowed": {"max_tokens": 256, "temperature": 0.8},
+        "sampled 0.8 with a seed, up to 256 tokens": {"max_tokens": 256, "temperature": 0.8, "seed": 7},
+    }

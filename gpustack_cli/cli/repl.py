@@ -14,7 +14,7 @@ from rich.console import Console
 from engines.base import Sampling
 from gpustack_cli.cli import render
 from gpustack_cli.cli.connection import ClientError, Terminal
-from gpustack_cli.core.types import MEDIA_MARKER, ChatMessage, ChatRequest, MediaPart
+from gpustack_cli.core.types import ChatMessage, ChatRequest, MediaPart, images_first
 
 HELP = """Commands:
   /set parameter NAME VALUE  temperature, top_p, top_k, seed, num_predict, stop
@@ -69,8 +69,7 @@ def chat_request(messages: list[dict[str, Any]], options: ChatOptions) -> ChatRe
 def _message(message: dict[str, Any]) -> ChatMessage:
     images: list[bytes] = message.get("images") or []
     media = [MediaPart("image", f"image {i + 1}", data=data) for i, data in enumerate(images)]
-    text = "\n".join([MEDIA_MARKER] * len(media) + [message["content"]])
-    return ChatMessage(message["role"], text, media=media)
+    return images_first(message["role"], message["content"], media)
 
 
 def read_image(path: str) -> bytes:

@@ -18,7 +18,7 @@ import hashlib
 import io
 import ipaddress
 import socket
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from engines.base import Media
@@ -86,29 +86,34 @@ def decoded(part: MediaPart, limits: MediaLimits, audio_rate: int) -> Media:
     return part.decoded
 
 
-def _image(data: bytes, part: MediaPart, limits: MediaLimits) -> Media:
-    # Pillow comes with the llm extras; imported here so that text-only paths do not load it.
+def open_image(data: bytes, param: str, max_pixels: int, formats: tuple[str, ...] = IMAGE_FORMATS) -> Any:
+    """The image (a Pillow image, loaded), read only once its header shows it within
+    `max_pixels`: a decompression bomb is refused unread. A GenerationError names `param`."""
+    # Pillow comes with the llm and image extras; imported here so that text-only paths do not load it.
     from PIL import Image, UnidentifiedImageError
 
+    names = ", ".join(formats[:-1]) + f" or {formats[-1]}"
     try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise GenerationError(f"Invalid '{part.param}': the image is too large to decode.", part.param) from exc
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, past twice its warning size
+        raise GenerationError(f"Invalid '{param}': it is over the limit of {max_pixels} pixels.", param) from exc
     except (UnidentifiedImageError, OSError) as exc:
-        raise GenerationError(
-            f"Invalid '{part.param}': not an image this server reads (PNG, JPEG, WEBP, GIF or BMP).", part.param
-        ) from exc
+        raise GenerationError(f"Invalid '{param}': not an image this server reads ({names}).", param) from exc
+    if image.format not in formats:
+        raise GenerationError(f"Invalid '{param}': {image.format} images are not supported; use {names}.", param)
     width, height = image.size
-    if width * height > limits.max_image_pixels:
-        raise GenerationError(
-            f"Invalid '{part.param}': {width}x{height} is over the limit of {limits.max_image_pixels} pixels.",
-            part.param,
-        )
+    if width * height > max_pixels:
+        raise GenerationError(f"Invalid '{param}': {width}x{height} is over the limit of {max_pixels} pixels.", param)
     try:
-        rgb = image.convert("RGB")
+        image.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise GenerationError(f"Invalid '{part.param}': the image could not be decoded ({exc}).", part.param) from exc
-    return Media("image", hashlib.sha256(data).hexdigest(), rgb.tobytes(), width, height)
+        raise GenerationError(f"Invalid '{param}': the image could not be decoded ({exc}).", param) from exc
+    return image
+
+
+def _image(data: bytes, part: MediaPart, limits: MediaLimits) -> Media:
+    rgb = open_image(data, part.param, limits.max_image_pixels).convert("RGB")
+    return Media("image", hashlib.sha256(data).hexdigest(), rgb.tobytes(), rgb.width, rgb.height)
 
 
 def _audio(data: bytes, part: MediaPart, limits: MediaLimits, rate: int) -> Media:

@@ -79,6 +79,15 @@ class ChatMessage:
     media: list[MediaPart] = field(default_factory=list)
 
 
+def images_first(
+    role: Literal["system", "user", "assistant", "tool"], text: str, media: list[MediaPart]
+) -> ChatMessage:
+    """A message whose images go before its text, as Ollama places the `images` of a message."""
+    return ChatMessage(
+        role, "\n".join([MEDIA_MARKER] * len(media) + ([text] if text or not media else [])), media=media
+    )
+
+
 @dataclass
 class ChatRequest:
     messages: list[ChatMessage]

@@ -19,8 +19,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         parallel=settings.parallel,
         ctx_size=settings.ctx_size,
         grammar_budget=settings.grammar_token_budget,
-        flash_attn=settings.flash_attn,
-        cache_type_k=settings.cache_type_k,
-        cache_type_v=settings.cache_type_v,
+        kv_cache=settings.kv_cache,
     )
     return load_engine(manifest.engine, spec)

@@ -10,7 +10,6 @@ from typing import Any
 from gpustack_cli.core import templates
 from gpustack_cli.models.detect import UnknownFormat, main_gguf, projector_modalities
 from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
-from gpustack_cli.models.kv_cache import check_kv_cache
 from gpustack_cli.models.store import Manifest, ModelStore, StoreError
 
 LLAMA = "llama.cpp"
@@ -50,13 +49,8 @@ def set_kv_cache(
             options.pop(key, None)
         elif value is not None:
             options[key] = value
-    server = Settings.load()
     try:
-        check_kv_cache(
-            options.get("flash_attn") or server.flash_attn,
-            options.get("cache_type_k") or server.cache_type_k,
-            options.get("cache_type_v") or server.cache_type_v,
-        )
+        Settings.load().kv_cache.over(options)
     except ValueError as exc:
         raise StoreError(str(exc)) from exc
     return store.update(name, options=options)

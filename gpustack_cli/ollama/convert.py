@@ -16,7 +16,6 @@ from engines.base import Sampling
 from gpustack_cli.core import json_values
 from gpustack_cli.core.media import b64
 from gpustack_cli.core.types import (
-    MEDIA_MARKER,
     Answer,
     ChatMessage,
     ChatRequest,
@@ -29,6 +28,7 @@ from gpustack_cli.core.types import (
     Tool,
     ToolCall,
     ToolCallEvent,
+    images_first,
 )
 from gpustack_cli.ollama import wire
 
@@ -83,8 +83,7 @@ def _with_images(role: str, content: str, images: list[str] | None, param: str) 
     media = [
         MediaPart("image", f"{param}[{i}]", data=b64(image, f"{param}[{i}]")) for i, image in enumerate(images or [])
     ]
-    text = "\n".join([MEDIA_MARKER] * len(media) + ([content] if content or not media else []))
-    return ChatMessage(role, text, media=media)  # type: ignore[arg-type]
+    return images_first(role, content, media)  # type: ignore[arg-type]
 
 
 def _arguments(arguments: dict[str, Any] | str) -> str:

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engines.base import ImageGenerator, ImageRequest
 from gpustack_cli.config import Settings
+from gpustack_cli.core.media import open_image
+from gpustack_cli.core.types import GenerationError
 from gpustack_cli.models.store import Category
 from gpustack_cli.openai.answers import Images
 from gpustack_cli.runtime.threads import emit_in_thread
@@ -311,28 +313,11 @@ async def generations(request: web.Request) -> web.StreamResponse:
 
 
 def _open_image(data: bytes, param: str, max_pixels: int) -> Any:
-    """The uploaded image, decoded only once its header shows it within `max_pixels`."""
-    # Pillow comes with the image engines' extras: imported on use, so a text-only install serves.
-    from PIL import Image, UnidentifiedImageError
-
+    """The uploaded image (PNG, JPEG or WEBP), decoded only once its header shows it within `max_pixels`."""
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, past twice its warning size
-        raise bad_request(f"Invalid '{param}': it is over the limit of {max_pixels} pixels.", param=param) from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise bad_request(f"Invalid '{param}': not a PNG, JPEG or WEBP image.", param=param) from exc
-    if image.format not in ("PNG", "JPEG", "WEBP"):
-        raise bad_request(
-            f"Invalid '{param}': {image.format} images are not supported; use PNG, JPEG or WEBP.", param=param
-        )
-    width, height = image.size
-    if width * height > max_pixels:
-        raise bad_request(f"Invalid '{param}': {width}x{height} is over the limit of {max_pixels} pixels.", param=param)
-    try:
-        image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise bad_request(f"Invalid '{param}': the image could not be decoded: {exc}.", param=param) from exc
-    return image
+        return open_image(data, param, max_pixels, ("PNG", "JPEG", "WEBP"))
+    except GenerationError as exc:
+        raise bad_request(str(exc), param=param) from exc
 
 
 async def edits(request: web.Request) -> web.StreamResponse:

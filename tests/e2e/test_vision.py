@@ -63,6 +63,18 @@ def question(*images: bytes, text: str = QUESTION) -> list[dict]:
     return [{"role": "user", "content": [*map(image_part, images), {"type": "text", "text": text}]}]
 
 
+def responses_answer(client: openai.OpenAI, model: str, image: bytes, text: str, max_tokens: int) -> str:
+    """The Responses API's greedy answer to an `input_image` and a question."""
+    content = [
+        {"type": "input_image", "image_url": data_url(image), "detail": "auto"},
+        {"type": "input_text", "text": text},
+    ]
+    response = client.responses.create(
+        model=model, max_output_tokens=max_tokens, temperature=0, input=[{"role": "user", "content": content}]
+    )
+    return response.output_text
+
+
 @pytest.fixture(scope="module")
 def server(models_home: Path, tiny_vision: str) -> Iterator[ServerProcess]:
     with ServerProcess(models_home, "--no-pull", "--preload", MODEL, "--parallel", "4") as running:
@@ -150,21 +162,7 @@ def test_the_same_image_gets_the_same_answer_on_every_api(client: openai.OpenAI,
         ],
     )
     assert message.content[0].text == expected
-    response = client.responses.create(
-        model=MODEL,
-        max_output_tokens=12,
-        temperature=0,
-        input=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "input_image", "image_url": data_url(RED_SQUARE), "detail": "auto"},
-                    {"type": "input_text", "text": QUESTION},
-                ],
-            }
-        ],
-    )
-    assert response.output_text == expected
+    assert responses_answer(client, MODEL, RED_SQUARE, QUESTION, 12) == expected
     local = ollama.Client(host=server.url)
     red = local.chat(
         model=MODEL,
@@ -344,18 +342,4 @@ def test_a_real_vision_model_names_the_colours(models_home: Path, tmp_path: Path
                 ],
             )
             assert colour in message.content[0].text.lower()
-            response = client.responses.create(
-                model="real-vlm",
-                max_output_tokens=8,
-                temperature=0,
-                input=[
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "input_image", "image_url": data_url(image), "detail": "auto"},
-                            {"type": "input_text", "text": ask},
-                        ],
-                    }
-                ],
-            )
-            assert colour in response.output_text.lower()
+            assert colour in responses_answer(client, "real-vlm", image, ask, 8).lower()

@@ -134,14 +134,15 @@ def test_a_bad_gpustack_host(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_kv_cache_settings_are_checked_as_llama_cpp_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpustack_cli.models.kv_cache import check_kv_cache
+    from engines.base import KvCache
 
-    check_kv_cache("auto", "q8_0", "q8_0")
-    check_kv_cache("off", "q4_0", "f16")  # a quantized K alone needs no flash attention
+    KvCache("auto", "q8_0", "q8_0")
+    KvCache("off", "q4_0", "f16")  # a quantized K alone needs no flash attention
     with pytest.raises(ValueError, match="needs flash attention"):
-        check_kv_cache("off", "f16", "q8_0")
+        KvCache("off", "f16", "q8_0")
     with pytest.raises(ValueError, match="one of f16, q8_0, q4_0"):
-        check_kv_cache("on", "q5_1", "f16")
+        KvCache("on", "q5_1", "f16")  # type: ignore[arg-type]
+    assert KvCache().over({"cache_type_v": "q8_0", "n_ctx": 4096}) == KvCache("auto", "f16", "q8_0")
     monkeypatch.setenv("GPUSTACK_CACHE_TYPE_V", "q4_0")
     monkeypatch.setenv("GPUSTACK_FLASH_ATTN", "off")
     with pytest.raises(ValueError, match="needs flash attention"):
