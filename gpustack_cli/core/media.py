@@ -28,15 +28,20 @@ from gpustack_cli.core.types import GenerationError, MediaLimits, MediaPart
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
+def check_url(url: str, param: str) -> None:
+    """A GenerationError unless `url` is a base64 `data:` URL or an http(s) one (nothing decoded)."""
+    if url.startswith("data:"):
+        if not url.partition(",")[0].endswith(";base64"):
+            raise GenerationError(f"Invalid '{param}': a data URL must be base64 ('data:image/png;base64,...').", param)
+    elif not url.startswith(("http://", "https://")):
+        raise GenerationError(f"Invalid '{param}': expected a data URL or an http(s) URL.", param)
+
+
 def data_part(kind: Literal["image", "audio"], url: str, param: str, fmt: str | None = None) -> MediaPart:
     """A part given as a URL: a `data:` URL is read here, any other is kept to fetch."""
+    check_url(url, param)
     if url.startswith("data:"):
-        head, _, payload = url.partition(",")
-        if not head.endswith(";base64"):
-            raise GenerationError(f"Invalid '{param}': a data URL must be base64 ('data:image/png;base64,...').", param)
-        return MediaPart(kind, param, data=b64(payload, param), format=fmt)
-    if not url.startswith(("http://", "https://")):
-        raise GenerationError(f"Invalid '{param}': expected a data URL or an http(s) URL.", param)
+        return MediaPart(kind, param, data=b64(url.partition(",")[2], param), format=fmt)
     return MediaPart(kind, param, url=url, format=fmt)
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from engines.base import Sampling
-from gpustack_cli.core.media import data_part
+from gpustack_cli.core.media import check_url, data_part
 from gpustack_cli.core.types import MEDIA_MARKER, ChatMessage, ChatRequest, GenerationError, MediaPart, Tool, ToolCall
 from gpustack_cli.openai.chat import Wire
 
@@ -320,7 +320,7 @@ def _check_content(content: str | list[Any], param: str) -> None:
                 code="unsupported_content",
             )
         if isinstance(part, ImageContent):
-            data_part("image", part.image_url or "", f"{param}[{index}].image_url")  # refused here if malformed
+            check_url(part.image_url or "", f"{param}[{index}].image_url")  # read when the chat is made
         if isinstance(part, OtherContent):
             raise GenerationError(
                 f"Content of type '{part.type}' is not supported here: this server reads text and images "
