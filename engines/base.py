@@ -70,6 +70,8 @@ class LoadSpec:
     grammar_budget: float = 1.0
     # llama.cpp's KV cache, for a model that sets none of its own.
     kv_cache: KvCache = field(default_factory=KvCache)
+    # RPC servers (HOST:PORT) whose devices take the model's layers before this machine's (llama.cpp).
+    rpc: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ projector (`options.mmproj_file`) takes images and audio in its prompts (`engine
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import numpy as np
 from llama_cpp import Llama
 from llama_cpp.llama_grammar import SchemaConverter
 
+from engines import ggml_devices, llama_log
 from engines.base import (
     Choice,
     DecodeStats,
@@ -97,6 +99,36 @@ def _threads() -> int:
 # The context of the `Llama` object a generation model is loaded with: it only tokenizes, the
 # batched decoder has a context of its own.
 TOKENIZER_CTX = 64
+# llama-cpp-python's model parameters are patched while a model loads (`_offloading_to`): one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _offloading_to(devices: list[int] | None) -> Iterator[None]:
+    """While the block runs, models load with their layers offloaded to `devices` (ggml device
+    handles) instead of every device llama.cpp finds. llama-cpp-python's `Llama` takes no device
+    list (llama.cpp's `llama_model_params.devices`): the default parameters it starts from are
+    given one."""
+    if not devices:
+        yield
+        return
+    array = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)  # NULL-terminated
+    module = llama_cpp.llama_cpp
+    original = module.llama_model_default_params
+
+    def with_devices() -> llama_cpp.llama_model_params:
+        params = original()
+        params.devices = ctypes.addressof(array)
+        return params
+
+    with _LOAD_LOCK:
+        module.llama_model_default_params = with_devices
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = original
+
+
 # A generation model's context per slot when neither the model nor the server names one (at most
 # its trained length): modest, since the KV cache holds it times the slots.
 DEFAULT_CTX = 8192
@@ -117,18 +149,14 @@ class LlamaEngine:
             n_ctx = int(options.get("n_ctx") or spec.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
         # An embedding model reads each input in one batch: the batch must hold the longest input.
         n_batch = n_ctx if self.embedding_mode else int(options.get("n_batch") or 512)
-        self.llm = Llama(
-            model_path=str(spec.path / model_file),
-            n_ctx=n_ctx if self.embedding_mode else TOKENIZER_CTX,
-            n_batch=n_batch,
-            n_ubatch=n_batch,
-            n_gpu_layers=spec.gpu_layers,
-            n_threads=threads,
-            n_threads_batch=threads,
-            embedding=self.embedding_mode,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK if options.get("pooling") == "rank" else -1,
-            verbose=False,
-        )
+        # Layers go to the RPC servers' devices first, then to this machine's GPUs, then its CPU.
+        self.rpc = spec.rpc
+        devices = ggml_devices.model_devices(spec.rpc) if spec.rpc else None
+        # The names llama.cpp's log gives RPC devices (RPC0, ...), and their servers.
+        described = map(ggml_devices.describe, devices or ())
+        self.rpc_devices = {d.name: d.description for d in described if d.name.startswith("RPC")}
+        with _offloading_to(devices):
+            self.llm = self._llama(spec, model_file, n_ctx, n_batch, threads)
         metadata: dict[str, str] = self.llm.metadata
         trained = llama_cpp.llama_model_n_ctx_train(self.llm.model)
         if not self.embedding_mode and trained > 0 and n_ctx > trained:
@@ -149,7 +177,7 @@ class LlamaEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._grammars: dict[str, Grammar] = {}
         self._pieces: dict[int, bytes] = {}
-        self.gpu_offload = bool(llama_cpp.llama_supports_gpu_offload()) and spec.gpu_layers != 0
+        self.gpu_offload = (ggml_devices.has_gpu() or bool(spec.rpc)) and spec.gpu_layers != 0
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
         self.decoder: BatchDecoder | None = None
@@ -189,6 +217,20 @@ class LlamaEngine:
             self.max_concurrency,
             "GPU offload" if self.gpu_offload else "CPU",
             threads,
+        )
+
+    def _llama(self, spec: LoadSpec, model_file: str, n_ctx: int, n_batch: int, threads: int) -> Llama:
+        return Llama(
+            model_path=str(spec.path / model_file),
+            n_ctx=n_ctx if self.embedding_mode else TOKENIZER_CTX,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_gpu_layers=spec.gpu_layers,
+            n_threads=threads,
+            n_threads_batch=threads,
+            embedding=self.embedding_mode,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK if spec.options.get("pooling") == "rank" else -1,
+            verbose=False,
         )
 
     def _projector(self, spec: LoadSpec, threads: int) -> Projector | None:
@@ -387,4 +429,7 @@ class LlamaEngine:
 
 
 def load(spec: LoadSpec) -> LlamaEngine:
-    return LlamaEngine(spec)
+    with llama_log.capture() as lines:
+        engine = LlamaEngine(spec)
+    engine.placement = llama_log.placement(lines, engine.rpc_devices)
+    return engine

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from engines.base import CacheType, FlashAttention, KvCache
+from engines.ggml_devices import rpc_endpoints
 from gpustack_cli.core.json_schemas import SchemaLimits
 from gpustack_cli.core.limits import Limits
 from gpustack_cli.core.types import MediaLimits
@@ -163,6 +164,11 @@ class Settings(BaseModel):
     flash_attn: FlashAttention = "auto"
     cache_type_k: CacheType = "f16"
     cache_type_v: CacheType = "f16"
+    # RPC servers (HOST:PORT, `gpustack rpc-server`) that take the layers of llama.cpp models that
+    # name none of their own; a model with RPC servers runs in a process of its own unless
+    # `isolate_rpc` is off (an RPC server that stops answering ends the process holding the model).
+    rpc: list[str] = Field(default_factory=list)
+    isolate_rpc: bool = True
     # Images and audio clips in one chat (models that see and hear), and bytes of each one.
     max_media: int = Field(16, ge=1)
     max_media_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -207,6 +213,11 @@ class Settings(BaseModel):
             return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
         return value
 
+    @field_validator("rpc", mode="before")
+    @classmethod
+    def _rpc(cls, value: Any) -> Any:
+        return rpc_endpoints(value) if isinstance(value, (str, list)) else value
+
     @field_validator("home", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
@@ -239,6 +250,19 @@ class Settings(BaseModel):
                 values.setdefault("server_url", url)
         values.update(given)
         return cls(**values)
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the `GPUSTACK_*` variables that give them (a child server's)."""
+        found: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(map(str, value))
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            found[ENV_PREFIX + name.upper()] = str(value)
+        return found
 
     @property
     def limits(self) -> Limits:

@@ -54,8 +54,10 @@ def llama_cpp_build() -> dict[str, Any]:
         import llama_cpp
     except ImportError as exc:
         return {"error": str(exc)}
+    from engines import ggml_devices
+
     info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    return {"system_info": info, "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
+    return {"system_info": info, "gpu_offload": ggml_devices.has_gpu(), "rpc": ggml_devices.built_in()}
 
 
 def gpus() -> list[dict[str, Any]]:

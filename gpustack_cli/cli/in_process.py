@@ -48,8 +48,11 @@ class InProcess:
         self.where = "this process"
         self.settings = settings
         self.store = ModelStore(settings.home)
+        # A model with RPC servers is loaded here too, as llama.cpp's own CLI does: a dead RPC server
+        # ends this command, not a server.
+        loading = settings.model_copy(update={"isolate_rpc": False})
         self.scheduler = Scheduler(
-            lambda name: load_model(self.store, name, settings),
+            lambda name: load_model(self.store, name, loading),
             max_loaded_models=settings.max_loaded_models,
             parallel=settings.parallel,
             keep_alive=-1,  # loaded until the command ends

@@ -81,7 +81,8 @@ def _print_report(data: dict[str, Any]) -> None:
     llama = data["llama_cpp"]
     if "system_info" in llama:
         offload = "GPU offload" if llama["gpu_offload"] else "CPU only"
-        console.print(f"llama.cpp: {offload}; {llama['system_info']}")
+        rpc = "RPC built in" if llama["rpc"] else "no RPC (build with -DGGML_RPC=ON)"
+        console.print(f"llama.cpp: {offload}, {rpc}; {llama['system_info']}")
     for gpu in data["gpus"] or [{"name": "none seen"}]:
         memory = f", {gpu['memory_mib']} MiB" if "memory_mib" in gpu else ""
         console.print(f"GPU: {gpu.get('name') or gpu.get('error')}{memory}")

@@ -27,6 +27,7 @@ from gpustack_cli.models.model_settings import (
     set_chat_template,
     set_kv_cache,
     set_projector,
+    set_rpc,
     set_slots,
     set_stops,
 )
@@ -248,15 +249,19 @@ def model_set(
     cache_type_v: Annotated[
         str | None, typer.Option(help="llama.cpp: the V cache's type, f16, q8_0 or q4_0 (with flash attention).")
     ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(help="llama.cpp: RPC servers for its layers, HOST:PORT[,HOST:PORT...] ('' clears them)."),
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
     kv_cache = (flash_attn, cache_type_k, cache_type_v)
-    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, *kv_cache)
+    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, rpc, *kv_cache)
     if all(v is None for v in given):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
             "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT, --mmproj FILE, --flash-attn, "
-            "--cache-type-k or --cache-type-v"
+            "--cache-type-k, --cache-type-v or --rpc HOST:PORT"
         )
     store = ModelStore(settings().home)
     try:
@@ -282,5 +287,9 @@ def model_set(
             options = set_projector(store, name, mmproj).options
             takes = " and ".join(options.get("modalities", [])) or "text only"
             console.print(f"{name}: projector {options.get('mmproj_file', 'none')} ({takes})")
+        if rpc is not None:
+            servers = set_rpc(store, name, rpc).options.get("rpc")
+            shown = ", ".join(servers) if servers else "none (the server's --rpc, if any)"
+            console.print(f"{name}: RPC servers {shown}")
     except StoreError as exc:
         raise fail(str(exc)) from exc

@@ -62,14 +62,27 @@ def answer(events: Iterator[Event], console: Console, verbose: bool = False) -> 
     return text
 
 
+def placement(places: list[dict[str, Any]] | None) -> str:
+    """Where a llama.cpp model is: each device with layers, their count and what the device holds."""
+    from gpustack_cli.cli.shared import human_size
+
+    shown = []
+    for place in places or []:
+        if place.get("layers"):
+            held = sum(place.get(k, 0) for k in ("weights_bytes", "kv_cache_bytes", "compute_bytes"))
+            shown.append(f"{place['device']}: {place['layers']} layers, {human_size(held)}")
+    return "\n".join(shown) or "-"
+
+
 def loaded_models(models: list[dict[str, Any]], console: Console) -> None:
-    table = Table("NAME", "SLOTS BUSY", "WAITING", "CONTEXT", "LOADED FOR", "UNLOADS IN", box=None)
+    table = Table("NAME", "SLOTS BUSY", "WAITING", "CONTEXT", "LOADED FOR", "UNLOADS IN", "WHERE", box=None)
     for m in models:
         expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
         until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
         context = str(m["context"]) if m.get("context") else "-"
         slots = f"{m['active']}/{m['concurrency']}"
-        table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until)
+        where = placement(m.get("placement"))
+        table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until, where)
     console.print(table if models else "No models loaded.")
 
 

@@ -84,6 +84,10 @@ def serve(
         bool,
         typer.Option("--allow-image-urls", help="Fetch chats' http(s) image URLs (public addresses only)."),
     ] = False,
+    rpc: Annotated[
+        str | None,
+        typer.Option(help="RPC servers for llama.cpp models' layers: HOST:PORT[,HOST:PORT...] (gpustack rpc-server)."),
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
@@ -114,6 +118,7 @@ def serve(
         flash_attn=flash_attn,
         cache_type_k=cache_type_k,
         cache_type_v=cache_type_v,
+        rpc=rpc,
         pull_defaults=False if no_pull else None,
         ui=False if no_ui else None,
     )
@@ -123,6 +128,30 @@ def serve(
         raise fail(str(exc)) from exc
     except OSError as exc:
         raise fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+
+
+@app.command("rpc-server")
+def rpc_server(
+    host: Annotated[str, typer.Option(help="Address to listen on (the protocol has no keys: keep it private).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 50052,
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="Lend this device (repeatable; default: the GPUs, else the CPU)."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads of the CPU device (default: all cores).")] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache", "-c", help="Keep the tensors clients send on disk, to load faster next time.")
+    ] = False,
+) -> None:
+    """Lend this machine's devices to llama.cpp models on other machines (llama.cpp's RPC server)."""
+    from gpustack_cli.cli.rpc_server import run
+
+    try:
+        run(settings(), host, port, [n for d in device or [] for n in d.split(",") if n], threads, cache)
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
 
 
 @app.command()

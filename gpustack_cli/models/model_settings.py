@@ -56,6 +56,23 @@ def set_kv_cache(
     return store.update(name, options=options)
 
 
+def set_rpc(store: ModelStore, name: str, servers: str) -> Manifest:
+    """The RPC servers (HOST:PORT, comma-separated) a llama.cpp model's layers go to ('' clears
+    them: the server's `--rpc`, if any, then)."""
+    from engines.ggml_devices import rpc_endpoints
+
+    options = _llama_options(store, name, "RPC servers")
+    try:
+        endpoints = rpc_endpoints(servers)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
+    if endpoints:
+        options["rpc"] = endpoints
+    else:
+        options.pop("rpc", None)
+    return store.update(name, options=options)
+
+
 def set_projector(store: ModelStore, name: str, source: str) -> Manifest:
     """A llama.cpp model's vision/audio projector: a GGUF kept anywhere ('' goes back to the one
     pulled with the model, if any). One that names no vision or audio encoder is refused."""

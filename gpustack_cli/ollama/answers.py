@@ -61,6 +61,10 @@ class Running(Doc):
     expires_in: float | None
     # llama.cpp's KV cache: flash attention and the K and V types (`flash_attn`, `type_k`, `type_v`).
     kv_cache: dict[str, str] | None = None
+    # Per device (CPU, a GPU, an RPC server's HOST:PORT): `layers`, `weights_bytes`,
+    # `kv_cache_bytes`, `compute_bytes`; and the RPC servers a model's layers are on.
+    placement: list[dict[str, Any]] | None = None
+    rpc: list[str] | None = None
 
 
 class RunningList(Doc):

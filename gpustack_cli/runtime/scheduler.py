@@ -10,6 +10,8 @@
   `max_queue` more wait; the next one gets `QueueFull` (a 503 on the wire).
 - After its last request a model stays for `keep_alive` seconds (-1: forever, 0: unload at once).
 - A request whose client goes away is cancelled by aiohttp and its slot is freed by `use()`.
+- An engine that says it is `broken` (a model's child process that ended) is unloaded once its
+  requests are done; the next request loads the model again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from engines.base import Engine
 
@@ -80,11 +83,24 @@ class LoadedModel:
     context: int | None = None
     # How llama.cpp keeps its KV cache: flash attention and the K and V types.
     kv_cache: dict[str, str] | None = None
+    # Where a llama.cpp model is: per device (CPU, a GPU, an RPC server's HOST:PORT), its layers and
+    # the bytes of its weights, KV cache and compute buffers; and the RPC servers it uses.
+    placement: list[dict[str, Any]] | None = None
+    rpc: list[str] | None = None
 
 
 def _kv_cache(engine: Engine) -> dict[str, str] | None:
     found = getattr(engine, "kv_cache", None)
-    return None if found is None else dict(vars(found))
+    return None if found is None else dict(found if isinstance(found, dict) else vars(found))
+
+
+def _placement(engine: Engine) -> list[dict[str, Any]] | None:
+    found = getattr(engine, "placement", None)
+    return None if found is None else [p if isinstance(p, dict) else dict(vars(p)) for p in found]
+
+
+def _broken(engine: Engine | None) -> bool:
+    return bool(getattr(engine, "broken", False))
 
 
 class Scheduler:
@@ -115,6 +131,10 @@ class Scheduler:
     async def use(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Engine]:
         """Hold one request slot of model `name` (loading it if need be) for the block's duration."""
         runner = self._runners.get(name)
+        if runner is not None and runner.idle and _broken(runner.engine):
+            log.warning("model %s stopped; loading it again", name)
+            await self._unload(runner)
+            runner = self._runners.get(name)
         if runner is None:
             runner = self._runners[name] = Runner(name, elsewhere=self._elsewhere(name))
         if runner.slots is not None and runner.active >= runner.concurrency and runner.waiting >= self.max_queue:
@@ -139,6 +159,8 @@ class Scheduler:
             runner.active -= 1
             slots.release()
             runner.last_used = time.monotonic()
+            if _broken(engine):
+                runner.unload_when_idle = True
             await self._after_use(runner, keep_alive)
 
     async def preload(self, name: str) -> None:
@@ -168,6 +190,8 @@ class Scheduler:
                 expires_in=None if r.expires_at is None else max(0.0, r.expires_at - now),
                 context=getattr(r.engine, "n_ctx", None),
                 kv_cache=_kv_cache(r.engine),
+                placement=_placement(r.engine),
+                rpc=list(getattr(r.engine, "rpc", ())) or None,
             )
             for r in self._runners.values()
             if r.engine is not None

@@ -1,7 +1,8 @@
 """Routes that name a model in their body: where a request goes is settled as its model is
-resolved. A model served elsewhere (a remote model) has its request passed to the application's
-forwarder, as it came; any other goes to the route's own handler. The body is read and parsed
-once either way (the handler's `read_json` or `read_form` reuse it)."""
+resolved. A model served elsewhere (a remote model), or by a child server of its own, has its
+request passed to the application's forwarder, as it came; any other goes to the route's own
+handler. The body is read and parsed once either way (the handler's `read_json` or `read_form`
+reuse it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from functools import wraps
 
 from aiohttp import web
 
+from gpustack_cli.config import Settings
+from gpustack_cli.models.loading import in_child
 from gpustack_cli.models.store import Category, Manifest, ModelNotFound, ModelStore, StoreError
 from gpustack_cli.server.context import context, read_form, read_json_object, resolve_model
 
@@ -39,6 +42,16 @@ def remote_manifest(store: ModelStore, name: str) -> Manifest | None:
     return manifest if manifest.engine == REMOTE_ENGINE else None
 
 
+def forwarded_manifest(store: ModelStore, settings: Settings, name: str) -> Manifest | None:
+    """The manifest of `name` when its requests are forwarded: a model served elsewhere, or one
+    that runs in a child server of its own (`gpustack_cli.upstream.child`)."""
+    try:
+        manifest = store.get(name)
+    except (ModelNotFound, StoreError, ValueError):
+        return None
+    return manifest if manifest.engine == REMOTE_ENGINE or in_child(manifest, settings) else None
+
+
 def model_route(category: Category, route: str) -> Callable[[Handler], Handler]:
     """A handler for a route serving models of `category` (`route` names it in errors), whose
     remote models' requests go to the application's forwarder as they came."""
@@ -48,7 +61,8 @@ def model_route(category: Category, route: str) -> Callable[[Handler], Handler]:
         async def routed(request: web.Request) -> web.StreamResponse:
             forwarder = request.app.get(FORWARDER)
             name = await model_named(request) if forwarder is not None else None
-            if name and remote_manifest(context(request).store, name) is not None:
+            ctx = context(request)
+            if name and forwarded_manifest(ctx.store, ctx.settings, name) is not None:
                 return await forwarder(request, resolve_model(request, name, category, route))
             return await handler(request)
 

@@ -8,6 +8,7 @@ upstream's chat completions through the same text core events the local engines 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -180,6 +181,7 @@ async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.
                     await response.write_eof()
                     return response
         except UpstreamError as exc:
+            await _check_running(engine, exc)
             if response is not None:  # the answer had begun: it is cut short for the client too
                 raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc
             if isinstance(exc, UpstreamTimeout):
@@ -189,6 +191,14 @@ async def forward(request: web.Request, engine: RemoteEngine, path: str) -> web.
                 raise _not_retried(upstream, exc) from exc
             failure = exc
     raise APIError(502, f"No upstream of this model answers: {failure}", code="upstream_unavailable")
+
+
+async def _check_running(engine: RemoteEngine, exc: UpstreamError) -> None:
+    """A 503 saying why, when the failure was the engine's end (a model's child server), not an
+    upstream's: the scheduler unloads such an engine, and the next request loads the model again."""
+    why = await asyncio.to_thread(engine.stopped)
+    if why is not None:
+        raise APIError(503, why, code="model_stopped") from exc
 
 
 async def _relay(request: web.Request, answer: UpstreamResponse) -> None:
@@ -234,6 +244,7 @@ async def upstream_chunks(request: web.Request, engine: RemoteEngine, body: dict
         except UpstreamTimeout as exc:
             raise _timed_out(upstream) from exc
         except UpstreamError as exc:
+            await _check_running(engine, exc)
             engine.failed(upstream)
             if started:
                 raise APIError(502, f"The upstream broke off its answer: {exc}", code="upstream_unavailable") from exc

@@ -75,6 +75,11 @@ class RemoteEngine:
     def recovered(self, upstream: Upstream) -> None:
         upstream.down_until = 0.0
 
+    def stopped(self) -> str | None:
+        """Why this engine can serve no more after a failed request, or None: an upstream's
+        failure is the upstream's (a child server that ended says so: `upstream.child`). Blocking."""
+        return None
+
     def close(self) -> None:
         """Nothing to free: the model lives on its servers."""
 

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from gpustack_cli.models.loading import in_child
 from gpustack_cli.models.store import Manifest, ModelNotFound, StoreError
 from gpustack_cli.native.engine_apis import ROUTES
 from gpustack_cli.server.context import (
@@ -90,6 +91,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     if manifest.engine == REMOTE_ENGINE:  # a remote model: its upstream answers, byte for byte
         async with context(request).scheduler.use(manifest.name) as engine:
             return await forward(request, engine, manifest.options.get("proxy_prefix", "") + path)
+    ctx = context(request)
+    if in_child(manifest, ctx.settings):  # its child server answers on the same proxy path
+        async with ctx.scheduler.use(manifest.name) as engine:
+            return await forward(request, engine, request.path)
     routes = ROUTES.get(manifest.engine, {})
     found = routes.get((request.method, path))
     if found is None:
