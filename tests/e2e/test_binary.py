@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support.harness import ServerProcess, clean_env
+from tests.support.harness import ServerProcess, clean_env, free_port, home_sharing_models
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,33 @@ def test_an_engine_left_out_says_how_to_get_it(served: ServerProcess) -> None:
     assert answer.status_code == 503
     message = answer.json()["error"]["message"]
     assert "not part of this gpustack binary" in message and "--engines embeddings" in message
+
+
+def test_the_binary_lends_devices_and_splits_a_model_over_rpc(
+    built_binary: Path, models_home: Path, tmp_path: Path
+) -> None:
+    """The binary's own `rpc-server`, and its server loading a model across it in a child of itself."""
+    home = home_sharing_models(models_home, tmp_path / "home")
+    assert run(built_binary, "cp", "smollm2", "split", home=home).returncode == 0
+    port = free_port()
+    lender = subprocess.Popen(
+        [str(built_binary), "rpc-server", "--port", str(port)],
+        env=clean_env(GPUSTACK_HOME=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "listening on" in (lender.stdout.readline() + lender.stdout.readline())
+        assert run(built_binary, "model", "set", "split", "--rpc", f"127.0.0.1:{port}", home=home).returncode == 0
+        with ServerProcess(home, "--no-pull", "--gpu-layers", "10", command=[str(built_binary)]) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+            ask = [{"role": "user", "content": "Say hello."}]
+            split = client.chat.completions.create(model="split", messages=ask, max_tokens=8, temperature=0)
+            local = client.chat.completions.create(model="smollm2", messages=ask, max_tokens=8, temperature=0)
+            assert split.choices[0].message.content == local.choices[0].message.content
+            running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+            assert f"127.0.0.1:{port}" in [p["device"] for p in running["split"]["placement"]]
+    finally:
+        lender.kill()
+        lender.wait()

@@ -1,4 +1,5 @@
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -155,3 +156,26 @@ def test_list_settings_take_commas_in_repeated_flags_too() -> None:
         "gemma3-270m",
         "all-minilm-l6-v2",
     ]
+
+
+def test_settings_given_to_a_child_server_read_back_the_same(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`Settings.environment()`: what a model's child server is started with reads back as the
+    settings that made it (lists, booleans, durations, unset values alike)."""
+    for name in list(os.environ):
+        if name.startswith("GPUSTACK_"):
+            monkeypatch.delenv(name)
+    made = Settings.load(
+        home=tmp_path,
+        rpc="10.0.0.2:50052,10.0.0.3:50052",
+        keep_alive="-1",
+        allow_image_urls=True,
+        ctx_size=2048,
+        origins=["https://a.example", "https://b.example"],
+        cache_type_k="q8_0",
+    )
+    for name, value in made.environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load() == made
+    assert made.rpc == ["10.0.0.2:50052", "10.0.0.3:50052"]
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        Settings.load(rpc="10.0.0.2")

@@ -220,3 +220,20 @@ async def test_unload_now_or_when_idle() -> None:
     await task
     assert not s.is_loaded("a")
     await s.close()
+
+
+async def test_a_broken_engine_is_unloaded_and_the_next_request_loads_it_again() -> None:
+    """An engine that says it is `broken` (a model's child process that ended) goes once its
+    request ends, or when the next request finds it so while idle."""
+    loader = FakeLoader()
+    s = scheduler(loader)
+    async with s.use("a") as first:
+        first.broken = True
+    assert first.closed.is_set() and not s.is_loaded("a")
+    async with s.use("a") as second:
+        assert second is not first
+    second.broken = True  # ended while idle
+    async with s.use("a") as third:
+        assert third is not second and second.closed.is_set()
+    assert len(loader.loaded) == 3
+    await s.close()
