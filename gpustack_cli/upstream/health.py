@@ -5,7 +5,9 @@ health path (`/v1/models` unless `add-remote --health-path` says otherwise). An 
 puts the upstream back into the rotation; no answer, a timeout or a 5xx takes it out, so requests
 stop paying a failed connection to learn that a server is down, and a server that comes back is
 used again without waiting for a request to try it. The state shows in `/metrics` as
-`gpustack_upstream_up`.
+`gpustack_upstream_up`. An upstream that lists its loaded models (`/api/ps`: another gpustack, or
+Ollama) also says how many requests other clients have on the model there, which the pool counts
+beside its own when it picks an upstream.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import orjson
 from aiohttp import web
 
 from gpustack_cli.server.context import CONTEXT
@@ -25,14 +28,20 @@ from gpustack_cli.upstream.pool import RemoteEngine, Upstream
 log = logging.getLogger("gpustack.health")
 
 
-async def probe(client: HttpClient, engine: RemoteEngine, upstream: Upstream, timeout: float) -> bool:
-    """Check one upstream now and record the outcome; whether it is up."""
+async def probe(
+    client: HttpClient, engine: RemoteEngine, upstream: Upstream, timeout: float, model: str | None = None
+) -> bool:
+    """Check one upstream now and record the outcome; whether it is up. With `model` (its name
+    here), an upstream that lists its loaded models (`/api/ps`: gpustack, Ollama) says how many
+    requests other clients have on it."""
     try:
         async with (
             asyncio.timeout(timeout),
             client.request("GET", upstream.url, engine.health_path, credentials(engine)) as answer,
         ):
             healthy = answer.status < 500
+        if healthy and model is not None:
+            await _read_load(client, engine, upstream, timeout, engine.upstream_model or model)
     except (UpstreamError, TimeoutError):
         healthy = False
     if healthy and not upstream.up:
@@ -45,11 +54,30 @@ async def probe(client: HttpClient, engine: RemoteEngine, upstream: Upstream, ti
     return healthy
 
 
+async def _read_load(client: HttpClient, engine: RemoteEngine, upstream: Upstream, timeout: float, model: str) -> None:
+    """`upstream.others`: the requests running or waiting for `model` on the upstream, less this
+    server's own; left as it was when the upstream has no such list."""
+    async with (
+        asyncio.timeout(timeout),
+        client.request("GET", upstream.url, "/api/ps", credentials(engine)) as answer,
+    ):
+        if answer.status != 200:
+            return
+        body = await answer.read()
+    try:
+        models = orjson.loads(body).get("models") or []
+        entry = next((m for m in models if model in (m.get("name"), m.get("model"))), None)
+        busy = 0 if entry is None else int(entry.get("active") or 0) + int(entry.get("waiting") or 0)
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return
+    upstream.others = max(0, busy - upstream.in_flight)
+
+
 async def check_all(app: web.Application) -> None:
     """One round: every upstream of every loaded remote model, all at once."""
     interval = app[CONTEXT].settings.health_interval
-    engines = [e for _, e in app[CONTEXT].scheduler.engines() if isinstance(e, RemoteEngine)]
-    checks = [probe(app[CLIENT], e, u, min(interval, 5.0)) for e in engines for u in e.upstreams]
+    engines = [(n, e) for n, e in app[CONTEXT].scheduler.engines() if isinstance(e, RemoteEngine)]
+    checks = [probe(app[CLIENT], e, u, min(interval, 5.0), name) for name, e in engines for u in e.upstreams]
     await asyncio.gather(*checks)
 
 

@@ -1,7 +1,8 @@
 """A remote model's pool of upstream servers: any OpenAI-compatible one (vLLM, SGLang, TGI, TEI,
 llama-server, another `gpustack serve`). Nothing is loaded: the scheduler "loads" a remote model
 as this pool (engine `remote` in its manifest), which picks the upstream for each request: the one
-with the fewest of this server's requests in flight, round robin among equals, skipping one for a
+with the fewest requests in flight (this server's, and those of other clients its `/api/ps` last
+reported), round robin among equals, skipping one for a
 while after it fails to answer a request or a health check (the server's active checks: `health.py`
 beside this). So a long answer on one upstream sends the next requests to the others."""
 
@@ -28,6 +29,9 @@ class Upstream:
     down_until: float = 0.0
     # This server's requests on it now (sent, and their answers not yet read to the end).
     in_flight: int = 0
+    # Requests of other clients running or waiting there for the model, as the upstream's
+    # `/api/ps` said at the last health check (a gpustack or Ollama upstream; 0 for others).
+    others: int = 0
 
     @property
     def up(self) -> bool:
@@ -50,13 +54,14 @@ class RemoteEngine:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def order(self) -> list[Upstream]:
-        """Every upstream, to try in turn: those up before those cooling down, the fewest requests
-        in flight first, and the rotation's order among equals."""
+        """Every upstream, to try in turn: those up before those cooling down, the least loaded
+        first (this server's requests in flight, and the others' it last reported), and the
+        rotation's order among equals."""
         with self._lock:
             start = self._next
             self._next = (self._next + 1) % len(self.upstreams)
         rotated = self.upstreams[start:] + self.upstreams[:start]
-        return sorted(rotated, key=lambda u: (not u.up, u.in_flight))  # a stable sort keeps the rotation
+        return sorted(rotated, key=lambda u: (not u.up, u.in_flight + u.others))  # a stable sort keeps the rotation
 
     @contextmanager
     def serving(self, upstream: Upstream) -> Iterator[None]:

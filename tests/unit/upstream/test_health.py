@@ -57,3 +57,37 @@ async def test_probe_takes_out_and_puts_back() -> None:
     finally:
         await client.close()
         await live.server.close()
+
+
+async def test_an_upstream_that_lists_its_models_says_what_others_run_there() -> None:
+    """A gpustack upstream's `/api/ps` counts every client's requests on the model: those that are
+    not this server's weigh in its choice of upstream."""
+    busy = {"models": [{"name": "smollm2", "active": 3, "waiting": 2}, {"name": "other", "active": 9}]}
+
+    async def ps(request: web.Request) -> web.Response:
+        return web.json_response(busy)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_get("/api/ps", ps)
+    app.router.add_get("/v1/models", models)
+    loaded, plain = TestServer(app), Upstreams()
+    await loaded.start_server()
+    await plain.server.start_server()
+    client = SessionClient(read_timeout=5)
+    try:
+        first, second = Upstream(str(loaded.make_url("")).rstrip("/")), Upstream(plain.url)
+        engine = RemoteEngine([first, second])
+        with engine.serving(first):  # one of the five is ours
+            assert await probe(client, engine, first, 2, "smollm2")
+        assert first.others == 4
+        assert await probe(client, engine, second, 2, "smollm2") and second.others == 0  # lists nothing
+        assert [u.url for u in engine.order()] == [second.url, first.url]
+        engine.upstream_model = "other"  # the model's name there
+        assert await probe(client, engine, first, 2, "smollm2") and first.others == 9
+    finally:
+        await client.close()
+        await loaded.close()
+        await plain.server.close()
