@@ -169,6 +169,9 @@ class Settings(BaseModel):
     # `isolate_rpc` is off (an RPC server that stops answering ends the process holding the model).
     rpc: list[str] = Field(default_factory=list)
     isolate_rpc: bool = True
+    # The server stops when its standard input ends: a model's child server, whose parent holds
+    # the other end, goes with its parent however the parent ends.
+    stop_with_stdin: bool = False
     # Images and audio clips in one chat (models that see and hear), and bytes of each one.
     max_media: int = Field(16, ge=1)
     max_media_bytes: int = Field(20 * 1024 * 1024, ge=1024)

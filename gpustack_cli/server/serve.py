@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -63,6 +67,18 @@ def worker_threads(settings: Settings) -> int:
     return max(32, 2 * settings.parallel * settings.max_loaded_models + 8)
 
 
+def stop_when_stdin_ends() -> None:
+    """Stop this server (as a SIGTERM does) once its standard input ends: its parent is gone."""
+
+    def watch() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+        log.info("standard input closed: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
 def serve(settings: Settings, console: Console) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.server").addFilter(RefusedRequests())
@@ -88,6 +104,8 @@ def serve(settings: Settings, console: Console) -> None:
     def announce(_message: str) -> None:
         console.print(f"gpustack serving {models} model(s) on [bold]{settings.url}[/] (API keys: {keys})")
 
+    if settings.stop_with_stdin:
+        stop_when_stdin_ends()
     loop, loop_name = event_loop(settings.event_loop)
     loop.set_default_executor(ThreadPoolExecutor(worker_threads(settings), thread_name_prefix="gpustack"))
     log.info("event loop: %s", loop_name)

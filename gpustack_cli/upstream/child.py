@@ -85,6 +85,8 @@ class ChildEngine(RemoteEngine):
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -152,11 +154,18 @@ def start(name: str, settings: Settings, rpc: tuple[str, ...]) -> ChildEngine:
                 "ISOLATE_RPC": "false",
                 "HEALTH_INTERVAL": "0",
                 "REMOTE_REFRESH_INTERVAL": "0",
+                "STOP_WITH_STDIN": "true",
             }.items()
         },
     }
     process = subprocess.Popen(
-        [*program(), "serve"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        # Its standard input is a pipe this process holds open: the child stops when it closes,
+        # however this process ends.
+        [*program(), "serve"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     engine = ChildEngine(upstreams=[Upstream(url)], api_key=key, name=name, process=process, rpc=rpc)

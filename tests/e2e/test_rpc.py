@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests.support.harness import ROOT, ServerProcess, clean_env, free_port, gpustack, home_sharing_models
@@ -144,6 +145,21 @@ def test_a_killed_rpc_server_is_a_clear_503_and_the_model_comes_back(split: tupl
     assert again.status_code == 503 and rpcs[1].endpoint in again.json()["error"]["message"], again.text
     rpcs[1].start()  # back on the same port
     assert greedy(server, "split") == greedy(server, "smollm2")
+
+
+def test_the_models_child_server_goes_with_its_parent(models_home: Path, tmp_path: Path) -> None:
+    """However the server ends (here SIGKILL, no cleanup), the child holding its RPC model ends too."""
+    home = home_sharing_models(models_home, tmp_path / "home")
+    env = clean_env(GPUSTACK_HOME=str(home))
+    assert gpustack("cp", "smollm2", "split", env=env).returncode == 0
+    with RpcServer(home) as rpc:
+        assert gpustack("model", "set", "split", "--rpc", rpc.endpoint, env=env).returncode == 0
+        with ServerProcess(home, "--no-pull", "--gpu-layers", "10") as server:
+            assert greedy(server, "split", max_tokens=2)
+            [child] = psutil.Process(server.proc.pid).children()
+            server.proc.kill()
+            server.proc.wait()
+            assert child.wait(30) is not None or not child.is_running()
 
 
 def test_an_unreachable_rpc_server_is_a_load_error_naming_it(models_home: Path, tmp_path: Path) -> None:
