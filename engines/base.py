@@ -72,6 +72,8 @@ class LoadSpec:
     kv_cache: KvCache = field(default_factory=KvCache)
     # RPC servers (HOST:PORT) whose devices take the model's layers before this machine's (llama.cpp).
     rpc: tuple[str, ...] = ()
+    # Requests with a seed read their whole prompt, never a cached prefix (llama.cpp).
+    seeded_from_scratch: bool = False
 
 
 @runtime_checkable

@@ -200,6 +200,7 @@ class LlamaEngine:
                     grammar_budget=spec.grammar_budget,
                     projector=self.projector,
                     kv_cache=self.kv_cache,
+                    seeded_from_scratch=spec.seeded_from_scratch,
                 )
             except Exception:
                 if self.projector is not None:

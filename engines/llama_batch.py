@@ -19,8 +19,10 @@ Requests join and leave between steps. A prompt is read in chunks that share eac
 `n_batch` tokens with the running streams' next tokens (running streams go first), so a long
 prompt slows the others by one chunk per step instead of stopping them for its whole prefill. A
 new request takes the free slot whose cached tokens share the longest prefix with its prompt, and
-only the rest is evaluated (the next turn of a chat does not read its history again); a request
-with a seed is evaluated from scratch, so that it is reproducible whatever ran before it.
+only the rest is evaluated (the next turn of a chat does not read its history again), seeded
+requests too (a cached prefix holds the same tokens' keys and values), as llama-server does; with
+`seeded_from_scratch` a request with a seed is evaluated from scratch instead, so that even the
+rounding of its prompt's arithmetic is the same whatever ran before it.
 
 A prompt may hold images or audio (`engines.llama_media`): a request whose next prompt item is a
 media chunk has it encoded in one step and its embeddings decoded into its sequence in the next,
@@ -155,8 +157,10 @@ class BatchDecoder:
         grammar_budget: float = 1.0,
         projector: Projector | None = None,
         kv_cache: KvCache = DEFAULT_CACHE,
+        seeded_from_scratch: bool = False,
     ):
         self.n_ctx = n_ctx
+        self.seeded_from_scratch = seeded_from_scratch
         self.parallel = parallel
         self.n_batch = n_batch
         self._is_eog = is_eog
@@ -358,7 +362,7 @@ class BatchDecoder:
             if job.stopped:
                 job.deliver(_aborted(job) or _END)
                 continue
-            reuse = job.sampling.seed is None
+            reuse = self._reuses(job)
             if reuse and self._being_read(job.prompt):
                 waiting.append(job)
                 continue
@@ -387,12 +391,16 @@ class BatchDecoder:
             self.stats.reused_tokens += common
         self._inbox.extendleft(reversed(waiting))
 
+    def _reuses(self, job: _Job) -> bool:
+        """Whether a request's prompt may start from cached cells (or be copied from)."""
+        return not (self.seeded_from_scratch and job.sampling.seed is not None)
+
     def _being_read(self, prompt: list[PromptItem]) -> bool:
         """Whether a busy slot is still reading a prompt that shares more with `prompt` than any
         cache holds yet (worth waiting a few steps for, rather than reading it twice)."""
         for slot in self.slots:
             job = slot.job
-            if job is not None and job.pending and job.sampling.seed is None:
+            if job is not None and job.pending and self._reuses(job):
                 ahead = _common_prefix(job.prompt, prompt)
                 if ahead > len(slot.cached) and ahead >= MIN_SHARED:
                     return True

@@ -2,7 +2,7 @@
 
 llama.cpp says where it put a model only in its log (the device each layer got, the size of each
 device's weights, KV cache and compute buffers); its C API has no call for it. One log callback
-serves the whole process: it passes llama.cpp's errors to Python's logging and, on a thread that is
+serves the whole process: it passes llama.cpp's warnings and errors to Python's logging and, on a thread that is
 loading a model (`capture`), keeps every line, so that the load can read its own placement.
 """
 
@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("gpustack.llama.cpp")
-# ggml's log levels (enum ggml_log_level): CONT continues the previous line.
-_ERROR, _CONT = 3, 5
+# ggml's log levels (enum ggml_log_level) passed on to Python's logging.
+_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _LAYER = re.compile(r"layer\s+\d+ assigned to device (\S+?),")
 _BUFFER = re.compile(r"^\w+:\s+(\S+) (model|KV|compute) buffer size =\s+([\d.]+) MiB")
 _MIB = 1024 * 1024
@@ -37,8 +37,9 @@ class Placement:
 
 
 _local = threading.local()
-_installed = False
 _install_lock = threading.Lock()
+# The ctypes callback given to llama.cpp, kept referenced for as long as llama.cpp may call it.
+_callback: object | None = None
 
 
 def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
@@ -46,24 +47,19 @@ def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     lines = getattr(_local, "lines", None)
     if lines is not None:
         lines.append(line)
-    if level == _ERROR and line.strip():
-        log.error("%s", line.rstrip())
+    if level in _LEVELS and line.strip():
+        log.log(_LEVELS[level], "%s", line.rstrip())
 
 
 def _install() -> None:
-    global _installed, _callback
+    global _callback
     with _install_lock:
-        if _installed:
+        if _callback is not None:
             return
         import llama_cpp
 
-        # Kept referenced for as long as llama.cpp may call it.
         _callback = llama_cpp.llama_log_callback(_on_log)
         llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
-        _installed = True
-
-
-_callback = None
 
 
 @contextmanager

@@ -159,6 +159,10 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
+    # Requests with a `seed` read their whole prompt instead of a slot's cached prefix: their text
+    # then never depends on what ran before them (a cached prefix holds the same values, rounded
+    # as the batch that read it rounded them).
+    seed_from_scratch: bool = False
     # llama.cpp's KV cache, for models that set none of their own: flash attention, and the types
     # keys and values are kept in (q8_0 about halves the cache; a quantized V needs flash attention).
     flash_attn: FlashAttention = "auto"

@@ -38,5 +38,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         grammar_budget=settings.grammar_token_budget,
         kv_cache=settings.kv_cache,
         rpc=tuple(rpc_servers(manifest, settings)),
+        seeded_from_scratch=settings.seed_from_scratch,
     )
     return load_engine(manifest.engine, spec)

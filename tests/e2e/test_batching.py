@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -255,3 +256,30 @@ def test_streamed_choices_are_interleaved(server: ServerProcess) -> None:
     assert {c["index"] for c in chunks if c["finish_reason"]} == {0, 1, 2}
     # Each choice's first chunk names the role, before any of the choices' text.
     assert [c["delta"].get("role") for c in chunks[:3]] == ["assistant"] * 3
+
+
+@pytest.mark.parametrize("from_scratch", [False, True])
+def test_a_seeded_request_reuses_the_cache_unless_told_to_read_from_scratch(
+    models_home: Path, from_scratch: bool
+) -> None:
+    """A seeded request starts from a slot's cached prefix as any other does, and gives the same
+    text as the same request that read its prompt; `seeded_from_scratch` reads it whole."""
+    import threading
+
+    from engines.base import LoadSpec, Sampling
+    from engines.llama import LlamaEngine
+    from gpustack_cli.models.store import ModelStore
+
+    store = ModelStore(models_home)
+    spec = LoadSpec(MODEL, store.model_dir(MODEL), ("llm",), store.get(MODEL).options, ctx_size=512, parallel=1)
+    engine = LlamaEngine(replace(spec, seeded_from_scratch=from_scratch))
+    try:
+        prompt = engine.tokenize("Tell me a one-line joke about the sea, please. " * 4)
+        sampling = Sampling(max_tokens=12, temperature=1.0, seed=7)
+        first = [t.id for t in engine.generate(prompt, sampling, threading.Event())]
+        reused = engine.decode_stats().reused_tokens
+        again = [t.id for t in engine.generate(prompt, sampling, threading.Event())]
+        assert again == first
+        assert engine.decode_stats().reused_tokens - reused == (0 if from_scratch else len(prompt) - 1)
+    finally:
+        engine.close()
