@@ -1,6 +1,7 @@
 """A model split over llama.cpp's RPC servers: our server with the model loaded here, our server
 with its layers split over two `gpustack rpc-server`s on loopback (the model in its child server),
-and llama.cpp's llama-server with `--rpc` on the same two servers and the same split, in one run.
+and llama.cpp's llama-server with `--rpc` on the same two servers and the same split, in one run
+(one side after another: an RPC server serves one client at a time).
 
 On one machine the RPC servers share its cores with the server: this measures what the split
 costs (the protocol, the copies, our child server's relay), not what more machines bring.
@@ -80,6 +81,8 @@ def main() -> None:
     model_path = store.model_dir(args.model) / store.get(args.model).options["model_file"]
     eos = int(read_metadata(model_path)["tokenizer.ggml.eos_token_id"])
     common = ("--parallel", "1", "--ctx-size", str(args.ctx), "--threads", str(args.threads))
+    cases = chat_cases(args.tokens, eos)
+    peer_side = "llama-server, split over RPC"
     with ExitStack() as stack:
         rpcs = []
         for _ in range(2):
@@ -87,52 +90,55 @@ def main() -> None:
             stack.callback(process.kill)
             rpcs.append(endpoint)
         rpc = ",".join(rpcs)
-        sides: dict[str, str] = {}
-        local, sides["ours, local (CPU)"] = start_server(
-            args.home, "--preload", args.model, "--gpu-layers", "0", *common
-        )
-        stack.callback(local.terminate)
-        split, sides["ours, split over RPC"] = start_server(
-            args.home, "--preload", args.model, "--rpc", rpc, "--gpu-layers", str(args.gpu_layers), *common
-        )
-        stack.callback(split.terminate)
+        starts = {
+            "ours, local (CPU)": lambda: start_server(args.home, "--preload", args.model, "--gpu-layers", "0", *common),
+            "ours, split over RPC": lambda: start_server(
+                args.home, "--preload", args.model, "--rpc", rpc, "--gpu-layers", str(args.gpu_layers), *common
+            ),
+        }
         if args.llama_server:
-            peer, sides["llama-server, split over RPC"] = start_llama_server(
+            starts[peer_side] = lambda: start_llama_server(
                 args.llama_server, model_path, rpc, args.gpu_layers, args.ctx, args.threads
             )
-            stack.callback(peer.terminate)
-        print(
-            f"{args.model}: {args.gpu_layers} layers over 2 loopback RPC servers ({rpc}), the rest on this CPU; "
-            f"{args.threads} threads each; one stream at a time, {args.runs} runs a case"
-        )
-        print("| case | server | first token ms | tokens per answer | tokens/s | vs llama-server |")
-        print("|---|---|---|---|---|---|")
-        peer_side = "llama-server, split over RPC"
-        for case, fields in chat_cases(args.tokens, eos).items():
-            rows: dict[str, tuple[float, float, float]] = {}
-            for side, url in sides.items():
+        # One side at a time: an RPC server serves one client at a time.
+        rows: dict[tuple[str, str], tuple[float, float, float]] = {}
+        for side, start in starts.items():
+            process, url = start()
+            try:
                 warm_up = {"model": args.model, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 4}
                 stream_chat(url, warm_up)
-                answers = [
-                    stream_chat(
-                        url,
-                        {
-                            "model": args.model,
-                            "messages": [{"role": "user", "content": f"Run {run}: write a story about the sea."}],
-                            **fields,
-                        },
-                    )
-                    for run in range(args.runs)
-                ]
-                rate = sum(a.tokens - 1 for a in answers) / sum(a.decode for a in answers)
-                first = 1000 * sum(a.first for a in answers) / len(answers)
-                rows[side] = (first, sum(a.tokens for a in answers) / len(answers), rate)
-            peer = rows.get(peer_side)
-            for side, (first, tokens, rate) in rows.items():
-                versus = f"{rate / peer[2]:.2f}x" if peer and side != peer_side else ""
-                print(f"| {case} | {side} | {first:.0f} | {tokens:.0f} | {rate:.1f} | {versus} |")
-        if not args.llama_server:
-            print("llama-server: not given (--llama-server PATH, built with -DGGML_RPC=ON)")
+                for case, fields in cases.items():
+                    answers = [
+                        stream_chat(
+                            url,
+                            {
+                                "model": args.model,
+                                "messages": [{"role": "user", "content": f"Run {run}: write a story about the sea."}],
+                                **fields,
+                            },
+                        )
+                        for run in range(args.runs)
+                    ]
+                    rate = sum(a.tokens - 1 for a in answers) / sum(a.decode for a in answers)
+                    first = 1000 * sum(a.first for a in answers) / len(answers)
+                    rows[case, side] = (first, sum(a.tokens for a in answers) / len(answers), rate)
+            finally:
+                process.terminate()
+                process.wait(30)
+    print(
+        f"{args.model}: {args.gpu_layers} layers over 2 loopback RPC servers, the rest on this CPU; "
+        f"{args.threads} threads each; one stream at a time, {args.runs} runs a case"
+    )
+    print("| case | server | first token ms | tokens per answer | tokens/s | vs llama-server |")
+    print("|---|---|---|---|---|---|")
+    for case in cases:
+        peer = rows.get((case, peer_side))
+        for side in starts:
+            first, tokens, rate = rows[case, side]
+            versus = f"{rate / peer[2]:.2f}x" if peer and side != peer_side else ""
+            print(f"| {case} | {side} | {first:.0f} | {tokens:.0f} | {rate:.1f} | {versus} |")
+    if not args.llama_server:
+        print("llama-server: not given (--llama-server PATH, built with -DGGML_RPC=ON)")
 
 
 if __name__ == "__main__":
