@@ -199,6 +199,9 @@ class DecodeStats:
     reused_tokens: int = 0
     # Images and audio clips encoded by the model's projector (one found in a slot's cache is not).
     media_encoded: int = 0
+    # Tokens proposed by speculative drafting, and those of them the model's own draw confirmed.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     steps: int = 0
     time_to_first_token: Observed = field(
         default_factory=lambda: Observed((0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))

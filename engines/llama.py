@@ -39,6 +39,7 @@ from engines.base import (
 )
 from engines.ggml_threads import on_own_thread
 from engines.llama_batch import BatchDecoder, Grammar
+from engines.llama_draft import Drafting
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -186,6 +187,7 @@ class LlamaEngine:
             try:
                 self.projector = self._projector(spec, threads)
                 self.kv_cache = spec.kv_cache.over(options)
+                self.drafting = drafting(options)
                 self.decoder = BatchDecoder(
                     self.llm.model,
                     n_ctx=n_ctx,
@@ -201,6 +203,7 @@ class LlamaEngine:
                     projector=self.projector,
                     kv_cache=self.kv_cache,
                     seeded_from_scratch=spec.seeded_from_scratch,
+                    drafting=self.drafting,
                 )
             except Exception:
                 if self.projector is not None:
@@ -427,6 +430,19 @@ class LlamaEngine:
         if self.projector is not None:
             self.projector.close()
         self.llm.close()
+
+
+def drafting(options: dict[str, Any]) -> Drafting | None:
+    """A model's speculative drafting, from its options (`draft`: "ngram", `draft_max`, `draft_min`)."""
+    kind = options.get("draft")
+    if not kind:
+        return None
+    if kind != "ngram":
+        raise ValueError(f"a model drafts with 'ngram' (prompt lookup), not '{kind}'")
+    defaults = Drafting()
+    return Drafting(
+        int(options.get("draft_max") or defaults.max_tokens), int(options.get("draft_min") or defaults.min_tokens)
+    )
 
 
 def load(spec: LoadSpec) -> LlamaEngine:

@@ -51,6 +51,7 @@ import llama_cpp
 import numpy as np
 
 from engines.base import DecodeStats, InvalidSchema, KvCache, OutOfMemory, RequestAborted, Sampling, Token
+from engines.llama_draft import MEDIA, Drafting, PromptLookup
 from engines.llama_media import MediaChunk, Projector, PromptItem, run_start
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -114,6 +115,8 @@ class _Job:
     since: float = field(default_factory=time.monotonic)
     # Special tokens shown as their text (see Sampling.preserve).
     shown: frozenset[int] = frozenset()
+    # The request's history, where its drafts are looked up (None: it does not draft).
+    lookup: PromptLookup | None = None
 
     @property
     def stopped(self) -> bool:
@@ -158,9 +161,11 @@ class BatchDecoder:
         projector: Projector | None = None,
         kv_cache: KvCache = DEFAULT_CACHE,
         seeded_from_scratch: bool = False,
+        drafting: Drafting | None = None,
     ):
         self.n_ctx = n_ctx
         self.seeded_from_scratch = seeded_from_scratch
+        self.drafting = drafting
         self.parallel = parallel
         self.n_batch = n_batch
         self._is_eog = is_eog
@@ -387,9 +392,16 @@ class BatchDecoder:
                 llama_cpp.llama_memory_seq_rm(self._memory, slot.seq, common, -1)
             slot.cached = job.prompt[:common]
             slot.job, job.slot = job, slot
+            if self._drafts(job):
+                job.lookup = PromptLookup((t if isinstance(t, int) else MEDIA for t in job.prompt), self.drafting)
             job.pending, job.n_past = job.prompt[common:], common
             self.stats.reused_tokens += common
         self._inbox.extendleft(reversed(waiting))
+
+    def _drafts(self, job: _Job) -> bool:
+        """Whether a request drafts: the model does, and the request's tokens are drawn by its
+        chain alone (a grammar's draw, and log probabilities, are read one row at a time)."""
+        return self.drafting is not None and job.grammar is None and job.sampling.logprobs is None
 
     def _reuses(self, job: _Job) -> bool:
         """Whether a request's prompt may start from cached cells (or be copied from)."""
@@ -471,12 +483,25 @@ class BatchDecoder:
             return
         self._batch.n_tokens = 0
         outputs: list[tuple[_Job, int]] = []
+        drafted: list[tuple[_Job, list[int], list[int]]] = []
         evaluated: list[tuple[_Job, list[int]]] = []
-        for job in running:  # the running streams' next tokens first: they must not wait on prompts
-            if job.last is not None:
-                outputs.append((job, self._add(job.last, job.n_past, job.slot.seq, True)))
-                evaluated.append((job, [job.last]))
-        budget = self.n_batch - len(outputs)
+        streams = [job for job in running if job.last is not None]
+        budget = self.n_batch - len(streams)
+        for job in streams:  # the running streams' next tokens first: they must not wait on prompts
+            row = self._add(job.last, job.n_past, job.slot.seq, True)
+            evaluated.append((job, [job.last]))
+            # Drafts ride along in the rows the step has to spare, within what the request may still generate.
+            drafts = (
+                []
+                if job.lookup is None
+                else job.lookup.propose(min(budget, job.sampling.max_tokens - job.produced - 1))
+            )
+            if drafts:
+                rows = [row] + [self._add(t, job.n_past + 1 + i, job.slot.seq, True) for i, t in enumerate(drafts)]
+                drafted.append((job, rows, drafts))
+                budget -= len(drafts)
+            else:
+                outputs.append((job, row))
         for job in running:
             if job.last is not None or not job.pending or budget <= 0:
                 continue
@@ -502,6 +527,30 @@ class BatchDecoder:
                 self.stats.prompt_tokens += len(tokens)
         for job, index in outputs:
             self._sample(job, index)
+        for job, rows, drafts in drafted:
+            self._verify(job, rows, drafts)
+
+    def _verify(self, job: _Job, rows: list[int], drafts: list[int]) -> None:
+        """Draw a drafting request's tokens row by row while each matches the draft it was read
+        with: the matched drafts' cells are kept, the others' removed, and every token drawn is
+        delivered (the last one, the first that differs, is the next step's input)."""
+        drawn: list[int] = []
+        for i, row in enumerate(rows):
+            token = llama_cpp.llama_sampler_sample(job.chain, self.ctx, row)
+            drawn.append(token)
+            last = job.produced + len(drawn) >= job.sampling.max_tokens or self._is_eog(token)
+            if last or i == len(drafts) or token != drafts[i]:
+                break
+        kept = len(drawn) - 1
+        self.stats.drafted_tokens += len(drafts)
+        self.stats.accepted_tokens += kept
+        llama_cpp.llama_memory_seq_rm(self._memory, job.slot.seq, job.n_past + kept, -1)
+        job.slot.cached.extend(drafts[:kept])
+        job.n_past += kept
+        for token in drawn:
+            self._emit(job, token, None, ())
+            if job.slot is None or job.slot.job is not job:  # it ended
+                break
 
     def _media_first(self, job: _Job) -> bool:
         """For a job whose prompt goes on with a media chunk: encode it in this step, or decode
@@ -550,6 +599,8 @@ class BatchDecoder:
         logprob = None if logprobs is None else float(logprobs[token])
         piece = self._special_piece(token) if token in job.shown else self._piece(token)
         job.deliver(Token(id=token, piece=piece, logprob=logprob, top=top))
+        if job.lookup is not None:
+            job.lookup.append(token)
         if job.produced >= job.sampling.max_tokens:
             self._finish(job)
         else:

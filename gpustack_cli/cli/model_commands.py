@@ -25,6 +25,7 @@ from gpustack_cli.cli.shared import (
 from gpustack_cli.models.model_settings import (
     chat_template_status,
     set_chat_template,
+    set_draft,
     set_kv_cache,
     set_projector,
     set_rpc,
@@ -253,15 +254,22 @@ def model_set(
         str | None,
         typer.Option(help="llama.cpp: RPC servers for its layers, HOST:PORT[,HOST:PORT...] ('' clears them)."),
     ] = None,
+    draft: Annotated[
+        str | None, typer.Option(help="llama.cpp: speculative drafting, ngram (prompt lookup; '' turns it off).")
+    ] = None,
+    draft_max: Annotated[int | None, typer.Option(help="llama.cpp: tokens a draft holds at most (32).", min=0)] = None,
+    draft_min: Annotated[int | None, typer.Option(help="llama.cpp: tokens a draft holds at least (2).", min=0)] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
     kv_cache = (flash_attn, cache_type_k, cache_type_v)
-    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, rpc, *kv_cache)
+    drafting = (draft, draft_max, draft_min)
+    given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, rpc)
+    given += (*kv_cache, *drafting)
     if all(v is None for v in given):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
             "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT, --mmproj FILE, --flash-attn, "
-            "--cache-type-k, --cache-type-v or --rpc HOST:PORT"
+            "--cache-type-k, --cache-type-v, --rpc HOST:PORT or --draft ngram"
         )
     store = ModelStore(settings().home)
     try:
@@ -287,6 +295,12 @@ def model_set(
             options = set_projector(store, name, mmproj).options
             takes = " and ".join(options.get("modalities", [])) or "text only"
             console.print(f"{name}: projector {options.get('mmproj_file', 'none')} ({takes})")
+        if any(v is not None for v in drafting):
+            options = set_draft(store, name, *drafting).options
+            shown = (
+                f"{options['draft']}, {options.get('draft_max', 32)} tokens at most" if "draft" in options else "off"
+            )
+            console.print(f"{name}: drafting {shown}")
         if rpc is not None:
             servers = set_rpc(store, name, rpc).options.get("rpc")
             shown = ", ".join(servers) if servers else "none (the server's --rpc, if any)"

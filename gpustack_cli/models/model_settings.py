@@ -56,6 +56,39 @@ def set_kv_cache(
     return store.update(name, options=options)
 
 
+def set_draft(
+    store: ModelStore, name: str, kind: str | None, max_tokens: int | None, min_tokens: int | None
+) -> Manifest:
+    """A llama.cpp model's speculative drafting: `ngram` (prompt lookup; '' turns it off), and how
+    many tokens a draft holds at most and at least (0 goes back to the default)."""
+    from engines.llama_draft import Drafting
+
+    options = _llama_options(store, name, "drafts")
+    if kind == "":
+        for key in ("draft", "draft_max", "draft_min"):
+            options.pop(key, None)
+        return store.update(name, options=options)
+    if kind is not None:
+        if kind != "ngram":
+            raise StoreError(
+                f"a model drafts with 'ngram' (prompt lookup), not '{kind}': no draft model runs beside another yet"
+            )
+        options["draft"] = kind
+    for key, value in (("draft_max", max_tokens), ("draft_min", min_tokens)):
+        if value == 0:
+            options.pop(key, None)
+        elif value is not None:
+            options[key] = value
+    if "draft" not in options and (max_tokens or min_tokens):
+        raise StoreError(f"'{name}' does not draft: add --draft ngram")
+    try:
+        defaults = Drafting()
+        Drafting(options.get("draft_max", defaults.max_tokens), options.get("draft_min", defaults.min_tokens))
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
+    return store.update(name, options=options)
+
+
 def set_rpc(store: ModelStore, name: str, servers: str) -> Manifest:
     """The RPC servers (HOST:PORT, comma-separated) a llama.cpp model's layers go to ('' clears
     them: the server's `--rpc`, if any, then)."""

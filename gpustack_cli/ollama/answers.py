@@ -65,6 +65,8 @@ class Running(Doc):
     # `kv_cache_bytes`, `compute_bytes`; and the RPC servers a model's layers are on.
     placement: list[dict[str, Any]] | None = None
     rpc: list[str] | None = None
+    # Speculative drafting: `kind`, `max_tokens`, `min_tokens`, `drafted_tokens`, `accepted_tokens`.
+    draft: dict[str, Any] | None = None
 
 
 class RunningList(Doc):

@@ -87,6 +87,8 @@ class LoadedModel:
     # the bytes of its weights, KV cache and compute buffers; and the RPC servers it uses.
     placement: list[dict[str, Any]] | None = None
     rpc: list[str] | None = None
+    # Speculative drafting: how (kind, most and fewest tokens a draft holds) and what it did.
+    draft: dict[str, Any] | None = None
 
 
 def _kv_cache(engine: Engine) -> dict[str, str] | None:
@@ -97,6 +99,20 @@ def _kv_cache(engine: Engine) -> dict[str, str] | None:
 def _placement(engine: Engine) -> list[dict[str, Any]] | None:
     found = getattr(engine, "placement", None)
     return None if found is None else [p if isinstance(p, dict) else dict(vars(p)) for p in found]
+
+
+def _draft(engine: Engine) -> dict[str, Any] | None:
+    drafting = getattr(engine, "drafting", None)
+    if drafting is None:
+        return None
+    stats = engine.decode_stats()
+    return {
+        "kind": "ngram",
+        "max_tokens": drafting.max_tokens,
+        "min_tokens": drafting.min_tokens,
+        "drafted_tokens": stats.drafted_tokens,
+        "accepted_tokens": stats.accepted_tokens,
+    }
 
 
 def _broken(engine: Engine | None) -> bool:
@@ -192,6 +208,7 @@ class Scheduler:
                 kv_cache=_kv_cache(r.engine),
                 placement=_placement(r.engine),
                 rpc=list(getattr(r.engine, "rpc", ())) or None,
+                draft=_draft(r.engine),
             )
             for r in self._runners.values()
             if r.engine is not None

@@ -40,6 +40,12 @@ class DecodeCollector(Collector):
             "media_encoded": CounterMetricFamily(
                 "gpustack_media_encoded", "Images and audio clips encoded by a model's projector", labels=["model"]
             ),
+            "drafted_tokens": CounterMetricFamily(
+                "gpustack_draft_tokens", "Tokens proposed by speculative drafting", labels=["model"]
+            ),
+            "accepted_tokens": CounterMetricFamily(
+                "gpustack_draft_accepted_tokens", "Drafted tokens the model's own draw confirmed", labels=["model"]
+            ),
         }
         first = HistogramMetricFamily(
             "gpustack_time_to_first_token_seconds", "From a request's arrival to its first token", labels=["model"]
