@@ -179,19 +179,7 @@ class BatchDecoder:
         available = available_memory()
         if check_memory and available is not None and needed > available:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx * parallel
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
-        params.n_seq_max = parallel
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.kv_unified = True
-        params.no_perf = True
-        params.flash_attn_type = _FLASH[kv_cache.flash_attn]
-        params.type_k = _TYPES[kv_cache.type_k]
-        params.type_v = _TYPES[kv_cache.type_v]
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        self.ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, parallel, n_batch, threads, kv_cache))
         if not self.ctx:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
         self._memory = llama_cpp.llama_get_memory(self.ctx)
@@ -734,16 +722,50 @@ def _select(candidates: Any, rows: np.ndarray, logits: np.ndarray, samplers: Seq
     return int(array.data[array.selected].id)
 
 
+def context_params(n_ctx: int, parallel: int, n_batch: int, threads: int, kv_cache: KvCache) -> Any:
+    """The parameters of the decoder's context: one KV cache of `parallel` slots of `n_ctx` cells,
+    shared among the sequences (unified)."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx * parallel
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = parallel
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.kv_unified = True
+    params.no_perf = True
+    params.flash_attn_type = _FLASH[kv_cache.flash_attn]
+    params.type_k = _TYPES[kv_cache.type_k]
+    params.type_v = _TYPES[kv_cache.type_v]
+    return params
+
+
 def kv_bytes_per_token(model: Any, kv_cache: KvCache) -> int:
     """Bytes of KV cache one token takes: keys and values of every layer, at the width of the
-    model's key-value heads (grouped-query attention shares them among its heads), in the
-    cache's types."""
+    model's key-value heads (grouped-query attention shares them among its heads; a head is as
+    wide as the GGUF's `attention.key_length` / `value_length` say, else the embedding over the
+    heads), in the cache's types."""
     layers = llama_cpp.llama_model_n_layer(model)
-    width = llama_cpp.llama_model_n_embd(model)
     heads, kv_heads = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
-    if heads > 0 and kv_heads > 0:
-        width = width * kv_heads // heads
-    return int(layers * width * (_BYTES[kv_cache.type_k] + _BYTES[kv_cache.type_v]))
+    head = llama_cpp.llama_model_n_embd(model) // max(1, heads)
+    key = _metadata_int(model, "attention.key_length") or head
+    value = _metadata_int(model, "attention.value_length") or head
+    kv_heads = kv_heads if kv_heads > 0 else heads
+    return int(layers * kv_heads * (key * _BYTES[kv_cache.type_k] + value * _BYTES[kv_cache.type_v]))
+
+
+def _metadata_int(model: Any, key: str) -> int | None:
+    """An integer of the model's GGUF metadata under its architecture's prefix, if there."""
+    found = ctypes.create_string_buffer(256)
+    size = llama_cpp.llama_model_meta_val_str(model, b"general.architecture", found, len(found))
+    if size <= 0:
+        return None
+    architecture = found.value.decode()
+    size = llama_cpp.llama_model_meta_val_str(model, f"{architecture}.{key}".encode(), found, len(found))
+    try:
+        return int(found.value) if size > 0 else None
+    except ValueError:
+        return None
 
 
 def available_memory() -> int | None:

@@ -1,9 +1,11 @@
-"""llama.cpp's log, read while a model loads: where each layer went and how many bytes each device holds.
+"""llama.cpp's log, read while a model loads: where each layer went and how many bytes each
+device holds.
 
 llama.cpp says where it put a model only in its log (the device each layer got, the size of each
 device's weights, KV cache and compute buffers); its C API has no call for it. One log callback
-serves the whole process: it passes llama.cpp's warnings and errors to Python's logging and, on a thread that is
-loading a model (`capture`), keeps every line, so that the load can read its own placement.
+serves the whole process: it passes llama.cpp's warnings (as notes) and errors to Python's
+logging and, on a thread that is loading a model (`capture`), keeps every line, so that the load
+can read its own placement.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("gpustack.llama.cpp")
-# ggml's log levels (enum ggml_log_level) passed on to Python's logging.
-_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+# ggml's log levels (enum ggml_log_level) passed on to Python's logging: its warnings are notes on
+# a model (a token's type overridden, a context past the trained length) more than alarms.
+_LEVELS = {3: logging.INFO, 4: logging.ERROR}
 _LAYER = re.compile(r"layer\s+\d+ assigned to device (\S+?),")
 _BUFFER = re.compile(r"^\w+:\s+(\S+) (model|KV|compute) buffer size =\s+([\d.]+) MiB")
 _MIB = 1024 * 1024

@@ -148,8 +148,19 @@ def _link_group(group: str, urls: list[str], api_key: str | None) -> None:
 
 
 @app.command()
-def show(name: str, as_json: JsonFlag = False) -> None:
-    """Show a model's manifest (and its GGUF metadata)."""
+def show(
+    name: str,
+    as_json: JsonFlag = False,
+    estimate: Annotated[
+        bool, typer.Option("--estimate", help="llama.cpp: the memory a load would take, and whether it fits.")
+    ] = False,
+    ctx_size: Annotated[int | None, typer.Option(min=64, help="With --estimate: context per slot.")] = None,
+    parallel: Annotated[int | None, typer.Option(min=1, help="With --estimate: slots.")] = None,
+    cache_type_k: Annotated[str | None, typer.Option(help="With --estimate: the K cache's type.")] = None,
+    cache_type_v: Annotated[str | None, typer.Option(help="With --estimate: the V cache's type.")] = None,
+    flash_attn: Annotated[str | None, typer.Option(help="With --estimate: flash attention.")] = None,
+) -> None:
+    """Show a model's manifest (and its GGUF metadata); with --estimate, what loading it takes."""
     from gpustack_cli.models.detect import main_gguf
     from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
 
@@ -158,6 +169,10 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         manifest = store.get(name)
     except StoreError as exc:
         raise fail(str(exc)) from exc
+    if estimate:
+        kv = (flash_attn, cache_type_k, cache_type_v)
+        _show_estimate(store, manifest, ctx_size, parallel, kv, as_json)
+        return
     data: dict[str, Any] = manifest.model_dump(mode="json")
     data["capabilities"] = manifest.modalities  # what it takes besides text: vision, audio
     gguf = main_gguf(store.model_dir(name)) if manifest.engine == "llama.cpp" else None
@@ -193,6 +208,52 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         for key, value in data["gguf"].items():
             meta_table.add_row(key, str(value)[:100])
         console.print(meta_table)
+
+
+def _show_estimate(
+    store: ModelStore,
+    manifest: Any,
+    ctx_size: int | None,
+    parallel: int | None,
+    kv: tuple[str | None, str | None, str | None],
+    as_json: bool,
+) -> None:
+    """`show --estimate`: the settings a load would use (these flags, else the model's, else the
+    server's), and what llama.cpp says it would take."""
+    from gpustack_cli.models.loading import load_estimate
+
+    try:
+        found = load_estimate(store, manifest, settings(), ctx_size, parallel, *kv)
+    except (ValueError, StoreError) as exc:
+        raise fail(str(exc)) from exc
+    data = {
+        "context": found.n_ctx,
+        "parallel": found.parallel,
+        "kv_cache": dict(vars(found.kv)),
+        "weights_bytes": found.weights,
+        "kv_cache_bytes": found.kv_cache,
+        "compute_bytes": found.compute,
+        "total_bytes": found.total,
+        "device": found.device,
+        "available_bytes": found.available,
+        "fits": found.fits,
+    }
+    if not found.fits:
+        data["advice"] = found.advice()
+    if as_json:
+        print_json(data)
+        return
+    table = Table(box=None, show_header=False)
+    kv_text = f"{found.kv.type_k}/{found.kv.type_v}, flash attention {found.kv.flash_attn}"
+    table.add_row("[bold]load[/]", f"{found.parallel} slots x {found.n_ctx} tokens, KV cache {kv_text}")
+    for label, size in (("weights", found.weights), ("KV cache", found.kv_cache), ("compute", found.compute)):
+        table.add_row(f"[bold]{label}[/]", human_size(size))
+    table.add_row("[bold]total[/]", human_size(found.total))
+    free = "unknown" if found.available is None else human_size(found.available)
+    table.add_row(f"[bold]available ({found.device})[/]", free)
+    verdict = "[green]fits[/]" if found.fits else f"[red]does not fit[/]: try {found.advice()}"
+    table.add_row("[bold]verdict[/]", verdict)
+    console.print(table)
 
 
 @app.command()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from engines.base import Engine, LoadSpec, load_engine
 from gpustack_cli.config import Settings
 from gpustack_cli.models.store import Manifest, ModelStore
+
+if TYPE_CHECKING:
+    from engines.llama_estimate import Estimate
 
 
 def rpc_servers(manifest: Manifest, settings: Settings) -> list[str]:
@@ -18,6 +24,37 @@ def in_child(manifest: Manifest, settings: Settings) -> bool:
     """Whether a model runs in a child server of its own (`gpustack_cli.upstream.child`): one with
     RPC servers, unless the settings say otherwise."""
     return settings.isolate_rpc and bool(rpc_servers(manifest, settings))
+
+
+def load_estimate(
+    store: ModelStore,
+    manifest: Manifest,
+    settings: Settings,
+    ctx_size: int | None,
+    parallel: int | None,
+    flash_attn: str | None,
+    cache_type_k: str | None,
+    cache_type_v: str | None,
+) -> Estimate:
+    """What loading a llama.cpp generation model would take with the settings given, else the
+    model's own, else the server's (as `engines.llama` picks them), without loading it."""
+    from engines.llama import DEFAULT_CTX
+    from engines.llama_estimate import estimate
+
+    if manifest.engine != "llama.cpp" or not manifest.options.get("model_file"):
+        raise ValueError(f"'{manifest.name}' is a {manifest.engine} model: estimates are for llama.cpp models")
+    options = manifest.options
+    trained = int(options.get("n_ctx_train") or 0)
+    n_ctx = ctx_size or int(options.get("n_ctx") or settings.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
+    given = {"flash_attn": flash_attn, "type_k": cache_type_k, "type_v": cache_type_v}
+    kv = replace(settings.kv_cache.over(options), **{k: v for k, v in given.items() if v})
+    return estimate(
+        store.model_dir(manifest.name) / options["model_file"],
+        n_ctx=min(n_ctx, trained) if trained else n_ctx,
+        parallel=parallel or int(options.get("parallel") or settings.parallel),
+        kv_cache=kv,
+        gpu_layers=settings.gpu_layers,
+    )
 
 
 def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:

@@ -37,3 +37,33 @@ def test_a_quantized_cache_with_flash_attention_loads_and_answers(models_home: P
         assert running["smollm2"]["kv_cache"] == {"flash_attn": "auto", "type_k": "f16", "type_v": "f16"}
     bad = gpustack("serve", "--no-pull", "--cache-type-v", "q4_0", "--flash-attn", "off", env=env, timeout=60)
     assert bad.returncode == 1 and "needs flash attention" in " ".join(bad.stderr.split())
+
+
+def test_show_estimate_is_within_a_tenth_of_what_a_load_takes(models_home: Path, tmp_path: Path) -> None:
+    """`show --estimate` (llama.cpp's own sizes, nothing loaded) against the sizes llama.cpp
+    reports when the model loads (`/api/ps` placement), on the two catalog chat models; and a
+    load that cannot fit says so, with what would make it fit."""
+    env = clean_env(GPUSTACK_HOME=str(models_home))
+    with ServerProcess(
+        home_sharing_models(models_home, tmp_path / "home"),
+        "--no-pull",
+        "--preload",
+        "smollm2,gemma3-270m",
+        "--parallel",
+        "2",
+        "--ctx-size",
+        "2048",
+        "--gpu-layers",
+        "0",
+    ) as server:
+        running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+        for name in ("smollm2", "gemma3-270m"):
+            shown = gpustack("show", name, "--estimate", "--parallel", "2", "--ctx-size", "2048", "--json", env=env)
+            estimate = json.loads(shown.stdout)
+            loaded = sum(
+                p["weights_bytes"] + p["kv_cache_bytes"] + p["compute_bytes"] for p in running[name]["placement"]
+            )
+            assert estimate["fits"] and abs(estimate["total_bytes"] - loaded) <= 0.1 * loaded, (name, estimate, loaded)
+    huge = gpustack("show", "smollm2", "--estimate", "--parallel", "256", "--ctx-size", "8192", env=env)
+    text = " ".join(huge.stdout.split())
+    assert huge.returncode == 0 and "does not fit" in text and "--ctx-size" in text and "q8_0" in text, text

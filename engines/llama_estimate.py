@@ -1,0 +1,114 @@
+"""What loading a GGUF generation model would take, without loading it: its weights (its tensors'
+bytes, as llama.cpp counts them), its KV cache (layers x key-value width x cells x the cache's types, the cells being
+the context of every slot) and its compute buffers, which llama.cpp itself sizes: the model is
+opened with `no_alloc` (metadata only, allocations simulated) and a context made on it with the
+settings of a real load, and the sizes it logs are read (`engines.llama_log`). Against what the
+device it would go to has free: this machine's available memory, or its GPUs' free memory when
+layers would be offloaded to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from engines import ggml_devices, llama_log
+from engines.base import KvCache
+from engines.ggml_threads import on_own_thread
+from engines.llama_batch import available_memory, context_params, kv_bytes_per_token
+
+
+# llama.cpp's most sequences in one context (llama_max_parallel_sequences).
+MAX_SLOTS = 256
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a load would take, where it would go, and what that device has free (None: unknown)."""
+
+    weights: int
+    kv_cache: int
+    compute: int
+    device: str
+    available: int | None
+    n_ctx: int
+    parallel: int
+    kv: KvCache
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+    @property
+    def fits(self) -> bool:
+        return self.parallel <= MAX_SLOTS and (self.available is None or self.total <= self.available)
+
+    def advice(self) -> str:
+        """What would make a load that does not fit fit."""
+        over = self.total - (self.available or 0)
+        steps = [f"at most {MAX_SLOTS} slots, llama.cpp's limit"] if self.parallel > MAX_SLOTS else []
+        if self.kv_cache > over:
+            cells = self.n_ctx * self.parallel
+            per_cell = self.kv_cache / cells
+            fitting = int((self.kv_cache - over) / per_cell) if per_cell else 0
+            steps.append(f"at most {fitting // max(1, self.n_ctx)} slots of {self.n_ctx} tokens (--parallel)")
+            steps.append(f"a context of at most {fitting // max(1, self.parallel)} tokens per slot (--ctx-size)")
+        if self.kv.type_k == "f16" or self.kv.type_v == "f16":
+            steps.append("a quantized KV cache (--cache-type-k q8_0 --cache-type-v q8_0 --flash-attn on)")
+        if self.device != "CPU":
+            steps.append("fewer layers on the GPU (--gpu-layers)")
+        return "; ".join(steps) or "a machine with more memory"
+
+
+def estimate(
+    path: Path,
+    *,
+    n_ctx: int,
+    parallel: int,
+    kv_cache: KvCache,
+    gpu_layers: int = -1,
+    n_batch: int = 512,
+    threads: int = 1,
+) -> Estimate:
+    """The estimate of loading the GGUF at `path` with these settings (as `engines.llama` loads
+    a generation model: one context of `n_ctx` x `parallel` cells)."""
+
+    def measure() -> tuple[int, int, int]:
+        with llama_log.capture() as lines:
+            params = llama_cpp.llama_model_default_params()
+            params.no_alloc = True
+            params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # nothing mapped: metadata only
+            params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+            model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+            if not model:
+                raise ValueError(f"llama.cpp cannot read {path.name}")
+            try:
+                ctx = llama_cpp.llama_init_from_model(
+                    model, context_params(n_ctx, parallel, n_batch, threads, kv_cache)
+                )
+                kv = n_ctx * parallel * kv_bytes_per_token(model, kv_cache)
+                weights = llama_cpp.llama_model_size(model)
+                if ctx:
+                    llama_cpp.llama_free(ctx)
+            finally:
+                llama_cpp.llama_model_free(model)
+        return weights, kv, sum(p.compute_bytes for p in llama_log.placement(lines, {}))
+
+    weights, kv, buffers = on_own_thread(measure)
+    gpus = [d for d in ggml_devices.local_devices() if d.kind in ("gpu", "igpu")]
+    if gpus and gpu_layers != 0:
+        device, available = ", ".join(d.name for d in gpus), sum(d.free for d in gpus)
+    else:
+        device, available = "CPU", available_memory()
+    return Estimate(
+        weights=weights,
+        kv_cache=kv,
+        compute=buffers,
+        device=device,
+        available=available,
+        n_ctx=n_ctx,
+        parallel=parallel,
+        kv=kv_cache,
+    )
