@@ -24,6 +24,11 @@ requests too (a cached prefix holds the same tokens' keys and values), as llama-
 `seeded_from_scratch` a request with a seed is evaluated from scratch instead, so that even the
 rounding of its prompt's arithmetic is the same whatever ran before it.
 
+A model that drafts (`engines.llama_draft`) adds, after a running request's next token, the
+tokens a lookup in its history proposes, in the rows the step has to spare; they are drawn row by
+row while each matches its draft, the cells of those that did not are removed, and every token
+drawn is delivered: several tokens a step where an answer repeats its prompt.
+
 A prompt may hold images or audio (`engines.llama_media`): a request whose next prompt item is a
 media chunk has it encoded in one step and its embeddings decoded into its sequence in the next,
 while the other slots decode on, so that the other streams wait for one of the two at a time.

@@ -19,7 +19,6 @@ from engines.base import KvCache
 from engines.ggml_threads import on_own_thread
 from engines.llama_batch import available_memory, context_params, kv_bytes_per_token
 
-
 # llama.cpp's most sequences in one context (llama_max_parallel_sequences).
 MAX_SLOTS = 256
 
