@@ -2,9 +2,10 @@
 
 - A model is loaded on its first request (or at start with `--preload`), off the event loop.
 - Beyond `max_loaded_models`, the least recently used idle model is unloaded to make room; when
-  every loaded model is busy, the load waits for one to become idle. A model served elsewhere
-  (`elsewhere(name)`: a remote model's upstream pool) holds nothing here: it takes no place and is
-  never unloaded for another.
+  every loaded model is busy, the load waits for one to become idle. A load that finds too little
+  memory (OutOfMemory) unloads the least recently used idle models one at a time and tries again.
+  A model served elsewhere (`elsewhere(name)`: a remote model's upstream pool) holds nothing here:
+  it takes no place and is never unloaded for another.
 - Each model runs at most `min(parallel, engine.max_concurrency)` requests at once (engines that
   set `admits_all` take `max_concurrency`); up to
   `max_queue` more wait; the next one gets `QueueFull` (a 503 on the wire).
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.base import Engine
+from engines.base import Engine, OutOfMemory
 
 log = logging.getLogger("gpustack.scheduler")
 
@@ -245,7 +246,15 @@ class Scheduler:
         started = time.monotonic()
         log.info("loading model %s", runner.name)
         try:
-            engine = await asyncio.to_thread(self._loader, runner.name)
+            while True:
+                try:
+                    engine = await asyncio.to_thread(self._loader, runner.name)
+                    break
+                except OutOfMemory:
+                    # Memory, not the model count, is short: the least recently used idle model
+                    # makes room, and the load is tried again (never two large models at once).
+                    if not await self._unload_idle(runner):
+                        raise
         finally:
             # On failure each waiter gets the error, and the last one drops the runner.
             runner.loading = None
@@ -258,6 +267,16 @@ class Scheduler:
         runner.loaded_at = time.monotonic()
         log.info("loaded model %s in %.2fs", runner.name, runner.loaded_at - started)
         return engine
+
+    async def _unload_idle(self, runner: Runner) -> bool:
+        """Unload the least recently used idle model other than `runner`'s; False if none is."""
+        idle = [r for r in self._resident() if r is not runner and r.idle and r.engine is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda r: r.last_used)
+        log.info("unloading %s: %s does not fit in memory beside it", victim.name, runner.name)
+        await self._unload(victim)
+        return True
 
     def _resident(self) -> list[Runner]:
         loaded = (r for r in self._runners.values() if r.engine is not None or r.loading is not None)

@@ -237,3 +237,32 @@ async def test_a_broken_engine_is_unloaded_and_the_next_request_loads_it_again()
         assert third is not second and second.closed.is_set()
     assert len(loader.loaded) == 3
     await s.close()
+
+
+async def test_a_model_that_does_not_fit_in_memory_unloads_idle_ones_first() -> None:
+    """A load that runs out of memory unloads the least recently used idle model and tries again,
+    as often as it takes; with none idle left, its error is the request's."""
+    from engines.base import OutOfMemory
+
+    base = FakeLoader()
+    room = 2  # models this fake machine holds at once
+
+    def loader(name: str):
+        if sum(not e.closed.is_set() for e in base.loaded) >= room:
+            raise OutOfMemory(f"no room for {name}")
+        return base(name)
+
+    s = scheduler(loader, max_loaded_models=5)
+    async with s.use("a"):
+        pass
+    async with s.use("b"):
+        pass
+    async with s.use("c") as c:  # "a" was used least recently: it goes
+        assert not s.is_loaded("a") and s.is_loaded("b")
+        async with s.use("d"):  # then "b"
+            assert not s.is_loaded("b") and s.is_loaded("c") and s.is_loaded("d")
+            with pytest.raises(OutOfMemory):  # "c" and "d" are busy: nothing left to unload
+                async with s.use("e"):
+                    pass
+    assert not c.closed.is_set() and len(base.loaded) == 4
+    await s.close()
