@@ -82,11 +82,13 @@ class ChildEngine(RemoteEngine):
         return f"model '{self.name}' stopped: its process ended (exit code {code}): {_last_words(self.output)}"
 
     def close(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # the child stops when its input ends (and was told to)
+        if self.process.poll() is not None:
             return
         self.process.terminate()
-        if self.process.stdin is not None:
-            self.process.stdin.close()
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
