@@ -49,6 +49,68 @@ class KvCache:
         return replace(self, **{field: options[key] for key, field in KV_OPTIONS.items() if options.get(key)})
 
 
+RopeScaling = Literal["none", "linear", "yarn"]
+# The keys a model's own load settings have in its manifest's options, by Tuning field.
+TUNING_OPTIONS = {
+    "main_gpu": "main_gpu",
+    "tensor_split": "tensor_split",
+    "n_batch": "batch_size",
+    "n_ubatch": "ubatch_size",
+    "mlock": "mlock",
+    "mmap": "mmap",
+    "rope_scaling": "rope_scaling",
+    "rope_freq_base": "rope_freq_base",
+    "rope_freq_scale": "rope_freq_scale",
+}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The load settings llama.cpp users tune besides the KV cache and the layers offloaded: the
+    GPU that holds a model whole or its small tensors (`main_gpu`), the share of its layers each
+    GPU takes (`tensor_split`), the tokens one decode takes at most (`batch_size`) and at once
+    (`ubatch_size`), keeping the weights in RAM (`mlock`) or reading them instead of mapping them
+    (`mmap` off), and RoPE's scaling and frequencies (0: the model's own), to stretch a context
+    past the length the model was trained for. Checked where they are set."""
+
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    batch_size: int = 512
+    ubatch_size: int = 512
+    mlock: bool = False
+    mmap: bool = True
+    rope_scaling: RopeScaling | None = None
+    rope_freq_base: float = 0.0
+    rope_freq_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.main_gpu < 0:
+            raise ValueError(f"--main-gpu is a device index, not {self.main_gpu}")
+        split = tuple(float(x) for x in self.tensor_split)
+        if split and (len(split) > 16 or min(split) < 0 or sum(split) <= 0):
+            raise ValueError("--tensor-split is up to 16 shares, none negative and not all 0: 3,1 gives 3/4 and 1/4")
+        object.__setattr__(self, "tensor_split", split)
+        if not 1 <= self.ubatch_size <= self.batch_size <= 65536:
+            raise ValueError(
+                f"batch sizes take 1 <= --ubatch-size <= --batch-size <= 65536, not {self.ubatch_size} "
+                f"and {self.batch_size}"
+            )
+        if self.rope_scaling not in (None, "none", "linear", "yarn"):
+            raise ValueError(f"--rope-scaling is none, linear or yarn, not '{self.rope_scaling}'")
+        if self.rope_freq_base < 0 or not 0 <= self.rope_freq_scale <= 1:
+            raise ValueError("--rope-freq-base is >= 0 and --rope-freq-scale between 0 and 1 (0: the model's)")
+
+    def over(self, options: dict[str, Any]) -> Tuning:
+        """A model's own settings (its manifest's `options`) over these."""
+        return replace(self, **{f: options[key] for key, f in TUNING_OPTIONS.items() if options.get(key) is not None})
+
+    @property
+    def context_scale(self) -> float:
+        """How many times its trained length a model's context may be: 1 / the frequency scale
+        when RoPE is stretched (0: the model's own, 1)."""
+        return 1.0 / self.rope_freq_scale if self.rope_freq_scale else 1.0
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """Everything an engine needs to load a model: where its files are and how to run it."""
@@ -74,6 +136,8 @@ class LoadSpec:
     rpc: tuple[str, ...] = ()
     # Requests with a seed read their whole prompt, never a cached prefix (llama.cpp).
     seeded_from_scratch: bool = False
+    # llama.cpp's other load settings, for a model that sets none of its own.
+    tuning: Tuning = field(default_factory=Tuning)
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ from engines.base import (
     Token,
 )
 from engines.ggml_threads import on_own_thread
-from engines.llama_batch import BatchDecoder, Grammar
+from engines.llama_batch import ROPE_SCALING, BatchDecoder, Grammar
 from engines.llama_draft import Drafting
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
@@ -148,8 +148,11 @@ class LlamaEngine:
             n_ctx = int(options.get("n_ctx") or trained or 4096)
         else:
             n_ctx = int(options.get("n_ctx") or spec.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
+        self.tuning = tuning = spec.tuning.over(options)
+        # Layers offloaded: the model's own count, else the server's.
+        self.gpu_layers = int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else spec.gpu_layers
         # An embedding model reads each input in one batch: the batch must hold the longest input.
-        n_batch = n_ctx if self.embedding_mode else int(options.get("n_batch") or 512)
+        n_batch = n_ctx if self.embedding_mode else tuning.batch_size
         # Layers go to the RPC servers' devices first, then to this machine's GPUs, then its CPU.
         self.rpc = spec.rpc
         devices = ggml_devices.model_devices(spec.rpc) if spec.rpc else None
@@ -160,9 +163,10 @@ class LlamaEngine:
             self.llm = self._llama(spec, model_file, n_ctx, n_batch, threads)
         metadata: dict[str, str] = self.llm.metadata
         trained = llama_cpp.llama_model_n_ctx_train(self.llm.model)
-        if not self.embedding_mode and trained > 0 and n_ctx > trained:
-            log.warning("%s: context %d is past its trained %d; using that", spec.name, n_ctx, trained)
-            n_ctx = trained
+        longest = int(trained * tuning.context_scale)  # RoPE scaling stretches what it was trained for
+        if not self.embedding_mode and trained > 0 and n_ctx > longest:
+            log.warning("%s: context %d is past its trained %d; using that", spec.name, n_ctx, longest)
+            n_ctx = longest
         self.n_ctx = self.llm.n_ctx() if self.embedding_mode else n_ctx
         self.architecture = metadata.get("general.architecture", "")
         self.name = spec.name
@@ -178,7 +182,7 @@ class LlamaEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._grammars: dict[str, Grammar] = {}
         self._pieces: dict[int, bytes] = {}
-        self.gpu_offload = (ggml_devices.has_gpu() or bool(spec.rpc)) and spec.gpu_layers != 0
+        self.gpu_offload = (ggml_devices.has_gpu() or bool(spec.rpc)) and self.gpu_layers != 0
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
         self.decoder: BatchDecoder | None = None
@@ -202,6 +206,7 @@ class LlamaEngine:
                     grammar_budget=spec.grammar_budget,
                     projector=self.projector,
                     kv_cache=self.kv_cache,
+                    tuning=tuning,
                     seeded_from_scratch=spec.seeded_from_scratch,
                     drafting=self.drafting,
                 )
@@ -224,12 +229,20 @@ class LlamaEngine:
         )
 
     def _llama(self, spec: LoadSpec, model_file: str, n_ctx: int, n_batch: int, threads: int) -> Llama:
+        tuning = self.tuning
         return Llama(
             model_path=str(spec.path / model_file),
             n_ctx=n_ctx if self.embedding_mode else TOKENIZER_CTX,
             n_batch=n_batch,
             n_ubatch=n_batch,
-            n_gpu_layers=spec.gpu_layers,
+            n_gpu_layers=self.gpu_layers,
+            main_gpu=tuning.main_gpu,
+            tensor_split=list(tuning.tensor_split) or None,
+            use_mmap=tuning.mmap,
+            use_mlock=tuning.mlock,
+            rope_scaling_type=ROPE_SCALING[tuning.rope_scaling],
+            rope_freq_base=tuning.rope_freq_base,
+            rope_freq_scale=tuning.rope_freq_scale,
             n_threads=threads,
             n_threads_batch=threads,
             embedding=self.embedding_mode,
@@ -244,7 +257,7 @@ class LlamaEngine:
             return None
         path = spec.path / name
         # libmtmd warms the projector up with an encode: on a thread of its own (see on_own_thread).
-        return on_own_thread(lambda: Projector(str(path), self.llm.model, threads, use_gpu=spec.gpu_layers != 0))
+        return on_own_thread(lambda: Projector(str(path), self.llm.model, threads, use_gpu=self.gpu_layers != 0))
 
     def _token_text(self, token: int) -> str:
         if token < 0:

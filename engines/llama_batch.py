@@ -55,7 +55,16 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from engines.base import DecodeStats, InvalidSchema, KvCache, OutOfMemory, RequestAborted, Sampling, Token
+from engines.base import (
+    DecodeStats,
+    InvalidSchema,
+    KvCache,
+    OutOfMemory,
+    RequestAborted,
+    Sampling,
+    Token,
+    Tuning,
+)
 from engines.llama_draft import MEDIA, Drafting, PromptLookup
 from engines.llama_media import MediaChunk, Projector, PromptItem, run_start
 
@@ -78,10 +87,18 @@ class Grammar:
 
 
 DEFAULT_CACHE = KvCache()
+DEFAULT_TUNING = Tuning()
 _FLASH = {
     "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
     "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
     "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+# RoPE scaling by name (None: the model's own).
+ROPE_SCALING = {
+    None: llama_cpp.LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED,
+    "none": llama_cpp.LLAMA_ROPE_SCALING_TYPE_NONE,
+    "linear": llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
+    "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
 }
 _TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
 # Bytes per cached element: ggml's block sizes (q8_0 keeps 32 values in 34 bytes, q4_0 in 18).
@@ -165,6 +182,7 @@ class BatchDecoder:
         grammar_budget: float = 1.0,
         projector: Projector | None = None,
         kv_cache: KvCache = DEFAULT_CACHE,
+        tuning: Tuning = DEFAULT_TUNING,
         seeded_from_scratch: bool = False,
         drafting: Drafting | None = None,
     ):
@@ -184,7 +202,8 @@ class BatchDecoder:
         available = available_memory()
         if check_memory and available is not None and needed > available:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
-        self.ctx = llama_cpp.llama_init_from_model(model, context_params(n_ctx, parallel, n_batch, threads, kv_cache))
+        params = context_params(n_ctx, parallel, n_batch, threads, kv_cache, tuning)
+        self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise OutOfMemory(_memory_message(n_ctx, parallel, needed, available))
         self._memory = llama_cpp.llama_get_memory(self.ctx)
@@ -727,13 +746,19 @@ def _select(candidates: Any, rows: np.ndarray, logits: np.ndarray, samplers: Seq
     return int(array.data[array.selected].id)
 
 
-def context_params(n_ctx: int, parallel: int, n_batch: int, threads: int, kv_cache: KvCache) -> Any:
+def context_params(
+    n_ctx: int, parallel: int, n_batch: int, threads: int, kv_cache: KvCache, tuning: Tuning = DEFAULT_TUNING
+) -> Any:
     """The parameters of the decoder's context: one KV cache of `parallel` slots of `n_ctx` cells,
-    shared among the sequences (unified)."""
+    shared among the sequences (unified), decoded `n_batch` tokens at most a call and the tuning's
+    `ubatch_size` at once, with its RoPE settings."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx * parallel
     params.n_batch = n_batch
-    params.n_ubatch = n_batch
+    params.n_ubatch = min(n_batch, tuning.ubatch_size)
+    params.rope_scaling_type = ROPE_SCALING[tuning.rope_scaling]
+    params.rope_freq_base = tuning.rope_freq_base
+    params.rope_freq_scale = tuning.rope_freq_scale
     params.n_seq_max = parallel
     params.n_threads = threads
     params.n_threads_batch = threads

@@ -15,9 +15,9 @@ from pathlib import Path
 import llama_cpp
 
 from engines import ggml_devices, llama_log
-from engines.base import KvCache
+from engines.base import KvCache, Tuning
 from engines.ggml_threads import on_own_thread
-from engines.llama_batch import available_memory, context_params, kv_bytes_per_token
+from engines.llama_batch import DEFAULT_TUNING, available_memory, context_params, kv_bytes_per_token
 
 # llama.cpp's most sequences in one context (llama_max_parallel_sequences).
 MAX_SLOTS = 256
@@ -68,7 +68,7 @@ def estimate(
     parallel: int,
     kv_cache: KvCache,
     gpu_layers: int = -1,
-    n_batch: int = 512,
+    tuning: Tuning = DEFAULT_TUNING,
     threads: int = 1,
 ) -> Estimate:
     """The estimate of loading the GGUF at `path` with these settings (as `engines.llama` loads
@@ -80,12 +80,13 @@ def estimate(
             params.no_alloc = True
             params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # nothing mapped: metadata only
             params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
+            params.main_gpu = tuning.main_gpu
             model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
             if not model:
                 raise ValueError(f"llama.cpp cannot read {path.name}")
             try:
                 ctx = llama_cpp.llama_init_from_model(
-                    model, context_params(n_ctx, parallel, n_batch, threads, kv_cache)
+                    model, context_params(n_ctx, parallel, tuning.batch_size, threads, kv_cache, tuning)
                 )
                 kv = n_ctx * parallel * kv_bytes_per_token(model, kv_cache)
                 weights = llama_cpp.llama_model_size(model)

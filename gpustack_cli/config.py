@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from engines.base import CacheType, FlashAttention, KvCache
+from engines.base import CacheType, FlashAttention, KvCache, RopeScaling, Tuning
 from engines.ggml_devices import rpc_endpoints
 from gpustack_cli.core.json_schemas import SchemaLimits
 from gpustack_cli.core.limits import Limits
@@ -159,6 +159,19 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64)
     max_request_pixels: int = Field(2 * 1024 * 1024, ge=64 * 64)
     max_image_work: int = Field(1024 * 1024 * 50, ge=64 * 64)
+    # llama.cpp's other load settings, for models that set none of their own: the GPU that holds a
+    # model whole or its small tensors, each GPU's share of the layers ("3,1"), the tokens one
+    # decode takes at most and at once, keeping weights in RAM, mapping the file, and RoPE's
+    # scaling and frequencies (0: the model's own) to stretch a context past its trained length.
+    main_gpu: int = Field(0, ge=0)
+    tensor_split: list[float] = Field(default_factory=list)
+    batch_size: int = Field(512, ge=1)
+    ubatch_size: int = Field(512, ge=1)
+    mlock: bool = False
+    mmap: bool = True
+    rope_scaling: RopeScaling | None = None
+    rope_freq_base: float = Field(0.0, ge=0)
+    rope_freq_scale: float = Field(0.0, ge=0, le=1)
     # Requests with a `seed` read their whole prompt instead of a slot's cached prefix: their text
     # then never depends on what ran before them (a cached prefix holds the same values, rounded
     # as the batch that read it rounded them).
@@ -230,10 +243,32 @@ class Settings(BaseModel):
     def _expand(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, (str, Path)) else value
 
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _shares(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _kv_cache(self) -> Settings:
         KvCache(self.flash_attn, self.cache_type_k, self.cache_type_v)  # a ValueError says what to change
+        self.tuning  # noqa: B018 (checks them together, as a load will)
         return self
+
+    @property
+    def tuning(self) -> Tuning:
+        return Tuning(
+            main_gpu=self.main_gpu,
+            tensor_split=tuple(self.tensor_split),
+            batch_size=self.batch_size,
+            ubatch_size=self.ubatch_size,
+            mlock=self.mlock,
+            mmap=self.mmap,
+            rope_scaling=self.rope_scaling,
+            rope_freq_base=self.rope_freq_base,
+            rope_freq_scale=self.rope_freq_scale,
+        )
 
     @property
     def kv_cache(self) -> KvCache:

@@ -31,6 +31,7 @@ from gpustack_cli.models.model_settings import (
     set_rpc,
     set_slots,
     set_stops,
+    set_tuning,
 )
 from gpustack_cli.models.store import ModelStore, StoreError
 
@@ -320,17 +321,42 @@ def model_set(
     ] = None,
     draft_max: Annotated[int | None, typer.Option(help="llama.cpp: tokens a draft holds at most (32).", min=0)] = None,
     draft_min: Annotated[int | None, typer.Option(help="llama.cpp: tokens a draft holds at least (2).", min=0)] = None,
+    gpu_layers: Annotated[str | None, typer.Option(help="llama.cpp: layers offloaded (-1 all, 0 none).")] = None,
+    main_gpu: Annotated[str | None, typer.Option(help="llama.cpp: the GPU for the model or its small tensors.")] = None,
+    tensor_split: Annotated[str | None, typer.Option(help="llama.cpp: each GPU's share of the layers, as 3,1.")] = None,
+    batch_size: Annotated[str | None, typer.Option(help="llama.cpp: tokens one decode takes at most.")] = None,
+    ubatch_size: Annotated[str | None, typer.Option(help="llama.cpp: tokens computed at once.")] = None,
+    mlock: Annotated[str | None, typer.Option(help="llama.cpp: keep its weights in RAM, true or false.")] = None,
+    mmap: Annotated[str | None, typer.Option(help="llama.cpp: map its file (false: read it), true or false.")] = None,
+    rope_scaling: Annotated[str | None, typer.Option(help="llama.cpp: RoPE scaling, none, linear or yarn.")] = None,
+    rope_freq_base: Annotated[str | None, typer.Option(help="llama.cpp: RoPE base frequency (0: the model's).")] = None,
+    rope_freq_scale: Annotated[
+        str | None, typer.Option(help="llama.cpp: RoPE frequency scale, 0.5 doubles the context.")
+    ] = None,
 ) -> None:
     """Change a model's settings (taken at its next load: `gpustack stop NAME` unloads it)."""
     kv_cache = (flash_attn, cache_type_k, cache_type_v)
     drafting = (draft, draft_max, draft_min)
+    tuning = {
+        "n_gpu_layers": gpu_layers,
+        "main_gpu": main_gpu,
+        "tensor_split": tensor_split,
+        "n_batch": batch_size,
+        "n_ubatch": ubatch_size,
+        "mlock": mlock,
+        "mmap": mmap,
+        "rope_scaling": rope_scaling,
+        "rope_freq_base": rope_freq_base,
+        "rope_freq_scale": rope_freq_scale,
+    }
     given = (generic_proxy, ctx_size, parallel, chat_template, chat_template_kwargs, stop, mmproj, rpc)
-    given += (*kv_cache, *drafting)
+    given += (*kv_cache, *drafting, *tuning.values())
     if all(v is None for v in given):
         raise fail(
             "nothing to set: try --generic-proxy, --no-generic-proxy, --ctx-size N, --parallel N, "
             "--chat-template FILE, --chat-template-kwargs JSON, --stop TEXT, --mmproj FILE, --flash-attn, "
-            "--cache-type-k, --cache-type-v, --rpc HOST:PORT or --draft ngram"
+            "--cache-type-k, --cache-type-v, --rpc HOST:PORT, --draft ngram, --gpu-layers, --batch-size, "
+            "--ubatch-size, --main-gpu, --tensor-split, --mlock, --mmap or --rope-*"
         )
     store = ModelStore(settings().home)
     try:
@@ -356,6 +382,11 @@ def model_set(
             options = set_projector(store, name, mmproj).options
             takes = " and ".join(options.get("modalities", [])) or "text only"
             console.print(f"{name}: projector {options.get('mmproj_file', 'none')} ({takes})")
+        chosen = {key: value for key, value in tuning.items() if value is not None}
+        if chosen:
+            options = set_tuning(store, name, chosen).options
+            shown = {key: options[key] for key in tuning if key in options}
+            console.print(f"{name}: load settings {shown or 'as the server sets them'}")
         if any(v is not None for v in drafting):
             options = set_draft(store, name, *drafting).options
             shown = (

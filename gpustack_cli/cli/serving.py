@@ -88,6 +88,23 @@ def serve(
         str | None,
         typer.Option(help="RPC servers for llama.cpp models' layers: HOST:PORT[,HOST:PORT...] (gpustack rpc-server)."),
     ] = None,
+    main_gpu: Annotated[
+        int | None, typer.Option(help="llama.cpp: the GPU for a whole model or its small tensors.")
+    ] = None,
+    tensor_split: Annotated[str | None, typer.Option(help="llama.cpp: each GPU's share of the layers, as 3,1.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="llama.cpp: tokens one decode takes at most [512].")] = None,
+    ubatch_size: Annotated[int | None, typer.Option(help="llama.cpp: tokens computed at once [512].")] = None,
+    mlock: Annotated[bool, typer.Option("--mlock", help="llama.cpp: keep models' weights in RAM.")] = False,
+    no_mmap: Annotated[
+        bool, typer.Option("--no-mmap", help="llama.cpp: read weights instead of mapping them.")
+    ] = False,
+    rope_scaling: Annotated[str | None, typer.Option(help="llama.cpp: RoPE scaling, none, linear or yarn.")] = None,
+    rope_freq_base: Annotated[
+        float | None, typer.Option(help="llama.cpp: RoPE base frequency (0: the model's).")
+    ] = None,
+    rope_freq_scale: Annotated[
+        float | None, typer.Option(help="llama.cpp: RoPE frequency scale, 0.5 doubles the context (0: the model's).")
+    ] = None,
     no_pull: Annotated[bool, typer.Option("--no-pull", help="Do not pull the default models.")] = False,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="Serve no browser playground at /ui/.")] = False,
 ) -> None:
@@ -119,6 +136,15 @@ def serve(
         cache_type_k=cache_type_k,
         cache_type_v=cache_type_v,
         rpc=rpc,
+        main_gpu=main_gpu,
+        tensor_split=tensor_split,
+        batch_size=batch_size,
+        ubatch_size=ubatch_size,
+        mlock=True if mlock else None,
+        mmap=False if no_mmap else None,
+        rope_scaling=rope_scaling,
+        rope_freq_base=rope_freq_base,
+        rope_freq_scale=rope_freq_scale,
         pull_defaults=False if no_pull else None,
         ui=False if no_ui else None,
     )

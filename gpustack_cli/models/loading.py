@@ -45,6 +45,9 @@ def load_estimate(
         raise ValueError(f"'{manifest.name}' is a {manifest.engine} model: estimates are for llama.cpp models")
     options = manifest.options
     trained = int(options.get("n_ctx_train") or 0)
+    tuning = settings.tuning.over(options)
+    if trained:
+        trained = int(trained * tuning.context_scale)
     n_ctx = ctx_size or int(options.get("n_ctx") or settings.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
     given = {"flash_attn": flash_attn, "type_k": cache_type_k, "type_v": cache_type_v}
     kv = replace(settings.kv_cache.over(options), **{k: v for k, v in given.items() if v})
@@ -53,7 +56,8 @@ def load_estimate(
         n_ctx=min(n_ctx, trained) if trained else n_ctx,
         parallel=parallel or int(options.get("parallel") or settings.parallel),
         kv_cache=kv,
-        gpu_layers=settings.gpu_layers,
+        gpu_layers=int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else settings.gpu_layers,
+        tuning=tuning,
     )
 
 
@@ -76,5 +80,6 @@ def load_model(store: ModelStore, name: str, settings: Settings) -> Engine:
         kv_cache=settings.kv_cache,
         rpc=tuple(rpc_servers(manifest, settings)),
         seeded_from_scratch=settings.seed_from_scratch,
+        tuning=settings.tuning,
     )
     return load_engine(manifest.engine, spec)

@@ -26,8 +26,12 @@ def set_slots(store: ModelStore, name: str, ctx_size: int | None, parallel: int 
     """A llama.cpp model's own context per slot and slots (0 clears one: the server's then)."""
     options = _llama_options(store, name, "--ctx-size and --parallel")
     trained = options.get("n_ctx_train")
-    if ctx_size and trained and ctx_size > trained:
-        raise StoreError(f"'{name}' was trained for {trained} tokens of context: --ctx-size {ctx_size} is past it")
+    stretch = 1.0 / options["rope_freq_scale"] if options.get("rope_freq_scale") else 1.0
+    if ctx_size and trained and ctx_size > trained * stretch:
+        raise StoreError(
+            f"'{name}' was trained for {trained} tokens of context: --ctx-size {ctx_size} is past it "
+            "(--rope-freq-scale 0.5 with --rope-scaling yarn stretches it to twice that)"
+        )
     for key, value in (("n_ctx", ctx_size), ("parallel", parallel)):
         if value == 0:
             options.pop(key, None)
@@ -87,6 +91,47 @@ def set_draft(
     except ValueError as exc:
         raise StoreError(str(exc)) from exc
     return store.update(name, options=options)
+
+
+def set_tuning(store: ModelStore, name: str, values: dict[str, str]) -> Manifest:
+    """A llama.cpp model's own load settings, from the text of their flags by option key ('' clears
+    one: the server's then), checked together with the server's defaults for the others."""
+    from engines.base import Tuning
+    from gpustack_cli.config import Settings
+
+    options = _llama_options(store, name, "load settings")
+    kinds = {"n_gpu_layers": int, "main_gpu": int, "n_batch": int, "n_ubatch": int, "mlock": _flag, "mmap": _flag}
+    kinds |= {"tensor_split": _shares, "rope_scaling": str, "rope_freq_base": float, "rope_freq_scale": float}
+    for key, text in values.items():
+        if text == "":
+            options.pop(key, None)
+            continue
+        try:
+            options[key] = kinds[key](text)
+        except ValueError as exc:
+            raise StoreError(f"--{key.removeprefix('n_').replace('_', '-')}: not a value: {text!r}") from exc
+    if options.get("n_gpu_layers") is not None and options["n_gpu_layers"] < -1:
+        raise StoreError("--gpu-layers is -1 (all), 0 (none) or a count of layers")
+    try:
+        tuning: Tuning = Settings.load().tuning.over(options)
+    except (ValueError, TypeError) as exc:
+        raise StoreError(str(exc)) from exc
+    trained, n_ctx = options.get("n_ctx_train"), options.get("n_ctx")
+    if trained and n_ctx and n_ctx > trained * tuning.context_scale:
+        raise StoreError(f"'{name}' was trained for {trained} tokens of context: its --ctx-size {n_ctx} is past it")
+    return store.update(name, options=options)
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _shares(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def set_rpc(store: ModelStore, name: str, servers: str) -> Manifest:

@@ -67,3 +67,30 @@ def test_show_estimate_is_within_a_tenth_of_what_a_load_takes(models_home: Path,
     huge = gpustack("show", "smollm2", "--estimate", "--parallel", "256", "--ctx-size", "8192", env=env)
     text = " ".join(huge.stdout.split())
     assert huge.returncode == 0 and "does not fit" in text and "--ctx-size" in text and "q8_0" in text, text
+
+
+def test_the_load_settings_users_tune_are_checked_and_applied(models_home: Path, tmp_path: Path) -> None:
+    """Batch sizes, mapping and RoPE set per model: refused where llama.cpp would refuse them, and
+    a model stretched with YaRN past its trained context loads with that context and answers."""
+    home = home_sharing_models(models_home, tmp_path / "home")
+    env = clean_env(GPUSTACK_HOME=str(home))
+    assert gpustack("cp", "smollm2", "tuned", env=env).returncode == 0
+    too_long = gpustack("model", "set", "tuned", "--ctx-size", "16384", env=env)
+    assert too_long.returncode == 1 and "trained for 8192" in " ".join(too_long.stderr.split())
+    flags = ("--batch-size", "256", "--ubatch-size", "128", "--mmap", "false", "--rope-scaling", "yarn")
+    done = gpustack("model", "set", "tuned", *flags, "--rope-freq-scale", "0.5", env=env)
+    assert done.returncode == 0, done.stderr
+    assert gpustack("model", "set", "tuned", "--ctx-size", "16384", env=env).returncode == 0
+    refused = gpustack("model", "set", "tuned", "--ubatch-size", "1024", env=env)
+    assert refused.returncode == 1 and "--ubatch-size" in refused.stderr
+    assert gpustack("model", "set", "tuned", "--tensor-split", "3,x", env=env).returncode == 1
+    shown = json.loads(gpustack("show", "tuned", "--json", env=env).stdout)["options"]
+    assert (shown["n_batch"], shown["n_ubatch"], shown["mmap"], shown["rope_scaling"]) == (256, 128, False, "yarn")
+    with ServerProcess(home, "--no-pull", "--preload", "tuned", "--parallel", "1") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        ask = [{"role": "user", "content": "What is the capital of France?"}]
+        assert client.chat.completions.create(model="tuned", messages=ask, max_tokens=8).choices[0].message.content
+        running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+        assert running["tuned"]["context_length"] == 16384
+    bad = gpustack("serve", "--no-pull", "--batch-size", "8", "--ubatch-size", "16", env=env, timeout=60)
+    assert bad.returncode == 1 and "--ubatch-size" in " ".join(bad.stderr.split())
