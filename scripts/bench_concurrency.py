@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import HEADERS, free_port, start_llama_cpp_python, start_server, wait_ready  # noqa: E402
+from benchlib import HEADERS, start_llama_cpp_python, start_llama_server, start_server  # noqa: E402
 
 from gpustack_cli.config import Settings  # noqa: E402
 from gpustack_cli.models.pull import Puller  # noqa: E402
@@ -99,21 +98,6 @@ async def run_side(url: str, model: str, eos: int, clients: int, tokens: int, ro
     )
 
 
-def start_llama_server(binary: Path, model: Path, n_ctx: int, slots: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    # fmt: off
-    args = [
-        str(binary), "-m", str(model), "-c", str(n_ctx * slots), "-np", str(slots), "--kv-unified",
-        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]
-    # fmt: on
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/health", 300)
-    return process, url
-
-
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -159,7 +143,15 @@ def main() -> None:
     ctx = loaded["context"]
     missing = {}
     if args.llama_server and args.llama_server.exists():
-        peer = start_llama_server(args.llama_server, model_path, ctx, args.slots, args.threads)
+        peer = start_llama_server(
+            args.llama_server,
+            model_path,
+            "-np",
+            str(args.slots),
+            "--kv-unified",
+            ctx=ctx * args.slots,
+            threads=args.threads,
+        )
         processes.append(peer[0])
         sides["llama-server"] = peer[1]
     else:

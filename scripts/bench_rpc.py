@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import chat_cases, free_port, start_server, stream_chat, wait_ready  # noqa: E402
+from benchlib import chat_cases, free_port, start_llama_server, start_server, stream_chat  # noqa: E402
 
 from gpustack_cli.models.gguf_meta import read_metadata  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402
@@ -48,22 +48,6 @@ def start_rpc_server(home: Path, threads: int) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("rpc-server did not listen")
-
-
-def start_llama_server(
-    binary: Path, model: Path, rpc: str, gpu_layers: int, ctx: int, threads: int
-) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    # fmt: off
-    args = [
-        str(binary), "-m", str(model), "--rpc", rpc, "-ngl", str(gpu_layers), "-c", str(ctx), "-np", "1",
-        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512", "--host", "127.0.0.1", "--port", str(port),
-    ]
-    # fmt: on
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/health", 300, process)
-    return process, url
 
 
 def main() -> None:
@@ -98,7 +82,16 @@ def main() -> None:
         }
         if args.llama_server:
             starts[peer_side] = lambda: start_llama_server(
-                args.llama_server, model_path, rpc, args.gpu_layers, args.ctx, args.threads
+                args.llama_server,
+                model_path,
+                "--rpc",
+                rpc,
+                "-ngl",
+                str(args.gpu_layers),
+                "-np",
+                "1",
+                ctx=args.ctx,
+                threads=args.threads,
             )
         # One side at a time: an RPC server serves one client at a time.
         rows: dict[tuple[str, str], tuple[float, float, float]] = {}

@@ -25,7 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import HEADERS, free_port, start_server, wait_ready  # noqa: E402
+from benchlib import HEADERS, start_llama_server, start_server  # noqa: E402
 
 from engines.llama_draft import Drafting  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402
@@ -88,24 +88,15 @@ def _round(url: str, body: dict, clients: int) -> tuple[int, float]:
     return sum(count for count, _ in counts), time.perf_counter() - started
 
 
-def start_llama_server(binary: Path, model: Path, ctx: int, threads: int, drafting: Drafting | None) -> tuple:
-    port = free_port()
+def ngram_flags(drafting: Drafting) -> tuple[str, ...]:
+    """llama-server's flags for the drafting ours does."""
     # fmt: off
-    args = [
-        str(binary), "-m", str(model), "-c", str(ctx * 4), "-np", "4", "--kv-unified", "-t", str(threads),
-        "-tb", str(threads), "-b", "512", "-ub", "512", "--host", "127.0.0.1", "--port", str(port),
-    ]
-    if drafting is not None:
-        args += [
-            "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", str(drafting.ngram),
-            "--spec-ngram-simple-size-m", str(drafting.max_tokens), "--spec-draft-n-max", str(drafting.max_tokens),
-            "--spec-draft-n-min", str(drafting.min_tokens),
-        ]
+    return (
+        "--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", str(drafting.ngram),
+        "--spec-ngram-simple-size-m", str(drafting.max_tokens), "--spec-draft-n-max", str(drafting.max_tokens),
+        "--spec-draft-n-min", str(drafting.min_tokens),
+    )
     # fmt: on
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/health", 300, process)
-    return process, url
 
 
 def main() -> None:
@@ -137,12 +128,15 @@ def main() -> None:
     }
     if args.llama_server:
         binary = args.llama_server
+        slots = ("-np", "4", "--kv-unified")
         sides["llama-server, no drafts"] = (
-            lambda: start_llama_server(binary, model_path, args.ctx, args.threads, None),
+            lambda: start_llama_server(binary, model_path, *slots, ctx=args.ctx * 4, threads=args.threads),
             args.model,
         )
         sides["llama-server, ngram-simple"] = (
-            lambda: start_llama_server(binary, model_path, args.ctx, args.threads, drafting),
+            lambda: start_llama_server(
+                binary, model_path, *slots, *ngram_flags(drafting), ctx=args.ctx * 4, threads=args.threads
+            ),
             args.model,
         )
     rates: dict[tuple[str, int, str], float] = {}

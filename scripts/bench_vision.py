@@ -25,7 +25,6 @@ import base64
 import io
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchlib import HEADERS, Streamed, chat_cases, free_port, start_server, stream_chat, wait_ready  # noqa: E402
+from benchlib import HEADERS, Streamed, chat_cases, start_llama_server, start_server, stream_chat  # noqa: E402
 
 from gpustack_cli.models.gguf_meta import read_metadata  # noqa: E402
 from gpustack_cli.models.store import ModelStore  # noqa: E402
@@ -52,21 +51,6 @@ def picture(round_: int, size: int) -> str:
     out = io.BytesIO()
     image.save(out, "PNG")
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
-
-
-def start_llama_server(binary: Path, model: Path, mmproj: Path, ctx: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    # fmt: off
-    args = [
-        str(binary), "-m", str(model), "--mmproj", str(mmproj), "-c", str(ctx), "-np", "1",
-        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512", "--no-mmproj-offload",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]
-    # fmt: on
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/health", 300)
-    return process, url
 
 
 async def pause_under_image(url: str, model: str, eos: int, size: int) -> float:
@@ -128,7 +112,17 @@ def main() -> None:
     processes.append(ours)
     sides["gpustack"] = url
     if args.llama_server and args.llama_server.exists():
-        peer, peer_url = start_llama_server(args.llama_server, model_path, mmproj, args.ctx, args.threads)
+        peer, peer_url = start_llama_server(
+            args.llama_server,
+            model_path,
+            "--mmproj",
+            str(mmproj),
+            "-np",
+            "1",
+            "--no-mmproj-offload",
+            ctx=args.ctx,
+            threads=args.threads,
+        )
         processes.append(peer)
         sides["llama-server"] = peer_url
     try:

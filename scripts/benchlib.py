@@ -1,5 +1,6 @@
 """What the benchmark scripts share: a free port, a `gpustack serve` started and ready (with the key
-every request of theirs sends, `HEADERS`), and the peer llama-cpp-python's server started likewise."""
+every request of theirs sends, `HEADERS`), and the peers started likewise: llama.cpp's llama-server
+and llama-cpp-python's server."""
 
 from __future__ import annotations
 
@@ -57,6 +58,24 @@ def start_server(home: Path | str, *args: str, **env: str) -> tuple[subprocess.P
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/healthz", 600)
+    return process, url
+
+
+def start_llama_server(
+    binary: Path | str, model: Path, *extra: str, ctx: int, threads: int
+) -> tuple[subprocess.Popen, str]:
+    """llama.cpp's llama-server on `model`, `ctx` tokens of context in all, `threads` threads,
+    512-token batches and the `extra` arguments, quiet, once /health answers: (process, URL)."""
+    port = free_port()
+    # fmt: off
+    args = [
+        str(binary), "-m", str(model), "-c", str(ctx), "-t", str(threads), "-tb", str(threads),
+        "-b", "512", "-ub", "512", "--host", "127.0.0.1", "--port", str(port), *extra,
+    ]
+    # fmt: on
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/health", 300, process)
     return process, url
 
 
