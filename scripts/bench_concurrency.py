@@ -2,9 +2,13 @@
 llama-cpp-python's server, in one run, on the same file, threads, slots and context per slot.
 
 For each number of concurrent clients (1, 4, 8, 16 by default), every side serves that many
-streamed chats at once (distinct prompts, greedy, the end-of-generation token banned so that each
-answer is exactly --tokens tokens). Rounds run the sides in a rotating order and each round's
-prompts differ (no side reuses another's cache). The table shows, per side and concurrency, the
+streamed chats at once (distinct prompts), in each case of --cases: `sampled` (temperature 0.8,
+up to 64 tokens, the end of generation allowed: what chat clients send), `seeded` (the same with
+a `seed` in each request), and `greedy` (the end-of-generation token banned so that each answer
+is exactly --tokens tokens: the favourable case, where a request's own costs spread over the most
+tokens). Tokens are counted from each answer's usage. Rounds run the sides in a rotating order,
+and each case's and round's prompts differ: no side reads a prompt from its cache (llama-server
+keeps earlier prompts' caches in RAM). The table shows, per case, side and concurrency, the
 medians over rounds of: aggregate generated tokens per second (all answers' tokens over the time
 from the first request to the last token), median and p99 time to first token, and the median
 time between tokens; and each side's throughput as a ratio to llama-server's.
@@ -56,24 +60,36 @@ class Run:
     between: list[float]
 
 
-async def one_stream(client: httpx.AsyncClient, body: dict, tokens: int) -> tuple[float, float, float]:
-    """(sent, first token, last token) of one streamed chat."""
+def case_fields(case: str, eos: int, tokens: int, seed: int) -> dict:
+    """The sampling fields of a request of `case` (see the module's docstring)."""
+    if case == "greedy":
+        return {"max_tokens": tokens, "temperature": 0, "logit_bias": {str(eos): -100}}
+    fields = {"max_tokens": 64, "temperature": 0.8}
+    return {**fields, "seed": seed} if case == "seeded" else fields
+
+
+async def one_stream(client: httpx.AsyncClient, body: dict) -> tuple[float, float, float, int]:
+    """(sent, first token, last token, tokens) of one streamed chat."""
     sent = time.perf_counter()
     first = last = None
+    chunks = counted = 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or [{}]
             if choices[0].get("delta", {}).get("content"):
                 last = time.perf_counter()
                 first = first or last
+                chunks += 1
+            counted = (chunk.get("usage") or {}).get("completion_tokens") or counted
     assert first is not None and last is not None
-    return sent, first, last
+    return sent, first, last, counted or chunks
 
 
-async def run_side(url: str, model: str, eos: int, clients: int, tokens: int, round_: int) -> Run:
+async def run_side(url: str, model: str, fields: dict, clients: int, round_: str) -> Run:
     async with httpx.AsyncClient(
         base_url=url, timeout=600, limits=httpx.Limits(max_connections=64), headers=HEADERS
     ) as client:
@@ -81,20 +97,20 @@ async def run_side(url: str, model: str, eos: int, clients: int, tokens: int, ro
             {
                 "model": model,
                 "messages": [{"role": "user", "content": PROMPT.format(r=round_, c=c)}],
-                "max_tokens": tokens,
-                "temperature": 0,
                 "stream": True,
-                "logit_bias": {str(eos): -100},
+                "stream_options": {"include_usage": True},
+                **fields,
+                **({"seed": fields["seed"] + c} if "seed" in fields else {}),
             }
             for c in range(clients)
         ]
-        spans = await asyncio.gather(*(one_stream(client, b, tokens) for b in bodies))
-    start = min(s for s, _, _ in spans)
-    end = max(last for _, _, last in spans)
+        spans = await asyncio.gather(*(one_stream(client, b) for b in bodies))
+    start = min(s for s, _, _, _ in spans)
+    end = max(last for _, _, last, _ in spans)
     return Run(
-        throughput=clients * tokens / (end - start),
-        first_tokens=[first - sent for sent, first, _ in spans],
-        between=[(last - first) / (tokens - 1) for _, first, last in spans],
+        throughput=sum(n for *_, n in spans) / (end - start),
+        first_tokens=[first - sent for sent, first, _, _ in spans],
+        between=[(last - first) / (n - 1) for _, first, last, n in spans if n > 1],
     )
 
 
@@ -107,7 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--clients", default="1,4,8,16")
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=128, help="tokens of each greedy answer")
+    parser.add_argument("--cases", default="sampled,seeded,greedy")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -115,6 +132,7 @@ def main() -> None:
     parser.add_argument("--home", default=os.environ.get("GPUSTACK_HOME", str(Path.home() / ".gpustack")))
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    cases = [c for c in args.cases.split(",") if c]
 
     settings = Settings.load(home=args.home)
     Puller(settings).pull(args.model)
@@ -163,57 +181,74 @@ def main() -> None:
     else:
         missing["llama-cpp-python server"] = "not installed (pip install 'llama-cpp-python[server]')"
 
-    results: dict[tuple[str, int], list[Run]] = {}
-    failed: dict[tuple[str, int], str] = {}
+    results: dict[tuple[str, str, int], list[Run]] = {}
+    failed: dict[tuple[str, str, int], str] = {}
     try:
         for url in sides.values():  # warm up: first requests pay for lazy imports and allocations
-            asyncio.run(run_side(url, args.model, eos, 1, 8, -1))
+            asyncio.run(run_side(url, args.model, case_fields("greedy", eos, 8, 0), 1, "warm-up"))
         names = list(sides)
-        for round_ in range(args.rounds):
-            for level in levels:
-                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-                    try:
-                        run = asyncio.run(
-                            run_side(sides[name], args.model, eos, level, args.tokens, round_ * 100 + level)
-                        )
-                    except httpx.HTTPError as exc:  # a peer that breaks under concurrency: its row says so
-                        failed[(name, level)] = f"failed: {type(exc).__name__}"
-                        print(f"round {round_} clients {level:>2} {name:<24} failed: {exc}", flush=True)
-                        continue
-                    results.setdefault((name, level), []).append(run)
-                    print(f"round {round_} clients {level:>2} {name:<24} {run.throughput:6.1f} tok/s", flush=True)
+        for case in cases:
+            for round_ in range(args.rounds):
+                for level in levels:
+                    fields = case_fields(case, eos, args.tokens, seed=round_ * 1000)
+                    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                        key = (case, name, level)
+                        try:
+                            # Prompts of their own for each case and round: no side reads one from its cache.
+                            label = f"{case} {round_ * 100 + level}"
+                            run = asyncio.run(run_side(sides[name], args.model, fields, level, label))
+                        except httpx.HTTPError as exc:  # a peer that breaks under concurrency: its row says so
+                            failed[key] = f"failed: {type(exc).__name__}"
+                            print(f"{case} round {round_} clients {level:>2} {name:<24} failed: {exc}", flush=True)
+                            continue
+                        results.setdefault(key, []).append(run)
+                        line = f"{case} round {round_} clients {level:>2} {name:<24} {run.throughput:6.1f} tok/s"
+                        print(line, flush=True)
     finally:
         for process in processes:
             process.terminate()
             process.wait(30)
 
     print(
-        f"\nmodel {args.model}, {args.tokens} tokens per request, {args.rounds} rounds, {args.threads} threads, "
-        f"{args.slots} slots x {ctx} context, medians\n"
+        f"\nmodel {args.model}, greedy answers of {args.tokens} tokens, sampled ones of up to 64, "
+        f"{args.rounds} rounds, {args.threads} threads, {args.slots} slots x {ctx} context, medians\n"
     )
-    print("| clients | server | tok/s | vs llama-server | first token p50 ms | p99 ms | between tokens ms |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for level in levels:
-        reference = results.get(("llama-server", level))
-        for name in [*sides, *missing]:
-            if name in missing:
-                print(f"| {level} | {name} | {missing[name]} | | | | |")
-                continue
-            runs = results.get((name, level), [])
-            if (name, level) in failed or not runs:
-                print(f"| {level} | {name} | {failed.get((name, level), 'no run')} | | | | |")
-                continue
-            throughput = statistics.median(r.throughput for r in runs)
-            ratio = ""
-            if reference and len(reference) == len(runs):
-                ratios = [r.throughput / p.throughput for r, p in zip(runs, reference, strict=True)]
-                ratio = f"{statistics.median(ratios):.2f}x"
-            firsts = [t for r in runs for t in r.first_tokens]
-            between = statistics.median(t for r in runs for t in r.between)
-            print(
-                f"| {level} | {name} | {throughput:.1f} | {ratio} | {statistics.median(firsts) * 1000:.0f} "
-                f"| {p99(firsts) * 1000:.0f} | {between * 1000:.1f} |"
-            )
+    print("| case | clients | server | tok/s | vs llama-server | first token p50 ms | p99 ms | between tokens ms |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for case in cases:
+        for level in levels:
+            print_rows(case, level, [*sides, *missing], results, failed, missing)
+
+
+def print_rows(
+    case: str,
+    level: int,
+    names: list[str],
+    results: dict[tuple[str, str, int], list[Run]],
+    failed: dict[tuple[str, str, int], str],
+    missing: dict[str, str],
+) -> None:
+    """The table's rows of one case and number of clients."""
+    reference = results.get((case, "llama-server", level))
+    for name in names:
+        if name in missing:
+            print(f"| {case} | {level} | {name} | {missing[name]} | | | | |")
+            continue
+        runs = results.get((case, name, level), [])
+        if (case, name, level) in failed or not runs:
+            print(f"| {case} | {level} | {name} | {failed.get((case, name, level), 'no run')} | | | | |")
+            continue
+        throughput = statistics.median(r.throughput for r in runs)
+        ratio = ""
+        if reference and len(reference) == len(runs):
+            ratios = [r.throughput / p.throughput for r, p in zip(runs, reference, strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}x"
+        firsts = [t for r in runs for t in r.first_tokens]
+        between = statistics.median(t for r in runs for t in r.between)
+        print(
+            f"| {case} | {level} | {name} | {throughput:.1f} | {ratio} | {statistics.median(firsts) * 1000:.0f} "
+            f"| {p99(firsts) * 1000:.0f} | {between * 1000:.1f} |"
+        )
 
 
 if __name__ == "__main__":
