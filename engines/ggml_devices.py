@@ -26,7 +26,6 @@ from engines.base import EngineUnavailable
 
 # Seconds an endpoint may take to accept a TCP connection before it counts as unreachable.
 CONNECT_TIMEOUT = 5.0
-DEFAULT_PORT = 50052
 # ggml-rpc's GGML_RPC_MAX_SERVERS.
 MAX_SERVERS = 16
 # ggml's device types (enum ggml_backend_dev_type).

@@ -191,7 +191,7 @@ class LlamaEngine:
             try:
                 self.projector = self._projector(spec, threads)
                 self.kv_cache = spec.kv_cache.over(options)
-                self.drafting = drafting(options)
+                self.drafting = drafting_of(options)
                 self.decoder = BatchDecoder(
                     self.llm.model,
                     n_ctx=n_ctx,
@@ -445,7 +445,7 @@ class LlamaEngine:
         self.llm.close()
 
 
-def drafting(options: dict[str, Any]) -> Drafting | None:
+def drafting_of(options: dict[str, Any]) -> Drafting | None:
     """A model's speculative drafting, from its options (`draft`: "ngram", `draft_max`, `draft_min`)."""
     kind = options.get("draft")
     if not kind:
