@@ -64,7 +64,10 @@ def thinking_model(models_home: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def server(models_home: Path, fim_model: str, thinking_model: str) -> Iterator[ServerProcess]:
-    with ServerProcess(models_home, "--no-pull", env={"GPUSTACK_API_KEY": KEY}) as running:
+    # Seeded requests read their whole prompt: a seeded answer's length (no early end of turn) then
+    # does not depend on the prefix an earlier test left in a slot.
+    env = {"GPUSTACK_API_KEY": KEY, "GPUSTACK_SEED_FROM_SCRATCH": "true"}
+    with ServerProcess(models_home, "--no-pull", env=env) as running:
         yield running
 
 
