@@ -38,8 +38,9 @@ from engines.base import (
     Token,
 )
 from engines.ggml_threads import on_own_thread
-from engines.llama_batch import ROPE_SCALING, BatchDecoder, Grammar
+from engines.llama_batch import ROPE_SCALING, BatchDecoder, Grammar, kv_bytes_per_token
 from engines.llama_draft import Drafting
+from engines.llama_estimate import UNKNOWN_MEMORY_CONTEXT, device_free, fitting_context
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -130,27 +131,29 @@ def _offloading_to(devices: list[int] | None) -> Iterator[None]:
             module.llama_model_default_params = original
 
 
-# A generation model's context per slot when neither the model nor the server names one (at most
-# its trained length): modest, since the KV cache holds it times the slots.
-DEFAULT_CTX = 8192
-
-
 class LlamaEngine:
     def __init__(self, spec: LoadSpec):
         options = spec.options
         model_file = options.get("model_file")
         if not model_file:
             raise ValueError(f"model '{spec.name}' names no GGUF file (options.model_file)")
+        self.name = spec.name
         self.embedding_mode = "llm" not in spec.categories
         self.threads = threads = int(options.get("n_threads") or spec.threads or _threads())
         trained = int(options.get("n_ctx_train") or 0)
         if self.embedding_mode:
             n_ctx = int(options.get("n_ctx") or trained or 4096)
-        else:
-            n_ctx = int(options.get("n_ctx") or spec.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
+        else:  # 0: none given, chosen from the free memory once the weights are loaded
+            n_ctx = int(options.get("n_ctx") or spec.ctx_size or 0)
+        # Where the context came from: the model's settings, the server's, or the free memory.
+        self.context_from = "model" if options.get("n_ctx") or self.embedding_mode else "server" if n_ctx else "memory"
         self.tuning = tuning = spec.tuning.over(options)
         # Layers offloaded: the model's own count, else the server's.
         self.gpu_layers = int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else spec.gpu_layers
+        # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
+        self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
+        self.kv_cache = spec.kv_cache.over(options)
+        device, free = device_free(self.gpu_layers) if not n_ctx else ("", None)
         # An embedding model reads each input in one batch: the batch must hold the longest input.
         n_batch = n_ctx if self.embedding_mode else tuning.batch_size
         # Layers go to the RPC servers' devices first, then to this machine's GPUs, then its CPU.
@@ -164,12 +167,13 @@ class LlamaEngine:
         metadata: dict[str, str] = self.llm.metadata
         trained = llama_cpp.llama_model_n_ctx_train(self.llm.model)
         longest = int(trained * tuning.context_scale)  # RoPE scaling stretches what it was trained for
-        if not self.embedding_mode and trained > 0 and n_ctx > longest:
+        if not n_ctx:
+            n_ctx = self._fitting_context(longest, device, free)
+        elif not self.embedding_mode and trained > 0 and n_ctx > longest:
             log.warning("%s: context %d is past its trained %d; using that", spec.name, n_ctx, longest)
             n_ctx = longest
         self.n_ctx = self.llm.n_ctx() if self.embedding_mode else n_ctx
         self.architecture = metadata.get("general.architecture", "")
-        self.name = spec.name
         self.chat_template = options.get("chat_template") or metadata.get("tokenizer.chat_template")
         # Variables the model's template gets unless a request sets them (`enable_thinking`, ...).
         self.template_kwargs: dict[str, Any] = dict(options.get("chat_template_kwargs") or {})
@@ -183,14 +187,11 @@ class LlamaEngine:
         self._grammars: dict[str, Grammar] = {}
         self._pieces: dict[int, bytes] = {}
         self.gpu_offload = (ggml_devices.has_gpu() or bool(spec.rpc)) and self.gpu_layers != 0
-        # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
-        self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
         self.decoder: BatchDecoder | None = None
         self.projector: Projector | None = None
         if not self.embedding_mode:
             try:
                 self.projector = self._projector(spec, threads)
-                self.kv_cache = spec.kv_cache.over(options)
                 self.drafting = drafting_of(options)
                 self.decoder = BatchDecoder(
                     self.llm.model,
@@ -227,6 +228,26 @@ class LlamaEngine:
             "GPU offload" if self.gpu_offload else "CPU",
             threads,
         )
+
+    def _fitting_context(self, longest: int, device: str, free: int | None) -> int:
+        """The context per slot for a model given none (`fitting_context`), said in the log."""
+        model = self.llm.model
+        per_token = kv_bytes_per_token(model, self.kv_cache)
+        weights = llama_cpp.llama_model_size(model)
+        room = None if free is None else free - weights
+        n_ctx = fitting_context(longest or UNKNOWN_MEMORY_CONTEXT, per_token, self.max_concurrency, room)
+        log.info(
+            "%s: context %d per slot (trained %d), chosen from free memory: a KV cache of %.2f GiB for %d slots, "
+            "with %s GiB free on %s beside the weights",
+            self.name,
+            n_ctx,
+            longest,
+            n_ctx * self.max_concurrency * per_token / 2**30,
+            self.max_concurrency,
+            "unknown" if room is None else f"{room / 2**30:.2f}",
+            device,
+        )
+        return n_ctx
 
     def _llama(self, spec: LoadSpec, model_file: str, n_ctx: int, n_batch: int, threads: int) -> Llama:
         tuning = self.tuning

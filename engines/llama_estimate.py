@@ -21,6 +21,15 @@ from engines.llama_batch import DEFAULT_TUNING, available_memory, context_params
 
 # llama.cpp's most sequences in one context (llama_max_parallel_sequences).
 MAX_SLOTS = 256
+# A model given no context gets the largest, up to its trained length, whose KV cache takes at most
+# this share of the memory its device has free beside its weights (the rest is left to compute
+# buffers, other models and the system), and at least MIN_CONTEXT tokens (or its trained length).
+KV_SHARE = 0.5
+MIN_CONTEXT = 2048
+# Where the free memory is unknown: the trained length, at most this.
+UNKNOWN_MEMORY_CONTEXT = 8192
+# llama.cpp pads a context to a multiple of 256 cells.
+CELL_ROUND = 256
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class Estimate:
     n_ctx: int
     parallel: int
     kv: KvCache
+    # Whether the context was chosen from the free memory (none was given).
+    fitted: bool = False
 
     @property
     def total(self) -> int:
@@ -61,10 +72,31 @@ class Estimate:
         return "; ".join(steps) or "a machine with more memory"
 
 
+def fitting_context(longest: int, kv_per_token: int, parallel: int, free: int | None) -> int:
+    """The context per slot for a model given none: the largest multiple of 256 tokens, up to
+    `longest` (its trained length), whose KV cache for `parallel` slots takes at most KV_SHARE of
+    `free` bytes; never under MIN_CONTEXT unless the model is shorter (a load that cannot hold
+    that is refused with the numbers, not shrunk further)."""
+    if free is None or kv_per_token <= 0:
+        return min(longest, UNKNOWN_MEMORY_CONTEXT)
+    cells = int(max(0, free) * KV_SHARE) // (kv_per_token * max(1, parallel))
+    return max(min(longest, MIN_CONTEXT), min(longest, cells // CELL_ROUND * CELL_ROUND))
+
+
+def device_free(gpu_layers: int) -> tuple[str, int | None]:
+    """The device a model's layers and KV cache go to, and its free bytes (None: unknown): this
+    machine's GPUs when any and layers are offloaded, else its memory."""
+    gpus = [d for d in ggml_devices.local_devices() if d.kind in ("gpu", "igpu")]
+    if gpus and gpu_layers != 0:
+        return ", ".join(d.name for d in gpus), sum(d.free for d in gpus)
+    return "CPU", available_memory()
+
+
 def estimate(
     path: Path,
     *,
-    n_ctx: int,
+    n_ctx: int | None,
+    longest: int,
     parallel: int,
     kv_cache: KvCache,
     gpu_layers: int = -1,
@@ -72,9 +104,11 @@ def estimate(
     threads: int = 1,
 ) -> Estimate:
     """The estimate of loading the GGUF at `path` with these settings (as `engines.llama` loads
-    a generation model: one context of `n_ctx` x `parallel` cells)."""
+    a generation model: one context of `n_ctx` x `parallel` cells; with `n_ctx` None, the context
+    `fitting_context` chooses, up to `longest`)."""
+    device, available = device_free(gpu_layers)
 
-    def measure() -> tuple[int, int, int]:
+    def measure() -> tuple[int, int, int, int]:
         with llama_log.capture() as lines:
             params = llama_cpp.llama_model_default_params()
             params.no_alloc = True
@@ -85,30 +119,29 @@ def estimate(
             if not model:
                 raise ValueError(f"llama.cpp cannot read {path.name}")
             try:
-                ctx = llama_cpp.llama_init_from_model(
-                    model, context_params(n_ctx, parallel, tuning.batch_size, threads, kv_cache, tuning)
-                )
-                kv = n_ctx * parallel * kv_bytes_per_token(model, kv_cache)
                 weights = llama_cpp.llama_model_size(model)
+                per_token = kv_bytes_per_token(model, kv_cache)
+                free = None if available is None else available - weights
+                context = n_ctx or fitting_context(longest, per_token, parallel, free)
+                ctx = llama_cpp.llama_init_from_model(
+                    model, context_params(context, parallel, tuning.batch_size, threads, kv_cache, tuning)
+                )
+                kv = context * parallel * per_token
                 if ctx:
                     llama_cpp.llama_free(ctx)
             finally:
                 llama_cpp.llama_model_free(model)
-        return weights, kv, sum(p.compute_bytes for p in llama_log.placement(lines, {}))
+        return weights, kv, sum(p.compute_bytes for p in llama_log.placement(lines, {})), context
 
-    weights, kv, buffers = on_own_thread(measure)
-    gpus = [d for d in ggml_devices.local_devices() if d.kind in ("gpu", "igpu")]
-    if gpus and gpu_layers != 0:
-        device, available = ", ".join(d.name for d in gpus), sum(d.free for d in gpus)
-    else:
-        device, available = "CPU", available_memory()
+    weights, kv, buffers, context = on_own_thread(measure)
     return Estimate(
         weights=weights,
         kv_cache=kv,
         compute=buffers,
         device=device,
         available=available,
-        n_ctx=n_ctx,
+        n_ctx=context,
         parallel=parallel,
         kv=kv_cache,
+        fitted=n_ctx is None,
     )

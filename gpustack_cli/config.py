@@ -97,8 +97,9 @@ class Settings(BaseModel):
     generic_proxy: list[str] = Field(default_factory=list)
     gpu_layers: int = -1
     # Context of each request slot of a llama.cpp model, in tokens (a model's own `n_ctx` comes
-    # first); unset: the model's trained length, at most 8192. The KV cache holds it times
-    # `parallel` tokens.
+    # first); unset: the largest, up to the model's trained length, whose KV cache takes at most
+    # half the memory free beside its weights (engines.llama_estimate.fitting_context). The KV
+    # cache holds it times `parallel` tokens.
     ctx_size: int | None = Field(None, ge=64)
     # CPU threads llama.cpp decodes with (a model's own `n_threads` option comes first); unset:
     # every core this process may use. Physical cores only is often faster on machines with SMT.

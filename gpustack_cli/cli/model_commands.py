@@ -229,6 +229,7 @@ def _show_estimate(
         raise fail(str(exc)) from exc
     data = {
         "context": found.n_ctx,
+        "context_from": "memory" if found.fitted else "settings",
         "parallel": found.parallel,
         "kv_cache": dict(vars(found.kv)),
         "weights_bytes": found.weights,
@@ -246,7 +247,8 @@ def _show_estimate(
         return
     table = Table(box=None, show_header=False)
     kv_text = f"{found.kv.type_k}/{found.kv.type_v}, flash attention {found.kv.flash_attn}"
-    table.add_row("[bold]load[/]", f"{found.parallel} slots x {found.n_ctx} tokens, KV cache {kv_text}")
+    chosen = " (the context chosen from free memory)" if found.fitted else ""
+    table.add_row("[bold]load[/]", f"{found.parallel} slots x {found.n_ctx} tokens{chosen}, KV cache {kv_text}")
     for label, size in (("weights", found.weights), ("KV cache", found.kv_cache), ("compute", found.compute)):
         table.add_row(f"[bold]{label}[/]", human_size(size))
     table.add_row("[bold]total[/]", human_size(found.total))

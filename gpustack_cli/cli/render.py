@@ -80,6 +80,8 @@ def loaded_models(models: list[dict[str, Any]], console: Console) -> None:
         expires = "forever" if m["expires_in"] is None and m["active"] == 0 else m["expires_in"]
         until = f"{expires:.0f}s" if isinstance(expires, float) else (expires or "busy")
         context = str(m["context"]) if m.get("context") else "-"
+        if m.get("context_from") == "memory":  # chosen from the free memory, none being set
+            context += " (fit)"
         slots = f"{m['active']}/{m['concurrency']}"
         where = placement(m.get("placement"))
         table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until, where)

@@ -45,7 +45,10 @@ def serve(
     ] = None,
     ctx_size: Annotated[
         int | None,
-        typer.Option(help="Context per request slot of llama.cpp models [default: trained length, at most 8192]."),
+        typer.Option(
+            help="Context per request slot of llama.cpp models "
+            "[default: the largest, up to the trained length, that half the free memory holds]."
+        ),
     ] = None,
     max_completion_tokens: Annotated[
         int | None, typer.Option(help="Tokens one answer may generate at most (default: what the context leaves).")

@@ -38,22 +38,20 @@ def load_estimate(
 ) -> Estimate:
     """What loading a llama.cpp generation model would take with the settings given, else the
     model's own, else the server's (as `engines.llama` picks them), without loading it."""
-    from engines.llama import DEFAULT_CTX
-    from engines.llama_estimate import estimate
+    from engines.llama_estimate import UNKNOWN_MEMORY_CONTEXT, estimate
 
     if manifest.engine != "llama.cpp" or not manifest.options.get("model_file"):
         raise ValueError(f"'{manifest.name}' is a {manifest.engine} model: estimates are for llama.cpp models")
     options = manifest.options
-    trained = int(options.get("n_ctx_train") or 0)
     tuning = settings.tuning.over(options)
-    if trained:
-        trained = int(trained * tuning.context_scale)
-    n_ctx = ctx_size or int(options.get("n_ctx") or settings.ctx_size or min(DEFAULT_CTX, trained or DEFAULT_CTX))
+    trained = int(int(options.get("n_ctx_train") or 0) * tuning.context_scale)
+    n_ctx = ctx_size or int(options.get("n_ctx") or settings.ctx_size or 0) or None
     given = {"flash_attn": flash_attn, "type_k": cache_type_k, "type_v": cache_type_v}
     kv = replace(settings.kv_cache.over(options), **{k: v for k, v in given.items() if v})
     return estimate(
         store.model_dir(manifest.name) / options["model_file"],
-        n_ctx=min(n_ctx, trained) if trained else n_ctx,
+        n_ctx=min(n_ctx, trained) if n_ctx and trained else n_ctx,
+        longest=trained or UNKNOWN_MEMORY_CONTEXT,
         parallel=parallel or int(options.get("parallel") or settings.parallel),
         kv_cache=kv,
         gpu_layers=int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else settings.gpu_layers,

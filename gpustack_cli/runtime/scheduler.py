@@ -80,8 +80,10 @@ class LoadedModel:
     loaded_for: float
     # Seconds until the model is unloaded; None while busy or when kept forever.
     expires_in: float | None
-    # Tokens of context per request slot, for engines that have one (llama.cpp).
+    # Tokens of context per request slot, for engines that have one (llama.cpp), and where that
+    # came from: the model's settings, the server's, or the free memory (none was given).
     context: int | None = None
+    context_from: str | None = None
     # How llama.cpp keeps its KV cache: flash attention and the K and V types.
     kv_cache: dict[str, str] | None = None
     # Where a llama.cpp model is: per device (CPU, a GPU, an RPC server's HOST:PORT), its layers and
@@ -206,6 +208,7 @@ class Scheduler:
                 loaded_for=now - r.loaded_at,
                 expires_in=None if r.expires_at is None else max(0.0, r.expires_at - now),
                 context=getattr(r.engine, "n_ctx", None),
+                context_from=getattr(r.engine, "context_from", None),
                 kv_cache=_kv_cache(r.engine),
                 placement=_placement(r.engine),
                 rpc=list(getattr(r.engine, "rpc", ())) or None,

@@ -47,6 +47,7 @@ class ChildEngine(RemoteEngine):
     rpc: tuple[str, ...] = ()
     # What the child reports of its model once loaded (its `/api/ps` entry).
     n_ctx: int | None = None
+    context_from: str | None = None
     kv_cache: dict[str, str] | None = None
     placement: list[dict[str, Any]] = field(default_factory=list)
     output: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL))
@@ -179,6 +180,7 @@ def start(name: str, settings: Settings, rpc: tuple[str, ...]) -> ChildEngine:
         entry = _loaded(url, key, name)
         if entry is not None:
             engine.n_ctx = entry.get("context_length")
+            engine.context_from = entry.get("context_from")
             engine.kv_cache = entry.get("kv_cache")
             engine.placement = entry.get("placement") or []
             # Requests beyond the child's slots wait here, in this server's queue for the model.

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 
+from tests.support.gguf_writer import with_metadata
 from tests.support.harness import ServerProcess, clean_env, gpustack, home_sharing_models
 
 
@@ -67,6 +68,32 @@ def test_show_estimate_is_within_a_tenth_of_what_a_load_takes(models_home: Path,
     huge = gpustack("show", "smollm2", "--estimate", "--parallel", "256", "--ctx-size", "8192", env=env)
     text = " ".join(huge.stdout.split())
     assert huge.returncode == 0 and "does not fit" in text and "--ctx-size" in text and "q8_0" in text, text
+
+
+def test_a_model_given_no_context_gets_what_the_free_memory_holds(models_home: Path, tmp_path: Path) -> None:
+    """With no context set anywhere, a model gets the largest context up to its trained length
+    whose KV cache takes at most half the memory free beside its weights, and says so: a copy of
+    SmolLM2 claiming a million tokens of training is given less (estimated only: loading it would
+    take half this machine's memory), SmolLM2 itself its trained 8192; a context that was set is
+    kept and said to be set."""
+    home = home_sharing_models(models_home, tmp_path / "home")
+    env = clean_env(GPUSTACK_HOME=str(home))
+    weights = next((models_home / "models" / "smollm2").glob("*.gguf"))
+    claimed = with_metadata(weights, tmp_path / "long.gguf", {"llama.context_length": 1 << 20})
+    assert gpustack("pull", str(claimed), "--name", "long", env=env).returncode == 0
+    shown = json.loads(gpustack("show", "long", "--estimate", "--json", env=env).stdout)
+    assert shown["context_from"] == "memory" and shown["context"] % 256 == 0, shown
+    assert 2048 <= shown["context"] < 1 << 20 and shown["kv_cache_bytes"] <= 0.5 * shown["available_bytes"], shown
+    told = json.loads(gpustack("show", "long", "--estimate", "--ctx-size", "4096", "--json", env=env).stdout)
+    assert (told["context"], told["context_from"]) == (4096, "settings")
+    assert gpustack("cp", "smollm2", "short", env=env).returncode == 0
+    assert gpustack("model", "set", "short", "--ctx-size", "1024", env=env).returncode == 0
+    with ServerProcess(home, "--no-pull", "--preload", "smollm2,short", "--parallel", "2") as server:
+        running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
+        assert (running["smollm2"]["context_length"], running["smollm2"]["context_from"]) == (8192, "memory")
+        assert (running["short"]["context_length"], running["short"]["context_from"]) == (1024, "model")
+        listed = gpustack("ps", env=clean_env(GPUSTACK_SERVER_URL=server.url, COLUMNS="200")).stdout
+        assert "8192 (fit)" in listed and "1024 " in listed, listed
 
 
 def test_the_load_settings_users_tune_are_checked_and_applied(models_home: Path, tmp_path: Path) -> None:
