@@ -158,19 +158,29 @@ def shown(store: ModelStore, manifest: Manifest, verbose: bool) -> dict[str, Any
     }
 
 
+# The bytes a placement counts: a device's weights, KV cache and compute buffers.
+PLACED = ("weights_bytes", "kv_cache_bytes", "compute_bytes")
+
+
 def running(loaded: LoadedModel, manifest: Manifest, meta: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     """A model of `/api/ps`: Ollama's fields, and this server's own (slots, queue, times)."""
     now = datetime.now(UTC)
     # Busy, or kept for good: nothing is set to unload it.
     expires = now + (FOREVER if loaded.expires_in is None else timedelta(seconds=loaded.expires_in))
+    size, size_vram = manifest.size, manifest.size if on_gpu else 0
+    if loaded.placement:  # what llama.cpp said it holds: weights, KV cache and compute, per device
+        held = {p["device"]: sum(p.get(k, 0) for k in PLACED) for p in loaded.placement}
+        size = sum(held.values())
+        # In GPU memory: a local GPU's share (not the CPU's, nor what an RPC server HOST:PORT holds).
+        size_vram = sum(n for device, n in held.items() if device != "CPU" and ":" not in device)
     return {
         "name": manifest.name,
         "model": manifest.name,
-        "size": manifest.size,
+        "size": size,
         "digest": digest(manifest),
         "details": details(manifest, meta),
         "expires_at": iso(expires),
-        "size_vram": manifest.size if on_gpu else 0,
+        "size_vram": size_vram,
         "context_length": loaded.context or 0,
         **{k: v for k, v in vars(loaded).items() if k != "name"},
         "loaded_at": iso(time.time() - loaded.loaded_for),
