@@ -2,7 +2,9 @@
 llama-cpp-python's server, in one run, on the same file, threads, slots and context per slot.
 
 For each number of concurrent clients (1, 4, 8, 16 by default), every side serves that many
-streamed chats at once (distinct prompts), in each case of --cases: `sampled` (temperature 0.8,
+clients at once, each sending --requests streamed chats one after another as a chat client does
+(distinct prompts; several a client, so that one sampled answer's length does not decide a
+one-client figure), in each case of --cases: `sampled` (temperature 0.8,
 up to 64 tokens, the end of generation allowed: what chat clients send), `seeded` (the same with
 a `seed` in each request), and `greedy` (the end-of-generation token banned so that each answer
 is exactly --tokens tokens: the favourable case, where a request's own costs spread over the most
@@ -89,22 +91,30 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> tuple[float, floa
     return sent, first, last, counted or chunks
 
 
-async def run_side(url: str, model: str, fields: dict, clients: int, round_: str) -> Run:
+async def one_client(client: httpx.AsyncClient, bodies: list[dict]) -> list[tuple[float, float, float, int]]:
+    """A client's chats, one after another, as a chat client sends them."""
+    return [await one_stream(client, body) for body in bodies]
+
+
+async def run_side(url: str, model: str, fields: dict, clients: int, round_: str, requests: int) -> Run:
     async with httpx.AsyncClient(
         base_url=url, timeout=600, limits=httpx.Limits(max_connections=64), headers=HEADERS
     ) as client:
         bodies = [
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": PROMPT.format(r=round_, c=c)}],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                **fields,
-                **({"seed": fields["seed"] + c} if "seed" in fields else {}),
-            }
+            [
+                {
+                    "model": model,
+                    "messages": [{"role": "user", "content": PROMPT.format(r=round_, c=c * 100 + k)}],
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    **fields,
+                    **({"seed": fields["seed"] + c * 100 + k} if "seed" in fields else {}),
+                }
+                for k in range(requests)
+            ]
             for c in range(clients)
         ]
-        spans = await asyncio.gather(*(one_stream(client, b) for b in bodies))
+        spans = [span for spans in await asyncio.gather(*(one_client(client, b) for b in bodies)) for span in spans]
     start = min(s for s, _, _, _ in spans)
     end = max(last for _, _, last, _ in spans)
     return Run(
@@ -126,6 +136,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens of each greedy answer")
     parser.add_argument("--cases", default="sampled,seeded,greedy")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=3, help="chats each client sends, one after another")
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--llama-server", type=Path, default=os.environ.get("LLAMA_SERVER"))
@@ -185,7 +196,7 @@ def main() -> None:
     failed: dict[tuple[str, str, int], str] = {}
     try:
         for url in sides.values():  # warm up: first requests pay for lazy imports and allocations
-            asyncio.run(run_side(url, args.model, case_fields("greedy", eos, 8, 0), 1, "warm-up"))
+            asyncio.run(run_side(url, args.model, case_fields("greedy", eos, 8, 0), 1, "warm-up", 1))
         names = list(sides)
         for case in cases:
             for round_ in range(args.rounds):
@@ -196,7 +207,7 @@ def main() -> None:
                         try:
                             # Prompts of their own for each case and round: no side reads one from its cache.
                             label = f"{case} {round_ * 100 + level}"
-                            run = asyncio.run(run_side(sides[name], args.model, fields, level, label))
+                            run = asyncio.run(run_side(sides[name], args.model, fields, level, label, args.requests))
                         except httpx.HTTPError as exc:  # a peer that breaks under concurrency: its row says so
                             failed[key] = f"failed: {type(exc).__name__}"
                             print(f"{case} round {round_} clients {level:>2} {name:<24} failed: {exc}", flush=True)
@@ -211,7 +222,8 @@ def main() -> None:
 
     print(
         f"\nmodel {args.model}, greedy answers of {args.tokens} tokens, sampled ones of up to 64, "
-        f"{args.rounds} rounds, {args.threads} threads, {args.slots} slots x {ctx} context, medians\n"
+        f"{args.requests} chats per client one after another, {args.rounds} rounds, {args.threads} threads, "
+        f"{args.slots} slots x {ctx} context, medians\n"
     )
     print("| case | clients | server | tok/s | vs llama-server | first token p50 ms | p99 ms | between tokens ms |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")

@@ -32,8 +32,9 @@ def seeded(prepared: Prepared, index: int) -> Prepared:
 
 
 async def merged(choices: list[Choice], sequential: bool, slots: int) -> AsyncIterator[tuple[int, Event]]:
-    """The events of every choice, each with its index, in the order they come."""
-    if sequential:
+    """The events of every choice, each with its index, in the order they come (one choice, or
+    choices one after another, are read where they are made: no task between them and the reader)."""
+    if sequential or len(choices) == 1:
         for index, make in enumerate(choices):
             async with contextlib.aclosing(make()) as events:
                 async for event in events:
