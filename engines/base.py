@@ -8,6 +8,7 @@ llama_cpp, ...) only when a model is loaded, so `gpustack` starts fast and insta
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -244,11 +245,7 @@ class Observed:
 
     def observe(self, value: float) -> None:
         self.total += value
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-                return
-        self.counts[-1] += 1
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound at or above it
 
 
 @dataclass
