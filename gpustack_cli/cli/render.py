@@ -84,6 +84,9 @@ def loaded_models(models: list[dict[str, Any]], console: Console) -> None:
             context += " (fit)"
         slots = f"{m['active']}/{m['concurrency']}"
         where = placement(m.get("placement"))
+        draft = m.get("draft")
+        if draft:  # speculative decoding: what its drafts proposed and what the model kept
+            where += f"\n{draft['kind']} drafts: {draft['accepted_tokens']} of {draft['drafted_tokens']} tokens kept"
         table.add_row(m["name"], slots, str(m["waiting"]), context, f"{m['loaded_for']:.0f}s", until, where)
     console.print(table if models else "No models loaded.")
 

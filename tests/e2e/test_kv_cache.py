@@ -86,12 +86,19 @@ def test_a_model_given_no_context_gets_what_the_free_memory_holds(models_home: P
     assert 2048 <= shown["context"] < 1 << 20 and shown["kv_cache_bytes"] <= 0.5 * shown["available_bytes"], shown
     told = json.loads(gpustack("show", "long", "--estimate", "--ctx-size", "4096", "--json", env=env).stdout)
     assert (told["context"], told["context_from"]) == (4096, "settings")
+    # Loaded with a long context of its own, it takes what its estimate said (within a tenth).
+    assert gpustack("model", "set", "long", "--ctx-size", "16384", env=env).returncode == 0
+    estimate = json.loads(gpustack("show", "long", "--estimate", "--parallel", "2", "--json", env=env).stdout)
     assert gpustack("cp", "smollm2", "short", env=env).returncode == 0
     assert gpustack("model", "set", "short", "--ctx-size", "1024", env=env).returncode == 0
-    with ServerProcess(home, "--no-pull", "--preload", "smollm2,short", "--parallel", "2") as server:
+    with ServerProcess(home, "--no-pull", "--preload", "smollm2,short,long", "--parallel", "2") as server:
         running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
         assert (running["smollm2"]["context_length"], running["smollm2"]["context_from"]) == (8192, "memory")
         assert (running["short"]["context_length"], running["short"]["context_from"]) == (1024, "model")
+        assert (running["long"]["context_length"], estimate["context"]) == (16384, 16384)
+        parts = ("weights_bytes", "kv_cache_bytes", "compute_bytes")
+        held = sum(p[k] for p in running["long"]["placement"] for k in parts)
+        assert abs(estimate["total_bytes"] - held) <= 0.1 * held, (estimate, held)
         listed = gpustack("ps", env=clean_env(GPUSTACK_SERVER_URL=server.url, COLUMNS="200")).stdout
         assert "8192 (fit)" in listed and "1024 " in listed, listed
 

@@ -58,3 +58,6 @@ def test_drafts_keep_the_greedy_text_and_are_counted(models_home: Path, tmp_path
         running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
         assert running["drafting"]["draft"]["kind"] == "ngram" and running["drafting"]["draft"]["max_tokens"] == 16
         assert running[MODEL]["draft"] is None
+        listed = " ".join(gpustack("ps", env=clean_env(GPUSTACK_SERVER_URL=server.url, COLUMNS="200")).stdout.split())
+        kept = running["drafting"]["draft"]["accepted_tokens"]
+        assert f"ngram drafts: {kept} of {running['drafting']['draft']['drafted_tokens']} tokens kept" in listed, listed
