@@ -82,6 +82,9 @@ def loaded_models(models: list[dict[str, Any]], console: Console) -> None:
         context = str(m["context"]) if m.get("context") else "-"
         if m.get("context_from") == "memory":  # chosen from the free memory, none being set
             context += " (fit)"
+        kv = m.get("kv_cache") or {}
+        if kv and (kv.get("type_k"), kv.get("type_v")) != ("f16", "f16"):  # a quantized KV cache
+            context += f"\nKV {kv['type_k']}/{kv['type_v']}"
         slots = f"{m['active']}/{m['concurrency']}"
         where = placement(m.get("placement"))
         draft = m.get("draft")

@@ -36,6 +36,8 @@ def test_a_quantized_cache_with_flash_attention_loads_and_answers(models_home: P
         running = {m["name"]: m for m in httpx.get(server.url + "/api/ps").json()["models"]}
         assert running["kvq"]["kv_cache"] == {"flash_attn": "on", "type_k": "q8_0", "type_v": "q8_0"}
         assert running["smollm2"]["kv_cache"] == {"flash_attn": "auto", "type_k": "f16", "type_v": "f16"}
+        listed = " ".join(gpustack("ps", env=clean_env(GPUSTACK_SERVER_URL=server.url, COLUMNS="200")).stdout.split())
+        assert "KV q8_0/q8_0" in listed and listed.count("KV ") == 1, listed
     bad = gpustack("serve", "--no-pull", "--cache-type-v", "q4_0", "--flash-attn", "off", env=env, timeout=60)
     assert bad.returncode == 1 and "needs flash attention" in " ".join(bad.stderr.split())
 
