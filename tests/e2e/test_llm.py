@@ -359,7 +359,8 @@ def test_anthropic_message(claude: anthropic.Anthropic) -> None:
         model=MODEL, system="Answer briefly.", messages=[{"role": "user", "content": "What is the capital of France?"}]
     )
     assert counted.input_tokens == message.usage.input_tokens
-    short = claude.messages.create(model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "Tell a story"}])
+    story = [{"role": "user", "content": "Tell a story"}]
+    short = claude.messages.create(model=MODEL, max_tokens=3, messages=story, extra_body={"temperature": 0})
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
 
 
