@@ -152,7 +152,8 @@ class LlamaEngine:
         self.gpu_layers = int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else spec.gpu_layers
         # A generation model decodes `parallel` sequences at once, each with a context of n_ctx.
         self.max_concurrency = 1 if self.embedding_mode else max(1, int(options.get("parallel") or spec.parallel))
-        self.kv_cache = spec.kv_cache.over(options)
+        if not self.embedding_mode:  # an embedding model reads each input whole: no KV cache settings
+            self.kv_cache = spec.kv_cache.over(options)
         device, free = device_free(self.gpu_layers) if not n_ctx else ("", None)
         # An embedding model reads each input in one batch: the batch must hold the longest input.
         n_batch = n_ctx if self.embedding_mode else tuning.batch_size

@@ -231,6 +231,9 @@ def test_rerank_gguf_reranker(server: ServerProcess, models_home: Path, cross_en
 def test_rerank_gguf_embedding_model(server: ServerProcess, minilm_gguf: str) -> None:
     body = rerank(server, model=minilm_gguf, **PANDA).json()
     assert [r["index"] for r in body["results"]] == [2, 1, 0]
+    # It reads each input whole: no slots, no KV cache settings, its context its own.
+    [loaded] = [m for m in httpx.get(server.url + "/api/ps").json()["models"] if m["name"] == minilm_gguf]
+    assert loaded["kv_cache"] is None and loaded["context_from"] == "model" and loaded["context_length"] > 0
 
 
 def test_rerank_errors(server: ServerProcess) -> None:
