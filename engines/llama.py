@@ -40,7 +40,7 @@ from engines.base import (
 from engines.ggml_threads import on_own_thread
 from engines.llama_batch import ROPE_SCALING, BatchDecoder, Grammar, kv_bytes_per_token
 from engines.llama_draft import Drafting
-from engines.llama_estimate import UNKNOWN_MEMORY_CONTEXT, device_free, fitting_context
+from engines.llama_estimate import device_free, fitting_context
 from engines.llama_media import MediaChunk, Projector, PromptItem, text_tokens
 
 log = logging.getLogger("gpustack.engines.llama")
@@ -235,8 +235,7 @@ class LlamaEngine:
         model = self.llm.model
         per_token = kv_bytes_per_token(model, self.kv_cache)
         weights = llama_cpp.llama_model_size(model)
-        room = None if free is None else free - weights
-        n_ctx = fitting_context(longest or UNKNOWN_MEMORY_CONTEXT, per_token, self.max_concurrency, room)
+        n_ctx = fitting_context(longest, per_token, self.max_concurrency, free, weights)
         log.info(
             "%s: context %d per slot (trained %d), chosen from free memory: a KV cache of %.2f GiB for %d slots, "
             "with %s GiB free on %s beside the weights",
@@ -245,7 +244,7 @@ class LlamaEngine:
             longest,
             n_ctx * self.max_concurrency * per_token / 2**30,
             self.max_concurrency,
-            "unknown" if room is None else f"{room / 2**30:.2f}",
+            "unknown" if free is None else f"{(free - weights) / 2**30:.2f}",
             device,
         )
         return n_ctx

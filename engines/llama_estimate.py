@@ -72,14 +72,15 @@ class Estimate:
         return "; ".join(steps) or "a machine with more memory"
 
 
-def fitting_context(longest: int, kv_per_token: int, parallel: int, free: int | None) -> int:
+def fitting_context(longest: int, kv_per_token: int, parallel: int, free: int | None, weights: int = 0) -> int:
     """The context per slot for a model given none: the largest multiple of 256 tokens, up to
-    `longest` (its trained length), whose KV cache for `parallel` slots takes at most KV_SHARE of
-    `free` bytes; never under MIN_CONTEXT unless the model is shorter (a load that cannot hold
-    that is refused with the numbers, not shrunk further)."""
+    `longest` (its trained length; 0: unknown), whose KV cache for `parallel` slots takes at most
+    KV_SHARE of the `free` bytes its `weights` leave; never under MIN_CONTEXT unless the model is
+    shorter (a load that cannot hold that is refused with the numbers, not shrunk further)."""
+    longest = longest or UNKNOWN_MEMORY_CONTEXT
     if free is None or kv_per_token <= 0:
         return min(longest, UNKNOWN_MEMORY_CONTEXT)
-    cells = int(max(0, free) * KV_SHARE) // (kv_per_token * max(1, parallel))
+    cells = int(max(0, free - weights) * KV_SHARE) // (kv_per_token * max(1, parallel))
     return max(min(longest, MIN_CONTEXT), min(longest, cells // CELL_ROUND * CELL_ROUND))
 
 
@@ -105,7 +106,7 @@ def estimate(
 ) -> Estimate:
     """The estimate of loading the GGUF at `path` with these settings (as `engines.llama` loads
     a generation model: one context of `n_ctx` x `parallel` cells; with `n_ctx` None, the context
-    `fitting_context` chooses, up to `longest`)."""
+    `fitting_context` chooses, up to `longest`, 0 when unknown)."""
     device, available = device_free(gpu_layers)
 
     def measure() -> tuple[int, int, int, int]:
@@ -121,8 +122,7 @@ def estimate(
             try:
                 weights = llama_cpp.llama_model_size(model)
                 per_token = kv_bytes_per_token(model, kv_cache)
-                free = None if available is None else available - weights
-                context = n_ctx or fitting_context(longest, per_token, parallel, free)
+                context = n_ctx or fitting_context(longest, per_token, parallel, available, weights)
                 ctx = llama_cpp.llama_init_from_model(
                     model, context_params(context, parallel, tuning.batch_size, threads, kv_cache, tuning)
                 )

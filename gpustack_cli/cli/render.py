@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpustack_cli.core.types import Event, Finished, TextDelta
+from gpustack_cli.runtime.scheduler import placed_bytes
 
 
 @dataclass
@@ -69,8 +70,7 @@ def placement(places: list[dict[str, Any]] | None) -> str:
     shown = []
     for place in places or []:
         if place.get("layers"):
-            held = sum(place.get(k, 0) for k in ("weights_bytes", "kv_cache_bytes", "compute_bytes"))
-            shown.append(f"{place['device']}: {place['layers']} layers, {human_size(held)}")
+            shown.append(f"{place['device']}: {place['layers']} layers, {human_size(placed_bytes(place))}")
     return "\n".join(shown) or "-"
 
 

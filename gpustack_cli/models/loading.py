@@ -38,7 +38,7 @@ def load_estimate(
 ) -> Estimate:
     """What loading a llama.cpp generation model would take with the settings given, else the
     model's own, else the server's (as `engines.llama` picks them), without loading it."""
-    from engines.llama_estimate import UNKNOWN_MEMORY_CONTEXT, estimate
+    from engines.llama_estimate import estimate
 
     if manifest.engine != "llama.cpp" or not manifest.options.get("model_file"):
         raise ValueError(f"'{manifest.name}' is a {manifest.engine} model: estimates are for llama.cpp models")
@@ -51,7 +51,7 @@ def load_estimate(
     return estimate(
         store.model_dir(manifest.name) / options["model_file"],
         n_ctx=min(n_ctx, trained) if n_ctx and trained else n_ctx,
-        longest=trained or UNKNOWN_MEMORY_CONTEXT,
+        longest=trained,
         parallel=parallel or int(options.get("parallel") or settings.parallel),
         kv_cache=kv,
         gpu_layers=int(options["n_gpu_layers"]) if options.get("n_gpu_layers") is not None else settings.gpu_layers,

@@ -16,7 +16,7 @@ from gpustack_cli.core.parsing.tool_calls import is_harmony
 from gpustack_cli.models.detect import main_gguf
 from gpustack_cli.models.gguf_meta import GGUFError, read_metadata
 from gpustack_cli.models.store import Category, Manifest, ModelStore
-from gpustack_cli.runtime.scheduler import LoadedModel
+from gpustack_cli.runtime.scheduler import LoadedModel, placed_bytes
 
 # Far enough to read as "never" where a model is kept loaded for good, as Ollama writes it.
 FOREVER = timedelta(days=365 * 100)
@@ -158,10 +158,6 @@ def shown(store: ModelStore, manifest: Manifest, verbose: bool) -> dict[str, Any
     }
 
 
-# The bytes a placement counts: a device's weights, KV cache and compute buffers.
-PLACED = ("weights_bytes", "kv_cache_bytes", "compute_bytes")
-
-
 def running(loaded: LoadedModel, manifest: Manifest, meta: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     """A model of `/api/ps`: Ollama's fields, and this server's own (slots, queue, times)."""
     now = datetime.now(UTC)
@@ -169,7 +165,7 @@ def running(loaded: LoadedModel, manifest: Manifest, meta: dict[str, Any], on_gp
     expires = now + (FOREVER if loaded.expires_in is None else timedelta(seconds=loaded.expires_in))
     size, size_vram = manifest.size, manifest.size if on_gpu else 0
     if loaded.placement:  # what llama.cpp said it holds: weights, KV cache and compute, per device
-        held = {p["device"]: sum(p.get(k, 0) for k in PLACED) for p in loaded.placement}
+        held = {p["device"]: placed_bytes(p) for p in loaded.placement}
         size = sum(held.values())
         # In GPU memory: a local GPU's share (not the CPU's, nor what an RPC server HOST:PORT holds).
         size_vram = sum(n for device, n in held.items() if device != "CPU" and ":" not in device)

@@ -99,6 +99,11 @@ def _kv_cache(engine: Engine) -> dict[str, str] | None:
     return None if found is None else dict(found if isinstance(found, dict) else vars(found))
 
 
+def placed_bytes(place: dict[str, Any]) -> int:
+    """The bytes one device holds of a loaded model (an entry of `LoadedModel.placement`)."""
+    return sum(place.get(k, 0) for k in ("weights_bytes", "kv_cache_bytes", "compute_bytes"))
+
+
 def _placement(engine: Engine) -> list[dict[str, Any]] | None:
     found = getattr(engine, "placement", None)
     return None if found is None else [p if isinstance(p, dict) else dict(vars(p)) for p in found]

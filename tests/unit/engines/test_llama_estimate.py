@@ -28,3 +28,11 @@ def test_never_under_the_floor_unless_the_model_is_shorter() -> None:
 def test_unknown_memory_keeps_the_modest_default() -> None:
     assert fitting_context(131072, 24 * 1024, 4, None) == UNKNOWN_MEMORY_CONTEXT
     assert fitting_context(4096, 24 * 1024, 4, None) == 4096
+
+
+def test_the_weights_come_off_the_free_memory_and_an_unknown_length_is_capped() -> None:
+    per_token, slots = 24 * 1024, 4
+    assert fitting_context(131072, per_token, slots, 2000 * MIB, 1000 * MIB) == fitting_context(
+        131072, per_token, slots, 1000 * MIB
+    )
+    assert fitting_context(0, per_token, slots, 64_000 * MIB) == UNKNOWN_MEMORY_CONTEXT
